@@ -1,0 +1,295 @@
+"""The smoothing configuration: one validated schema (version 1), presets, file I/O.
+
+A :class:`KVSmoothConfig` says *what* to smooth and *how*, independently of any model.
+:func:`kvsmooth_hooks.plan.resolve` turns it into a dense per-layer x per-KV-head plan for one
+model; the session runs from that plan.
+
+Defaults are the paper's (KVSmooth, arXiv 2602.04268, Sec. 4 / Table 5): layers 3..L-2,
+``lambda_ref`` 0.9, window M = 15, clip 0.2, keys and values, row-entropy sink score, FIFO
+percentile-rank policy, cache site, prompt tokens untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+Site = Literal["cache", "kv_proj"]
+Target = Literal["key", "value"]
+Granularity = Literal["layer", "head"]
+Policy = Literal["fifo_rank", "fixed", "linear"]
+
+_SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?$")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the field path and the fix."""
+
+
+def _check_layers(value: Any) -> Any:
+    if value == "all" or value is None:
+        return value
+    if isinstance(value, str):
+        m = _SLICE_RE.match(value)
+        if not m:
+            raise ValueError(
+                f"'{value}' is not a layer selection; use 'all', a Python-style slice such as "
+                "'3:-1' (negatives count from the end), or a list of layer indices"
+            )
+        if m.group(3) is not None and int(m.group(3)) == 0:
+            raise ValueError(f"slice '{value}' has step 0")
+        return value.replace(" ", "")
+    if isinstance(value, list):
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise ValueError("a layer list must contain integers only")
+        return value
+    raise ValueError("layers must be 'all', a slice string such as '3:-1', or a list of ints")
+
+
+class ScorerSpec(BaseModel):
+    """A sink scorer by registry name, with its parameters (``{name: ..., <params>}`` in files)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = "row_entropy"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_short_forms(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"name": data}
+        if isinstance(data, dict) and "params" not in data:
+            data = dict(data)
+            name = data.pop("name", "row_entropy")
+            return {"name": name, "params": data}
+        return data
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from .scorers import SCORERS
+
+        if name not in SCORERS:
+            raise ValueError(f"unknown scorer '{name}'; registered scorers: {sorted(SCORERS)}")
+        return name
+
+    def dump(self) -> Union[str, dict]:
+        """The form a person would write: a bare name when there are no parameters."""
+        return self.name if not self.params else {"name": self.name, **self.params}
+
+    def __hash__(self) -> int:
+        return hash((self.name, json.dumps(self.params, sort_keys=True, default=str)))
+
+
+class _Fields(BaseModel):
+    """Per-layer fields shared by the top level and by overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("layers", mode="before", check_fields=False)
+    @classmethod
+    def _layers(cls, v):
+        return _check_layers(v)
+
+    @field_validator("targets", check_fields=False)
+    @classmethod
+    def _targets(cls, v):
+        if v is not None:
+            if len(v) == 0:
+                raise ValueError("targets must be a non-empty subset of ['key', 'value']")
+            if len(set(v)) != len(v):
+                raise ValueError("targets lists a target twice; use a subset of ['key', 'value']")
+        return v
+
+
+class Override(_Fields):
+    """Changes applied to some layers (and KV heads); later overrides win."""
+
+    layers: Union[str, list[int]] = "all"
+    heads: list[int] | None = Field(default=None, description="KV-head indices; omitted = all heads")
+    enabled: bool | None = None
+    targets: list[Target] | None = None
+    lambda_ref: float | None = Field(default=None, ge=0.0, le=1.0)
+    window: int | None = Field(default=None, ge=1)
+    clip: float | None = Field(default=None, ge=0.0)
+    policy: Policy | None = None
+    scorer: ScorerSpec | None = None
+
+    @field_validator("heads")
+    @classmethod
+    def _heads(cls, v):
+        if v is not None and len(v) == 0:
+            raise ValueError("heads must be a non-empty list of KV-head indices, or omitted for all heads")
+        return v
+
+
+class KVSmoothConfig(_Fields):
+    """Validated KVSmooth configuration (schema version 1). Every field defaults to the paper.
+
+    Example::
+
+        cfg = KVSmoothConfig(lambda_ref=0.9)
+        cfg = KVSmoothConfig.preset("llava-1.5")
+        cfg = KVSmoothConfig.from_file("run.yaml")
+    """
+
+    version: Literal[1] = SCHEMA_VERSION
+    toolkit_version: str | None = Field(
+        default=None, description="kvsmooth_hooks version that wrote the file (informational)"
+    )
+    site: Site = Field("cache", description="cache: edit the KV cache after attention; kv_proj: hooks on k/v projections")
+    targets: list[Target] = Field(default_factory=lambda: ["key", "value"])
+    granularity: Granularity = "layer"
+    smooth_prefill: bool = False
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec)
+    policy: Policy = "fifo_rank"
+    lambda_ref: float = Field(0.9, ge=0.0, le=1.0)
+    window: int = Field(15, ge=1)
+    clip: float = Field(0.2, ge=0.0)
+    layers: Union[str, list[int]] = "3:-1"
+    overrides: list[Override] = Field(default_factory=list)
+
+    # ------------------------------------------------------------------ presets
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "KVSmoothConfig":
+        """A named preset (see :data:`PRESETS`), optionally with fields changed."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset '{name}'; available presets: {sorted(PRESETS)}")
+        return cls.model_validate({**PRESETS[name], **changes})
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, data: dict) -> "KVSmoothConfig":
+        """Validate a plain mapping; raises :class:`ConfigError` naming every bad field."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of fields, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "KVSmoothConfig":
+        """Load a ``.yaml``/``.yml`` or ``.json`` file (safe loaders only)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        text = path.read_text()
+        suffix = path.suffix.lower()
+        try:
+            if suffix in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            elif suffix == ".json":
+                data = json.loads(text)
+            else:
+                raise ConfigError(f"config file '{path}': unknown suffix '{suffix}'; use .yaml, .yml or .json")
+        except (ValueError, ImportError) as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            raise ConfigError(f"config file '{path}' is not valid {suffix[1:].upper()}: {exc}") from None
+        try:
+            return cls.from_dict(data if data is not None else {})
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        """Every field explicitly (self-describing), scorers in their short form."""
+        from . import __version__
+
+        data = self.model_dump(mode="json")
+        data["toolkit_version"] = __version__
+        data["scorer"] = self.scorer.dump()
+        for ov, raw in zip(self.overrides, data["overrides"]):
+            for key in list(raw):
+                if raw[key] is None:
+                    del raw[key]
+            if ov.scorer is not None:
+                raw["scorer"] = ov.scorer.dump()
+        return data
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: str | Path) -> Path:
+        """Write YAML or JSON, chosen by the suffix."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix in (".yaml", ".yml"):
+            path.write_text(self.to_yaml())
+        elif suffix == ".json":
+            path.write_text(self.to_json() + "\n")
+        else:
+            raise ConfigError(f"cannot save config to '{path}': use a .yaml, .yml or .json suffix")
+        return path
+
+    def __eq__(self, other: object) -> bool:  # toolkit_version is informational only
+        if not isinstance(other, KVSmoothConfig):
+            return NotImplemented
+        a, b = self.model_dump(), other.model_dump()
+        a.pop("toolkit_version"), b.pop("toolkit_version")
+        return a == b
+
+    def resolve(self, model):
+        """Dense plan of this config for ``model`` (see :func:`kvsmooth_hooks.plan.resolve`)."""
+        from .plan import resolve
+
+        return resolve(self, model)
+
+    @staticmethod
+    def json_schema() -> dict:
+        """The published JSON Schema of this file format."""
+        schema = KVSmoothConfig.model_json_schema()
+        schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+        schema["title"] = "KVSmoothConfig (kvsmooth_hooks schema version 1)"
+        return schema
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-")) or "<root>"
+        loc = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", loc)
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; see `kvsmooth config schema` for the allowed fields"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        got = err.get("input")
+        tail = "" if err["type"] in ("missing",) or isinstance(got, (dict, list)) else f" (got {got!r})"
+        lines.append(f"{loc}: {msg}{tail}")
+    return "invalid config: " + "; ".join(lines)
+
+
+_PAPER = dict(
+    site="cache",
+    targets=["key", "value"],
+    granularity="layer",
+    smooth_prefill=False,
+    scorer="row_entropy",
+    policy="fifo_rank",
+    window=15,
+    clip=0.2,
+    layers="3:-1",
+)
+
+#: Named presets. The paper's three MLLM settings (lambda_ref per model, KVSmooth Sec. 4.1) and
+#: ``off``: hooks registered but lambda = 0, the control arm of every ablation.
+PRESETS: dict[str, dict] = {
+    "llava-1.5": {**_PAPER, "lambda_ref": 0.9},
+    "minigpt-4": {**_PAPER, "lambda_ref": 0.5},
+    "instructblip": {**_PAPER, "lambda_ref": 0.7},
+    "off": {**_PAPER, "policy": "fixed", "lambda_ref": 0.0, "clip": 0.0},
+}

@@ -1,0 +1,187 @@
+"""What a session did: per run (generate call), decode step, sequence, layer and KV head.
+
+Tensors per run are ``[S, B, La, H]`` (S decode steps, B sequences, La active layers, H KV
+heads): ``score`` (the unit's score, repeated over the heads of a unit), ``rank`` (its window
+rank or linear position), ``lambda`` (the coefficient applied to each head; 0 where a head is
+disabled), and optionally ``dk`` / ``dv`` (L2 norm of the change made to each head's key/value).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+FIELDS = ("score", "rank", "lambda", "dk", "dv")
+
+
+@dataclass
+class TraceRun:
+    """One generate call (one batch of sequences)."""
+
+    batch: int
+    prompt_len: int
+    steps: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {f: [] for f in FIELDS})
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """``[S, B, La, H]`` float32 on CPU (empty ``[0, B, La, H]`` if no step was recorded)."""
+        rows = self.steps[name]
+        if not rows:
+            return torch.empty(0)
+        return torch.stack([r.detach().to("cpu", torch.float32) for r in rows])
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps["lambda"])
+
+
+class Trace:
+    """Recorded scores and coefficients of a session (``session.trace``)."""
+
+    def __init__(self, layers: list[int], n_kv_heads: int, config=None, identity: dict | None = None, notes=None):
+        self.layers = list(layers)
+        self.n_kv_heads = n_kv_heads
+        self.config = config
+        self.identity = identity or {}
+        self.notes = notes or {}
+        self.runs: list[TraceRun] = []
+
+    # ------------------------------------------------------------------ recording
+    def begin_run(self, batch: int, prompt_len: int) -> None:
+        self.runs.append(TraceRun(batch, prompt_len))
+
+    def record(self, **tensors: torch.Tensor | None) -> None:
+        """Append one decode step; each tensor ``[B, La, H]``."""
+        if not self.runs:
+            return
+        run = self.runs[-1]
+        for name, value in tensors.items():
+            if value is not None:
+                run.steps[name].append(value)
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        """Follow a beam-search reorder: earlier steps of the current run take the surviving beams' history."""
+        if self.runs:
+            for rows in self.runs[-1].steps.values():
+                for i, r in enumerate(rows):
+                    rows[i] = r.index_select(0, beam_idx.to(r.device))
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def tensor(self, name: str = "lambda", run: int = -1) -> torch.Tensor:
+        """``[S, B, La, H]`` for one run (default: the latest)."""
+        if not self.runs:
+            raise IndexError("the trace is empty: no generate call ran inside the session")
+        return self.runs[run].tensor(name)
+
+    def summary(self, run: int = -1) -> list[dict]:
+        """Per active layer: mean score, mean/min/max lambda and the share of steps at each clip bound."""
+        lam, score = self.tensor("lambda", run), self.tensor("score", run)
+        out = []
+        if lam.numel() == 0:
+            return out
+        for j, layer in enumerate(self.layers):
+            lj, sj = lam[:, :, j], score[:, :, j]
+            out.append(
+                {
+                    "layer": layer,
+                    "score_mean": float(sj.mean()),
+                    "lambda_mean": float(lj.mean()),
+                    "lambda_min": float(lj.min()),
+                    "lambda_max": float(lj.max()),
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ export
+    def _meta(self) -> dict[str, str]:
+        return {
+            "format": "kvsmooth_hooks.trace/1",
+            "config": self.config.to_json() if self.config is not None else "null",
+            "identity": json.dumps(self.identity, sort_keys=True),
+            "layers": json.dumps(self.layers),
+            "n_kv_heads": str(self.n_kv_heads),
+            "runs": json.dumps([{"batch": r.batch, "prompt_len": r.prompt_len} for r in self.runs]),
+            "notes": json.dumps(self.notes, sort_keys=True),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """safetensors: ``run{i}.{field}`` tensors ``[S, B, La, H]`` plus config/identity metadata."""
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for i, run in enumerate(self.runs):
+            for name in FIELDS:
+                if run.steps[name]:
+                    tensors[f"run{i}.{name}"] = run.tensor(name).contiguous()
+        if not tensors:
+            tensors["empty"] = torch.zeros(0)
+        save_file(tensors, str(path), metadata=self._meta())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Trace":
+        from safetensors import safe_open
+
+        from .config import KVSmoothConfig
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"trace file '{path}' does not exist")
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            if meta.get("format") != "kvsmooth_hooks.trace/1":
+                raise ValueError(f"'{path}' is not a kvsmooth_hooks trace (metadata format={meta.get('format')!r})")
+            data = {k: fh.get_tensor(k) for k in fh.keys()}
+        cfg = json.loads(meta["config"])
+        trace = cls(
+            json.loads(meta["layers"]),
+            int(meta["n_kv_heads"]),
+            KVSmoothConfig.from_dict(cfg) if cfg is not None else None,
+            json.loads(meta["identity"]),
+            json.loads(meta.get("notes", "{}")),
+        )
+        for i, info in enumerate(json.loads(meta["runs"])):
+            run = TraceRun(info["batch"], info["prompt_len"])
+            for name in FIELDS:
+                t = data.get(f"run{i}.{name}")
+                if t is not None:
+                    run.steps[name] = list(t.unbind(0))
+            trace.runs.append(run)
+        return trace
+
+    def rows(self):
+        """Tidy rows: run, sequence, step, layer, head, score, rank, lambda[, dk, dv]."""
+        for i, run in enumerate(self.runs):
+            cols = {n: run.tensor(n) for n in FIELDS if run.steps[n]}
+            if "lambda" not in cols:
+                continue
+            s, b, la, h = cols["lambda"].shape
+            for step in range(s):
+                for seq in range(b):
+                    for j in range(la):
+                        for head in range(h):
+                            row = {"run": i, "sequence": seq, "step": step, "layer": self.layers[j], "head": head}
+                            for n, t in cols.items():
+                                row[n] = float(t[step, seq, j, head])
+                            yield row
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :meth:`rows` as CSV."""
+        path = Path(path)
+        rows = iter(self.rows())
+        first = next(rows, None)
+        with path.open("w", newline="") as fh:
+            if first is None:
+                fh.write("run,sequence,step,layer,head,score,rank,lambda\n")
+                return path
+            writer = csv.DictWriter(fh, fieldnames=list(first))
+            writer.writeheader()
+            writer.writerow(first)
+            writer.writerows(rows)
+        return path

@@ -1,0 +1,88 @@
+"""Shared test utilities: tiny random models and the explicit reference decode loops."""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def tiny_llama(layers: int = 6, heads: int = 4, kv_heads: int = 2, attn: str = "sdpa", seed: int = 0, **kw):
+    """A random Llama (vocab 128, hidden 64) built from a config: no download."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        attn_implementation=attn,
+        **kw,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    no_eos(model)
+    return model
+
+
+def no_eos(model):
+    """Generate exactly max_new_tokens (random weights emit EOS at random otherwise)."""
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None
+    return model
+
+
+#: keyword under which this transformers version passes the cache to forward()
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids as generate derives them from a (left-padded) attention mask."""
+    pos = mask.long().cumsum(-1) - 1
+    return pos.masked_fill(mask == 0, 1)
+
+
+def _rank(window: list[float], e: float, m: int) -> float:
+    return sum(1 for q in window if q < e) / m
+
+
+@torch.no_grad()
+def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers, lambda_ref=0.9, window=15, clip=0.2):
+    """The five steps of the spec, written out: eager attention, manual cache edits, greedy.
+
+    Returns (tokens [B, new_tokens], cache, lambdas {layer: [[lambda per step] per sequence]}).
+    """
+    model.set_attn_implementation("eager")
+    b = input_ids.shape[0]
+    mask = attention_mask.clone()
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    cache = out.past_key_values
+    tok = out.logits[:, -1].argmax(-1)
+    tokens = [tok]
+    windows = {l: [[] for _ in range(b)] for l in layers}
+    lams = {l: [[] for _ in range(b)] for l in layers}
+    lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
+    for _ in range(new_tokens - 1):
+        mask = torch.cat([mask, mask.new_ones(b, 1)], -1)
+        pos = positions(mask)[:, -1:]
+        out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                    output_attentions=True, **{CACHE_KW: cache})
+        for l in layers:
+            probs = out.attentions[l][:, :, -1].float()  # [B, Hq, T]
+            ent = -(probs * torch.log(probs.clamp_min(1e-38))).sum(-1)  # [B, Hq]
+            for s in range(b):
+                e = float(ent[s].mean())
+                w = windows[l][s]
+                w.append(e)
+                del w[:-window]
+                lam = min(max(_rank(w, e, window), lo), hi)
+                lams[l][s].append(lam)
+                layer = cache.layers[l]
+                for t in (layer.keys, layer.values):
+                    t[s, :, -1] = (1 - lam) * t[s, :, -1] + lam * t[s, :, -2]
+        tok = out.logits[:, -1].argmax(-1)
+        tokens.append(tok)
+    model.set_attn_implementation("sdpa")
+    return torch.stack(tokens, 1), cache, lams
