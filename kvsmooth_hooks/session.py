@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from typing import Any
 
 import torch
 
-from .adapters import Adapter, ProjSlot, get_adapter
+from .adapters import Adapter, get_adapter
 from .config import KVSmoothConfig
 from .plan import SmoothingPlan, resolve
 from .probe import AttentionProbe, query_probs
 from .scorers import ScoreInputs, build_scorer
-from .smoothing import coefficient, coefficient_bounds, ema_update, fifo_rank, linear_position, new_window, push_window
+from .state import CoefficientGroup, LayerState, build_groups
 from .trace import Trace
 
 PREFILL, DECODE, EXTEND, NOCACHE = "prefill", "decode", "extend", "nocache"
@@ -37,127 +36,11 @@ class SessionError(RuntimeError):
     """Misuse of a session (a second session on one model, unsupported generation mode...)."""
 
 
-class _Layer:
-    """Runtime of one smoothed layer: constants from the plan and per-sequence state."""
-
-    def __init__(self, session: "Session", index: int):
-        plan, adapter = session.plan, session.adapter
-        self.session = session
-        self.index = index
-        self.cache_index = adapter.cache_index(index)
-        self.attn = adapter.attention(index)
-        spec = plan.scorer[index]
-        self.scorer = build_scorer(spec.name, spec.params)
-        self.policy = plan.policy[index]
-        self.n_heads, self.n_kv = adapter.n_heads, adapter.n_kv_heads
-        self.head_dim = adapter.head_dim
-        self.per_head = plan.granularity == "head"
-        window = plan.window[index]
-        self.unit_window = window if self.per_head else window[:1]
-        self.window_len = int(self.unit_window.max())
-        self.uniform_window = bool((self.unit_window == self.window_len).all())
-        enabled = plan.enabled[index]
-        lo, hi = coefficient_bounds(plan.lambda_ref[index], plan.clip[index])
-        self._cpu = {
-            "lo": lo,
-            "hi": hi,
-            "lambda_ref": plan.lambda_ref[index].clamp(0.0, 1.0),
-            "on": enabled.to(torch.float32),
-            "kmask": (enabled & plan.key[index]).to(torch.float32),
-            "vmask": (enabled & plan.value[index]).to(torch.float32),
-            "unit_window": self.unit_window,
-        }
-        self.smooth_key = bool(self._cpu["kmask"].any())
-        self.smooth_value = bool(self._cpu["vmask"].any())
-        self._dev: dict[Any, dict[str, torch.Tensor]] = {}
-        self.key_slot: ProjSlot | None = None
-        self.value_slot: ProjSlot | None = None
-        self.reset(0, None)
-
-    def consts(self, device) -> dict[str, torch.Tensor]:
-        c = self._dev.get(device)
-        if c is None:
-            c = self._dev[device] = {k: v.to(device) for k, v in self._cpu.items()}
-        return c
-
-    # ------------------------------------------------------------------ state
-    def reset(self, batch: int, device) -> None:
-        self.batch = batch
-        self.window = new_window(batch, self.n_kv if self.per_head else 1, self.window_len, device) if batch else None
-        self.scorer_state = (
-            self.scorer.init_state(batch, self.n_heads, self.n_kv, device, layer=self.index) if batch else {}
-        )
-        self.row: torch.Tensor | None = None
-        self.prev = {"key": None, "value": None}  # kv_proj site: last smoothed projection [B, Hkv, D]
-        self.lam: torch.Tensor | None = None
-        self.lam_step = -1
-        self.prefill_lam: list[torch.Tensor] | None = None
-        self.rec: dict[str, torch.Tensor | None] = {}
-
-    def reorder(self, idx: torch.Tensor) -> None:
-        def sel(t):
-            return t.index_select(0, idx.to(t.device)) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
-
-        self.window = sel(self.window)
-        self.row = sel(self.row)
-        self.prev = {k: sel(v) for k, v in self.prev.items()}
-        self.scorer_state = {k: sel(v) for k, v in self.scorer_state.items()}
-
-    # ------------------------------------------------------------------ coefficient
-    def compute_lambda(self, inputs: ScoreInputs, device) -> torch.Tensor:
-        """Score -> window -> rank -> coefficient for the current step. Returns ``[B, Hkv]``."""
-        c = self.consts(device)
-        raw = self.scorer.score(self.scorer_state, inputs)  # [B, Hq] or [B, Hkv]
-        b = raw.shape[0]
-        if self.scorer.head_axis == "query" and self.per_head:
-            unit = raw.view(b, self.n_kv, -1).mean(-1)
-        elif self.per_head:
-            unit = raw
-        else:
-            unit = raw.mean(-1, keepdim=True)
-        unit = unit.to(torch.float32)
-        if self.policy == "fixed":
-            rank = torch.zeros_like(unit)
-            lam = c["lambda_ref"].expand(b, -1)
-        else:
-            self.window = push_window(self.window, unit)
-            if self.policy == "fifo_rank":
-                length = self.window_len if self.uniform_window else c["unit_window"]
-                rank = fifo_rank(self.window, unit, length)
-            else:  # linear: the score's position in the window, scaled into the clip band
-                pos = linear_position(self.window, unit)
-                rank = pos
-            if self.policy == "linear":
-                lam = c["lo"] + rank * (c["hi"] - c["lo"])
-            else:
-                lam = coefficient(rank, c["lo"], c["hi"])
-        lam = lam * c["on"]
-        if self.session.tracing:
-            h = self.n_kv
-            self.rec = {"score": unit.expand(b, h), "rank": rank.expand(b, h), "lambda": lam}
-        return lam
-
-    def lambda_for_step(self, step: int, key: torch.Tensor | None, device) -> torch.Tensor:
-        """kv_proj site: one coefficient per step, shared by the key and value hooks."""
-        if self.lam_step != step:
-            if self.scorer.needs_key and key is None:
-                raise SessionError(
-                    f"layer {self.index}: the value projection ran before the key projection, but scorer "
-                    f"'{self.scorer.name}' needs the key; use site 'cache' for this model"
-                )
-            if self.scorer.needs_row and self.row is None:
-                raise SessionError(f"layer {self.index}: no attention row was captured before this decode step")
-            inputs = ScoreInputs(row=self.row, key=key, first_index=self.session.first_index)
-            self.lam = self.compute_lambda(inputs, device)
-            self.lam_step = step
-        return self.lam
-
-
 class Session:
     """Smoothing on one model from one plan. Use :func:`smooth` or :func:`attach` to make one.
 
-    Attributes: ``model``, ``adapter``, ``plan``, ``trace`` (:class:`~kvsmooth_hooks.trace.Trace`),
-    ``handles`` (the registered hook handles while attached).
+    Attributes: ``model``, ``adapter``, ``plan``, ``config``, ``trace``
+    (:class:`~kvsmooth_hooks.trace.Trace`), ``handles`` (registered hook handles while attached).
     """
 
     def __init__(self, model, config: KVSmoothConfig | SmoothingPlan | None = None, *, trace: bool = True,
@@ -174,18 +57,21 @@ class Session:
         else:
             raise TypeError(f"config must be a KVSmoothConfig or SmoothingPlan, got {type(config).__name__}")
         self.config = self.plan.config
+        self.site = self.config.site
         self.tracing = trace
         self.record_deltas = record_deltas
-        self.layers: dict[int, _Layer] = {}
         self.handles: list = []
         self.probe: AttentionProbe | None = None
         self.kind = NOCACHE
         self.step = 0
         self.batch = 0
+        self.cache = None
         self.first_index: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         self._caches: list = []
         self.attached = False
+        self.layers: dict[int, LayerState] = {}
+        self.groups: list[CoefficientGroup] = []
         active = self.plan.active_layers()
         if not active:
             warnings.warn(
@@ -193,25 +79,23 @@ class Session:
                 f"(layers={self.config.layers!r}); nothing will be smoothed",
                 stacklevel=3,
             )
-        needs_row = any(build_scorer(self.plan.scorer[i].name, self.plan.scorer[i].params).needs_row for i in active)
-        if self.config.smooth_prefill and self.config.site == "kv_proj" and needs_row:
+        scorers = {i: build_scorer(self.plan.scorer[i].name, self.plan.scorer[i].params) for i in active}
+        self.needs_row = any(sc.needs_row for sc in scorers.values())
+        if self.config.smooth_prefill and self.site == "kv_proj" and self.needs_row:
             raise SessionError(
                 "smooth_prefill with site 'kv_proj' needs a scorer that reads no attention row (prompt rows do "
                 "not exist before the projections run): use key_similarity, constant or random, or site 'cache'"
             )
-        self.needs_row = needs_row
-        exact = {i: build_scorer(self.plan.scorer[i].name, self.plan.scorer[i].params).describe(self.config.site)
-                 for i in active}
+        timing = {str(i): sc.describe(self.site) for i, sc in scorers.items()}
         self.trace = Trace(active, self.adapter.n_kv_heads, self.config, self.adapter.identity(),
-                           {"site": self.config.site, "score_timing": exact})
+                           {"site": self.site, "score_timing": timing})
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
-        """Register every hook (idempotent errors: a model holds one session at a time)."""
+        """Register every hook. A model holds one session at a time."""
         if self.attached:
             return self
-        owner = getattr(self.model, "_kvsmooth_session", None)
-        if owner is not None:
+        if getattr(self.model, "_kvsmooth_session", None) is not None:
             raise SessionError(
                 f"{type(self.model).__name__} already has an active kvsmooth session; remove it first "
                 "(leave its `with` block or call .remove())"
@@ -241,7 +125,7 @@ class Session:
         if getattr(self.model, "_kvsmooth_session", None) is self:
             del self.model._kvsmooth_session
         self.attached = False
-        self.kind = NOCACHE
+        self.kind, self.cache = NOCACHE, None
 
     def __enter__(self) -> "Session":
         return self.attach()
@@ -250,27 +134,33 @@ class Session:
         self.remove()
 
     # ------------------------------------------------------------------ registration
+    def _immediate(self, layer: LayerState) -> bool:
+        """kv_proj layers whose coefficient needs this step's key (or a smoothed prompt)."""
+        return self.site == "kv_proj" and (layer.scorer.needs_key or self.config.smooth_prefill)
+
     def _register(self) -> None:
         ad = self.adapter
         decoder = ad.decoder()
         self.handles.append(decoder.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
         self.handles.append(decoder.register_forward_hook(self._post_forward))
-        for i in self.plan.active_layers():
-            rt = self.layers[i] = _Layer(self, i)
-            if self.config.site == "cache":
+        self.layers = {i: LayerState(self.plan, i, ad) for i in self.plan.active_layers()}
+        self.groups = build_groups(self.plan, self.layers, self._immediate)
+        order = [l.index for g in self.groups for l in g.layers]
+        self._trace_perm = None if order == list(self.layers) else torch.tensor([order.index(i) for i in self.layers])
+        for i, rt in self.layers.items():
+            if self.site == "cache":
                 self.handles.append(rt.attn.register_forward_hook(self._cache_hook(rt), with_kwargs=True))
+                continue
+            rt.key_slot, rt.value_slot = ad.key_slot(i), ad.value_slot(i)
+            if rt.key_slot.module is rt.value_slot.module:
+                self.handles.append(rt.key_slot.module.register_forward_hook(self._proj_hook(rt, ("key", "value"))))
             else:
-                rt.key_slot, rt.value_slot = ad.key_slot(i), ad.value_slot(i)
-                if rt.key_slot.module is rt.value_slot.module:
-                    self.handles.append(rt.key_slot.module.register_forward_hook(self._proj_hook(rt, ("key", "value"))))
-                else:
-                    self.handles.append(rt.key_slot.module.register_forward_hook(self._proj_hook(rt, ("key",))))
-                    self.handles.append(rt.value_slot.module.register_forward_hook(self._proj_hook(rt, ("value",))))
-        if self.needs_row or (self.config.site == "cache" and self.config.smooth_prefill):
+                self.handles.append(rt.key_slot.module.register_forward_hook(self._proj_hook(rt, ("key",))))
+                self.handles.append(rt.value_slot.module.register_forward_hook(self._proj_hook(rt, ("value",))))
+        if self.needs_row:
             configs = ad.attention_configs()
-            base = configs[0]._attn_implementation if configs else "sdpa"
-            self.probe = AttentionProbe(configs, base)
-            for i, rt in self.layers.items():
+            self.probe = AttentionProbe(configs, configs[0]._attn_implementation if configs else "sdpa")
+            for rt in self.layers.values():
                 self.probe.listeners[id(rt.attn)] = self._row_listener(rt)
             self.probe.install()
 
@@ -283,6 +173,7 @@ class Session:
         if x is None:
             raise SessionError("kvsmooth: the decoder was called without input_ids or inputs_embeds")
         batch, q_len = int(x.shape[0]), int(x.shape[1])
+        self.cache = cache
         if cache is None:
             self.kind = NOCACHE
             return None
@@ -297,19 +188,44 @@ class Session:
             )
         elif q_len == 1:
             self.kind = DECODE
+            if self.site == "kv_proj":  # coefficients from the rows of the previous forward, all layers at once
+                for group in self.groups:
+                    if not self._immediate(group.layers[0]):
+                        for rt in group.layers:
+                            if not rt.scorer.needs_row:
+                                rt.score(ScoreInputs(first_index=self.first_index))
+                        group.step(tracing=self.tracing)
+                        group.lam_step = self.step
         else:
             self.kind = EXTEND
         return None
 
     def _post_forward(self, module, args, output):
-        if self.kind == DECODE:
-            if self.tracing and self.layers:
-                recs = [rt.rec for rt in self.layers.values()]
-                names = ("score", "rank", "lambda") + (("dk", "dv") if self.record_deltas else ())
-                self.trace.record(**{n: torch.stack([r[n] for r in recs], 1) for n in names if n in recs[0]})
-            self.step += 1
-        self.kind = NOCACHE
+        try:
+            if self.kind == DECODE:
+                if self.site == "cache":
+                    for group in self.groups:
+                        self._edit_cache(group, group.step(tracing=self.tracing), -1, -2)
+                if self.tracing and self.layers:
+                    self._record()
+                self.step += 1
+            elif self.kind == PREFILL and self.site == "cache" and self.config.smooth_prefill:
+                self._smooth_prompt_cache()
+        finally:
+            self.kind, self.cache = NOCACHE, None
         return None
+
+    def _record(self) -> None:
+        names = ("score", "rank", "lambda") + (("dk", "dv") if self.record_deltas else ())
+        recs = [g.record for g in self.groups]
+        out = {}
+        for n in names:
+            parts = [r[n] for r in recs if r is not None and n in r]
+            if len(parts) != len(recs):
+                continue
+            t = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            out[n] = t if self._trace_perm is None else t.index_select(1, self._trace_perm.to(t.device))
+        self.trace.record(**out)
 
     def _new_run(self, cache, batch, q_len, mask2d, device) -> None:
         self.batch, self.step = batch, 0
@@ -326,6 +242,8 @@ class Session:
         self.first_index = valid.to(torch.int8).argmax(-1)
         for rt in self.layers.values():
             rt.reset(batch, device)
+        for group in self.groups:
+            group.reset(batch, device)
         self.trace.begin_run(batch, q_len)
         if "reorder_cache" not in vars(cache) and hasattr(cache, "reorder_cache"):
             original = cache.reorder_cache
@@ -340,105 +258,97 @@ class Session:
             self._caches.append(weakref.ref(cache))
 
     def _reorder(self, beam_idx: torch.Tensor) -> None:
+        """Beam search reordered the cache: make every per-sequence state follow it."""
         for rt in self.layers.values():
             rt.reorder(beam_idx)
-        if self.first_index is not None:
-            self.first_index = self.first_index.index_select(0, beam_idx.to(self.first_index.device))
+        for group in self.groups:
+            group.reorder(beam_idx)
+        self.first_index = self.first_index.index_select(0, beam_idx.to(self.first_index.device))
         if self.tracing:
             self.trace.reorder(beam_idx)
 
     # ------------------------------------------------------------------ attention rows
-    def _row_listener(self, rt: _Layer):
-        site = self.config.site
-
+    def _row_listener(self, rt: LayerState):
         def listener(module, query, key, mask, kwargs, weights):
             kind = self.kind
-            if site == "cache":
-                if kind == DECODE:
-                    rt.row = weights[:, :, -1].float() if weights is not None else query_probs(module, query, key, mask, kwargs)[:, :, -1]
-                elif kind == PREFILL and self.config.smooth_prefill:
-                    rt.row = (query, key, mask, kwargs)  # rows computed position by position in the cache hook
-            elif kind != NOCACHE:  # kv_proj: keep the newest row for the next step's coefficient
-                rt.row = weights[:, :, -1].float() if weights is not None else query_probs(module, query, key, mask, kwargs)[:, :, -1]
+            if kind == NOCACHE or (self.site == "cache" and kind != DECODE):
+                if kind == PREFILL and self.config.smooth_prefill:
+                    rt.stash = (query, key, mask, kwargs)
+                return
+            row = weights[:, :, -1].float() if weights is not None else query_probs(module, query, key, mask, kwargs)[:, :, -1]
+            # cache site: this token's score; kv_proj: the newest row, used at the next decode step
+            rt.score(ScoreInputs(row=row, first_index=self.first_index))
 
         return listener
 
     # ------------------------------------------------------------------ cache site
-    def _cache_hook(self, rt: _Layer):
+    def _cache_hook(self, rt: LayerState):
         def hook(module, args, kwargs, output):
             kind = self.kind
-            if kind not in (DECODE, PREFILL):
+            if kind not in (DECODE, PREFILL) or rt.scorer.needs_row:
                 return None
             cache = Adapter.find_cache(kwargs)
             if cache is None:
                 return None
             layer = Adapter.check_cache_layer(cache, rt.cache_index)
-            keys, values = layer.keys, layer.values  # [B, Hkv, T, D]
             with torch.no_grad():
                 if kind == PREFILL:
                     if rt.scorer.needs_key:
-                        rt.scorer.observe_prompt(rt.scorer_state, keys, self.valid[:, -keys.shape[2]:])
-                    if self.config.smooth_prefill:
-                        self._smooth_prompt_cache(rt, keys, values)
-                    return None
-                if keys.shape[2] < 2:
-                    return None
-                new_key = keys[:, :, -1]
-                inputs = ScoreInputs(row=rt.row, key=new_key if rt.scorer.needs_key else None,
-                                     first_index=self.first_index)
-                lam = rt.compute_lambda(inputs, keys.device)
-                rt.row = None
-                self._apply(rt, lam, keys, values, -1, -2)
+                        rt.scorer.observe_prompt(rt.scorer_state, layer.keys, self.valid[:, -layer.keys.shape[2]:])
+                else:
+                    rt.score(ScoreInputs(key=layer.keys[:, :, -1] if rt.scorer.needs_key else None,
+                                         first_index=self.first_index))
             return None
 
         return hook
 
-    def _apply(self, rt: _Layer, lam, keys, values, pos: int, prev: int) -> None:
-        """Blend cache position ``pos`` with position ``prev`` for the targeted heads."""
-        c = rt.consts(keys.device)
-        lam3 = lam.unsqueeze(-1)
-        for name, cache_t, mask, on in (("dk", keys, c["kmask"], rt.smooth_key), ("dv", values, c["vmask"], rt.smooth_value)):
-            if not on:
-                if self.record_deltas and self.tracing:
-                    rt.rec[name] = torch.zeros_like(lam)
-                continue
-            current = cache_t[:, :, pos]
-            new = ema_update(current, cache_t[:, :, prev], lam3 * mask[:, None])
-            if self.record_deltas and self.tracing:
-                rt.rec[name] = (new - current).float().norm(dim=-1)
-            cache_t[:, :, pos] = new
-
-    def _smooth_prompt_cache(self, rt: _Layer, keys, values) -> None:
-        """smooth_prefill at the cache site: walk the prompt positions in order, like decode steps."""
-        t = keys.shape[2]
-        valid = self.valid[:, -t:]
-        stash = rt.row if isinstance(rt.row, tuple) else None
-        rt.row = None
-        for pos in range(t):
-            row = None
-            if stash is not None:
-                query, key, mask, kwargs = stash
-                q_len = query.shape[2]
-                qi = pos - (t - q_len)
-                if qi < 0:
+    def _edit_cache(self, group: CoefficientGroup, lam: torch.Tensor, pos: int, prev: int) -> None:
+        """Blend cache position ``pos`` with ``prev`` for every layer of ``group``; lam ``[B, La, H]``."""
+        layers = [Adapter.check_cache_layer(self.cache, rt.cache_index) for rt in group.layers]
+        if layers[0].keys.shape[2] < 2:
+            return
+        c = group.consts(lam.device)
+        with torch.no_grad():
+            for name, attr, on in (("dk", "keys", group.smooth_key), ("dv", "values", group.smooth_value)):
+                if not on:
+                    if self.record_deltas and self.tracing:
+                        group.record[name] = torch.zeros_like(lam)
                     continue
-                row = query_probs(rt.attn, query, key, mask, kwargs, rows=slice(qi, qi + 1))[:, :, 0]
-            inputs = ScoreInputs(row=row, key=keys[:, :, pos] if rt.scorer.needs_key else None,
-                                 first_index=self.first_index)
-            saved_window = rt.window
-            lam = rt.compute_lambda(inputs, keys.device)
-            real = valid[:, pos]
-            has_prev = real & (valid[:, pos - 1] if pos > 0 else torch.zeros_like(real))
-            if rt.window is not None and saved_window is not None:  # padding never enters the window
-                rt.window = torch.where(real[:, None, None], rt.window, saved_window)
-            lam = lam * has_prev[:, None]
-            if pos > 0:
-                self._apply(rt, lam, keys, values, pos, pos - 1)
-        rt.rec = {}
+                tensors = [getattr(layer, attr) for layer in layers]
+                current = [t[:, :, pos] for t in tensors]
+                weights = (lam * c["kmask" if attr == "keys" else "vmask"]).unsqueeze(-1).to(tensors[0].dtype)
+                before = torch.stack(current, 1).float() if self.record_deltas and self.tracing else None
+                torch._foreach_lerp_(current, [t[:, :, prev] for t in tensors], list(weights.unbind(1)))
+                if before is not None:
+                    group.record[name] = (torch.stack(current, 1).float() - before).norm(dim=-1)
+
+    def _smooth_prompt_cache(self) -> None:
+        """smooth_prefill at the cache site: walk the prompt positions in order, like decode steps."""
+        for group in self.groups:
+            layers = [Adapter.check_cache_layer(self.cache, rt.cache_index) for rt in group.layers]
+            t = layers[0].keys.shape[2]
+            valid = self.valid[:, -t:]
+            for pos in range(t):
+                for rt, layer in zip(group.layers, layers):
+                    row = None
+                    if rt.stash is not None:
+                        query, key, mask, kwargs = rt.stash
+                        qi = pos - (t - query.shape[2])
+                        row = query_probs(rt.attn, query, key, mask, kwargs, rows=slice(qi, qi + 1))[:, :, 0]
+                    rt.score(ScoreInputs(row=row, key=layer.keys[:, :, pos] if rt.scorer.needs_key else None,
+                                         first_index=self.first_index))
+                real = valid[:, pos]
+                has_prev = real & (valid[:, pos - 1] if pos > 0 else torch.zeros_like(real))
+                lam = group.step(valid=real, tracing=False) * has_prev[:, None, None]
+                if pos > 0:
+                    self._edit_cache(group, lam, pos, pos - 1)
+            for rt in group.layers:
+                rt.stash = None
 
     # ------------------------------------------------------------------ kv_proj site
-    def _proj_hook(self, rt: _Layer, which: tuple[str, ...]):
+    def _proj_hook(self, rt: LayerState, which: tuple[str, ...]):
         slots = {"key": lambda: rt.key_slot, "value": lambda: rt.value_slot}
+        group = rt.group
 
         def hook(module, args, output):
             kind = self.kind
@@ -459,14 +369,26 @@ class Session:
                         else:
                             rt.prev[name] = heads[:, -1].clone()
                         continue
-                    # decode
-                    lam = rt.lambda_for_step(self.step, heads[:, -1] if name == "key" else None, x.device)
-                    c = rt.consts(x.device)
-                    mask = c["kmask"] if name == "key" else c["vmask"]
+                    if group.lam_step != self.step:  # own group: needs this step's key
+                        if name != "key" and rt.scorer.needs_key:
+                            raise SessionError(
+                                f"layer {rt.index}: the value projection ran before the key projection, but scorer "
+                                f"'{rt.scorer.name}' needs the key; use site 'cache' for this model"
+                            )
+                        rt.score(ScoreInputs(key=heads[:, -1], first_index=self.first_index))
+                        group.step(tracing=self.tracing)
+                        group.lam_step = self.step
+                    c = group.consts(x.device)
+                    lam = group.lam[:, rt.slot] * c["kmask" if name == "key" else "vmask"][rt.slot]
                     current = heads[:, -1]
-                    new = ema_update(current, rt.prev[name], (lam * mask).unsqueeze(-1))
+                    new = torch.lerp(current, rt.prev[name], lam.unsqueeze(-1).to(current.dtype))
                     if self.record_deltas and self.tracing:
-                        rt.rec["dk" if name == "key" else "dv"] = (new - current).float().norm(dim=-1)
+                        delta = (new - current).float().norm(dim=-1)
+                        rec = group.record
+                        key = "dk" if name == "key" else "dv"
+                        if key not in rec or rec[key].shape[1] != len(group.layers):
+                            rec[key] = torch.zeros_like(group.lam)
+                        rec[key][:, rt.slot] = delta
                     rt.prev[name] = new
                     if out.requires_grad:
                         out = out.clone()
@@ -475,30 +397,27 @@ class Session:
 
         return hook
 
-    def _smooth_prompt_proj(self, rt: _Layer, name: str, out, slot: ProjSlot, heads):
+    def _smooth_prompt_proj(self, rt: LayerState, name: str, out, slot, heads):
         """smooth_prefill at kv_proj (scorers without attention rows): sequential EMA over the prompt."""
         b, t = heads.shape[:2]
         valid = self.valid[:, -t:]
+        group = rt.group
         if rt.prefill_lam is None:  # coefficients once per prompt, shared by the key and value hooks
             if rt.scorer.needs_key and name != "key":
                 raise SessionError(f"layer {rt.index}: the value projection ran before the key projection")
             lams = []
             for pos in range(t):
-                saved = rt.window
-                lams.append(rt.compute_lambda(ScoreInputs(key=heads[:, pos], first_index=self.first_index), heads.device))
-                if saved is not None and rt.window is not None:  # padding never enters the window
-                    rt.window = torch.where(valid[:, pos, None, None], rt.window, saved)
+                rt.score(ScoreInputs(key=heads[:, pos], first_index=self.first_index))
+                lams.append(group.step(valid=valid[:, pos], tracing=False)[:, rt.slot])
             rt.prefill_lam = lams
-            rt.rec = {}
         if out.requires_grad:
             out = out.clone()
-        c = rt.consts(heads.device)
-        mask = c["kmask"] if name == "key" else c["vmask"]
+        mask = group.consts(heads.device)["kmask" if name == "key" else "vmask"][rt.slot]
         prev = heads[:, 0]
         for pos in range(1, t):
             has_prev = valid[:, pos] & valid[:, pos - 1]
             lam = rt.prefill_lam[pos] * mask * has_prev[:, None]
-            prev = ema_update(heads[:, pos], prev, lam.unsqueeze(-1))
+            prev = torch.lerp(heads[:, pos], prev, lam.unsqueeze(-1).to(prev.dtype))
             out[:, pos, slot.start:slot.stop] = prev.reshape(b, -1)
         rt.prev[name] = prev.clone()
         return out

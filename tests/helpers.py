@@ -86,3 +86,68 @@ def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers,
         tokens.append(tok)
     model.set_attn_implementation("sdpa")
     return torch.stack(tokens, 1), cache, lams
+
+
+@torch.no_grad()
+def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers, lambda_ref=0.9, window=15, clip=0.2):
+    """Reference for the kv_proj site: projection outputs rewritten by plain hooks written here.
+
+    The coefficient at decode step t uses the attention row of the previous forward (eager,
+    output_attentions); ``s`` is the previous smoothed projection, seeded from the last prompt position.
+    """
+    model.set_attn_implementation("eager")
+    b = input_ids.shape[0]
+    lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
+    state = {"decode": False, "lam": {}, "prev": {}}
+    windows = {l: [[] for _ in range(b)] for l in layers}
+    handles = []
+
+    def make_hook(l, name):
+        def hook(mod, args, out):
+            if not state["decode"]:
+                state["prev"][(l, name)] = out[:, -1].clone()
+                return out
+            lam = state["lam"][l]  # list per sequence
+            out = out.clone()
+            for s in range(b):
+                new = (1 - lam[s]) * out[s, -1] + lam[s] * state["prev"][(l, name)][s]
+                out[s, -1] = new
+                state["prev"][(l, name)][s] = new
+            return out
+
+        return hook
+
+    for l in layers:
+        attn = model.model.layers[l].self_attn
+        handles.append(attn.k_proj.register_forward_hook(make_hook(l, "k")))
+        handles.append(attn.v_proj.register_forward_hook(make_hook(l, "v")))
+    try:
+        mask = attention_mask.clone()
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
+                    output_attentions=True)
+        cache = out.past_key_values
+        tok = out.logits[:, -1].argmax(-1)
+        tokens = [tok]
+        for _ in range(new_tokens - 1):
+            for l in layers:  # coefficient from the latest row (the previous forward's last query)
+                probs = out.attentions[l][:, :, -1].float()
+                ent = -(probs * torch.log(probs.clamp_min(1e-38))).sum(-1)
+                lam = []
+                for s in range(b):
+                    e = float(ent[s].mean())
+                    w = windows[l][s]
+                    w.append(e)
+                    del w[:-window]
+                    lam.append(min(max(_rank(w, e, window), lo), hi))
+                state["lam"][l] = lam
+            state["decode"] = True
+            mask = torch.cat([mask, mask.new_ones(b, 1)], -1)
+            out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
+                        use_cache=True, output_attentions=True, **{CACHE_KW: cache})
+            tok = out.logits[:, -1].argmax(-1)
+            tokens.append(tok)
+    finally:
+        for h in handles:
+            h.remove()
+        model.set_attn_implementation("sdpa")
+    return torch.stack(tokens, 1), cache
