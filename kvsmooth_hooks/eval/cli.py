@@ -1,0 +1,202 @@
+"""``kvsmooth eval ...`` command line: CHAIR, POPE, OPOPE, AMBER, Object-HalBench.
+
+The main ``kvsmooth`` CLI wires this in with::
+
+    from kvsmooth_hooks.eval.cli import add_eval_parser, run as run_eval
+    add_eval_parser(subparsers)          # adds the "eval" command group
+    ...
+    if args.command == "eval": return run_eval(args)
+
+It also runs stand-alone: ``python -m kvsmooth_hooks.eval.cli chair CAPTIONS.jsonl --gt-objects GT.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .records import EvalInputError
+
+__all__ = ["add_eval_parser", "build_parser", "run", "main"]
+
+
+def _add_common(p: argparse.ArgumentParser, bootstrap: bool = True) -> None:
+    p.add_argument("-o", "--output", type=Path, help="write the full result as JSON to this file")
+    if bootstrap:
+        p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                       help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
+        p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def _add_gt(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--coco-annotations", type=Path, metavar="DIR",
+                   help="COCO 2014 annotation directory (instances_/captions_{train,val}2014.json)")
+    g.add_argument("--gt-objects", type=Path, metavar="FILE", help="JSON {image_id: [COCO category names]}")
+    p.add_argument("--gt-cache", type=Path, metavar="FILE",
+                   help="JSON cache for ground truth built from --coco-annotations (default: user cache dir)")
+    p.add_argument("--backend", choices=("offline", "nltk"), default="offline",
+                   help="tokenizer/lemmatizer: offline (default, no data needed) or nltk (reference, needs NLTK data)")
+
+
+def _fill_eval_subcommands(sub) -> None:
+    p = sub.add_parser("chair", help="CHAIR_S / CHAIR_I / Recall / Precision / F1 / Len of captions",
+                       description="CHAIR (Rohrbach et al. 2018) as computed by OPERA/PAI chair.py.")
+    p.add_argument("captions", type=Path, help="captions .jsonl/.json with image_id and caption")
+    p.add_argument("--image-id-key", default="image_id")
+    p.add_argument("--caption-key", default="caption")
+    _add_gt(p)
+    _add_common(p)
+    p.set_defaults(eval_func=_run_chair)
+
+    p = sub.add_parser("pope", help="POPE accuracy / precision / recall / F1 / yes-ratio",
+                       description="POPE (Li et al. 2023) from model answers.")
+    p.add_argument("questions", type=Path, help="POPE question file (.jsonl: question_id, image, text, label)")
+    p.add_argument("answers", type=Path, help="answers (.jsonl: question_id, text)")
+    p.add_argument("--rule", choices=("official", "substring"), default="official",
+                   help="answer parsing: official POPE evaluate.py (default) or substring 'yes'")
+    _add_common(p)
+    p.set_defaults(eval_func=_run_pope)
+
+    p = sub.add_parser("opope", help="offline POPE from captions (HALC)",
+                       description="OPOPE: answer POPE questions from one caption per image.")
+    p.add_argument("questions", type=Path, help="POPE question file (.jsonl)")
+    p.add_argument("captions", type=Path, help="captions (.jsonl: image_id or image, caption)")
+    _add_common(p)
+    p.set_defaults(eval_func=_run_opope)
+
+    p = sub.add_parser("amber", help="AMBER generative + discriminative metrics",
+                       description="AMBER (Wang et al. 2023).")
+    p.add_argument("responses", type=Path, help="responses (.json list or .jsonl: id, response)")
+    p.add_argument("--amber-data", type=Path, required=True, metavar="DIR",
+                   help="AMBER data/ folder (annotations.json, relation.json, safe_words.txt)")
+    p.add_argument("--backend", choices=("offline", "nltk"), default="offline")
+    p.add_argument("--similarity", choices=("none", "spacy"), default="none",
+                   help="word matching: exact (default) or spaCy vectors > threshold (reference)")
+    p.add_argument("--similarity-threshold", type=float, default=0.8)
+    p.add_argument("--strict", action="store_true", help="discriminative answers must be exactly 'Yes'/'No'")
+    _add_common(p, bootstrap=False)
+    p.set_defaults(eval_func=_run_amber)
+
+    p = sub.add_parser("objhal", help="Object-HalBench, rule-based",
+                       description="Object-HalBench (RLHF-V) with rule-based object extraction.")
+    p.add_argument("responses", type=Path, help="responses (.jsonl: image_id, response)")
+    p.add_argument("--response-key", default="response")
+    _add_gt(p)
+    _add_common(p)
+    p.set_defaults(eval_func=_run_objhal)
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``eval`` command group to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    p = subparsers.add_parser("eval", help="hallucination metrics (CHAIR, POPE, OPOPE, AMBER, Object-HalBench)",
+                              description="Hallucination evaluation.")
+    sub = p.add_subparsers(dest="eval_command", metavar="{chair,pope,opope,amber,objhal}")
+    sub.required = True
+    _fill_eval_subcommands(sub)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Stand-alone parser (``python -m kvsmooth_hooks.eval.cli``)."""
+    parser = argparse.ArgumentParser(prog="python -m kvsmooth_hooks.eval.cli", description="Hallucination evaluation.")
+    sub = parser.add_subparsers(dest="eval_command", metavar="{chair,pope,opope,amber,objhal}")
+    sub.required = True
+    _fill_eval_subcommands(sub)
+    return parser
+
+
+def _ground_truth(args, extractor):
+    from .chair import build_coco_ground_truth, default_gt_cache, load_ground_truth
+
+    if args.gt_objects is not None:
+        return load_ground_truth(args.gt_objects)
+    cache = args.gt_cache or default_gt_cache(args.coco_annotations, args.backend)
+    return build_coco_ground_truth(args.coco_annotations, extractor, cache_path=cache)
+
+
+def _write(args, payload: dict) -> None:
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+        print(f"wrote {args.output}")
+
+
+def _run_chair(args) -> int:
+    from .chair import ChairEvaluator, load_captions
+    from .coco_objects import ObjectExtractor
+
+    captions = load_captions(args.captions, args.image_id_key, args.caption_key)
+    extractor = ObjectExtractor(args.backend)
+    gt = _ground_truth(args, extractor)
+    result = ChairEvaluator(gt, extractor).evaluate(captions, n_bootstrap=args.bootstrap, seed=args.seed,
+                                                     show_progress=len(captions) > 2000)
+    print(result.summary())
+    _write(args, result.to_dict())
+    return 0
+
+
+def _run_pope(args) -> int:
+    from .pope import compute_pope
+
+    result = compute_pope(args.questions, args.answers, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed)
+    print(result.summary())
+    _write(args, result.to_dict())
+    return 0
+
+
+def _run_opope(args) -> int:
+    from .pope import compute_opope
+
+    result = compute_opope(args.questions, args.captions, n_bootstrap=args.bootstrap, seed=args.seed)
+    print(result.summary())
+    _write(args, result.to_dict())
+    return 0
+
+
+def _run_amber(args) -> int:
+    from .amber import compute_amber
+
+    result = compute_amber(args.responses, args.amber_data, backend=args.backend, similarity=args.similarity,
+                           similarity_threshold=args.similarity_threshold, strict=args.strict)
+    print(result.summary())
+    _write(args, result.to_dict())
+    return 0
+
+
+def _run_objhal(args) -> int:
+    from .coco_objects import ObjectExtractor
+    from .objhal import compute_objhal
+
+    gt = _ground_truth(args, ObjectExtractor(args.backend))
+    result = compute_objhal(args.responses, gt, backend=args.backend, response_key=args.response_key,
+                            n_bootstrap=args.bootstrap, seed=args.seed)
+    print(result.summary())
+    _write(args, result.to_dict())
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch a parsed ``eval`` command; returns the exit status.
+
+    Input errors print ``error: <one-line reason>`` on stderr and return 2.
+    """
+    from .lemmatize import NltkDataMissingError
+
+    try:
+        return args.eval_func(args)
+    except (EvalInputError, NltkDataMissingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

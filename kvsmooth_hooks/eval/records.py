@@ -1,0 +1,84 @@
+"""Reading evaluation inputs (JSON lines / JSON lists) with precise error messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["EvalInputError", "read_records", "normalize_image_id"]
+
+
+class EvalInputError(ValueError):
+    """An evaluation input file is missing, malformed or lacks a field.
+
+    The message names the file (and line for JSON lines) and says how to fix it.
+    """
+
+
+def normalize_image_id(value: Any) -> Any:
+    """Image ids are compared as ints when they look like ints (``"42"`` == ``42``)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        s = value.strip()
+        if s.isdigit():
+            return int(s)
+        return s
+    return value
+
+
+def read_records(path: str | Path, required: Iterable[str] = (), what: str = "record") -> list[dict]:
+    """Read a ``.jsonl`` file (one object per line) or a ``.json`` list of objects.
+
+    Args:
+        path: the file.
+        required: fields every record must have; a missing one raises
+            :class:`EvalInputError` naming the file, the line (or list index) and the field.
+        what: noun used in messages ("caption", "answer", ...).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise EvalInputError(f"{p}: file not found")
+    required = tuple(required)
+    text = p.read_text(encoding="utf-8")
+    records: list[tuple[str, Any]] = []
+    stripped = text.lstrip()
+    if p.suffix == ".json" or (stripped.startswith("[") and p.suffix != ".jsonl"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of {what} objects") from None
+        if isinstance(data, dict):
+            # {"id": {...}} or {"results": [...]} are common; accept a list under a single key
+            lists = [v for v in data.values() if isinstance(v, list)]
+            if len(lists) == 1:
+                data = lists[0]
+        if not isinstance(data, list):
+            raise EvalInputError(f"{p}: expected a JSON list of {what} objects (or a .jsonl file with one object per line)")
+        records = [(f"item {i}", obj) for i, obj in enumerate(data)]
+    else:
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalInputError(f"{p}:{lineno}: not valid JSON ({exc.msg}); each line must be one {what} object") from None
+            records.append((f"line {lineno}", obj))
+    out: list[dict] = []
+    for where, obj in records:
+        if not isinstance(obj, dict):
+            raise EvalInputError(f"{p} {where}: expected a JSON object, got {type(obj).__name__}")
+        for field in required:
+            if field not in obj:
+                raise EvalInputError(
+                    f"{p} {where}: missing field {field!r} (fields present: {', '.join(sorted(obj)) or 'none'}); "
+                    f"every {what} needs {', '.join(repr(f) for f in required)}"
+                )
+        out.append(obj)
+    return out

@@ -1,0 +1,61 @@
+import json
+
+import pytest
+
+from kvsmooth_hooks.eval.amber import compute_amber, load_amber_data
+from kvsmooth_hooks.eval.records import EvalInputError
+
+
+@pytest.fixture()
+def amber_dir(tmp_path):
+    ann = [
+        {"id": 1, "type": "generative", "truth": ["dog", "grass"], "hallu": ["cat", "frisbee"]},
+        {"id": 2, "type": "discriminative-hallucination", "truth": "no"},
+        {"id": 3, "type": "discriminative-attribute-state", "truth": "yes"},
+        {"id": 4, "type": "discriminative-relation", "truth": "no"},
+    ]
+    rel = {"dog": ["puppy"], "cat": ["kitten"], "grass": [], "frisbee": [], "tree": [], "animal": []}
+    (tmp_path / "annotations.json").write_text(json.dumps(ann))
+    (tmp_path / "relation.json").write_text(json.dumps(rel))
+    (tmp_path / "safe_words.txt").write_text("animal\n")
+    return tmp_path
+
+
+RESPONSES = [
+    # nouns: puppy (covers dog), grass (covers grass), kitten (cat: cog + hallucinated),
+    # tree (hallucinated), animal (safe word: counted, not hallucinated)
+    {"id": 1, "response": "A puppy runs on the grass next to a kitten, a tree and an animal."},
+    {"id": 2, "response": "No"},
+    {"id": 3, "response": "No, it is not."},
+    {"id": 4, "response": "Yes"},
+]
+
+
+def test_amber_hand_computed(amber_dir):
+    res = compute_amber(RESPONSES, amber_dir)
+    g = res.generative
+    assert g["CHAIR"] == pytest.approx(40.0)
+    assert g["Cover"] == pytest.approx(100.0)
+    assert g["Hal"] == pytest.approx(100.0)
+    assert g["Cog"] == pytest.approx(50.0)
+    d = res.discriminative["overall"]
+    assert d["Accuracy"] == pytest.approx(100 / 3)
+    assert d["Precision"] == pytest.approx(50.0)
+    assert d["Recall"] == pytest.approx(50.0)
+    assert d["F1"] == pytest.approx(50.0)
+    assert res.discriminative["existence"]["F1"] == pytest.approx(100.0)
+    assert res.discriminative["attribute"]["Accuracy"] == pytest.approx(0.0)
+    assert res.amber_score == pytest.approx(55.0)
+
+
+def test_amber_strict_answers(amber_dir):
+    rows = [{"id": 2, "response": "no"}, {"id": 4, "response": "No"}]
+    assert compute_amber(rows, amber_dir, strict=True).discriminative["overall"]["Accuracy"] == pytest.approx(50.0)
+    assert compute_amber(rows, amber_dir).discriminative["overall"]["Accuracy"] == pytest.approx(100.0)
+
+
+def test_amber_errors(amber_dir, tmp_path):
+    with pytest.raises(EvalInputError, match="outside 1..4"):
+        compute_amber([{"id": 9, "response": "x"}], amber_dir)
+    with pytest.raises(EvalInputError, match="relation.json"):
+        load_amber_data(tmp_path / "nowhere")
