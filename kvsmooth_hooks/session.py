@@ -26,6 +26,7 @@ from .config import KVSmoothConfig
 from .plan import SmoothingPlan, resolve
 from .probe import AttentionProbe, query_probs
 from .scorers import ScoreInputs, build_scorer
+from .smoothing import coefficient_bounds
 from .state import CoefficientGroup, LayerState, build_groups
 from .trace import Trace
 
@@ -87,8 +88,10 @@ class Session:
                 "not exist before the projections run): use key_similarity, constant or random, or site 'cache'"
             )
         timing = {str(i): sc.describe(self.site) for i, sc in scorers.items()}
-        self.trace = Trace(active, self.adapter.n_kv_heads, self.config, self.adapter.identity(),
-                           {"site": self.site, "score_timing": timing})
+        lo, hi = coefficient_bounds(self.plan.lambda_ref[active], self.plan.clip[active])
+        notes = {"site": self.site, "score_timing": timing, "lambda_lo": lo.tolist(), "lambda_hi": hi.tolist(),
+                 "policy": [self.plan.policy[i] for i in active]}
+        self.trace = Trace(active, self.adapter.n_kv_heads, self.config, self.adapter.identity(), notes)
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
