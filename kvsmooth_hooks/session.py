@@ -197,8 +197,7 @@ class Session:
                         for rt in group.layers:
                             if not rt.scorer.needs_row:
                                 rt.score(ScoreInputs(first_index=self.first_index))
-                        group.step(tracing=self.tracing)
-                        group.lam_step = self.step
+                        self._proj_weights(group, group.step(tracing=self.tracing))
         else:
             self.kind = EXTEND
         return None
@@ -379,26 +378,36 @@ class Session:
                                 f"'{rt.scorer.name}' needs the key; use site 'cache' for this model"
                             )
                         rt.score(ScoreInputs(key=heads[:, -1], first_index=self.first_index))
-                        group.step(tracing=self.tracing)
-                        group.lam_step = self.step
-                    c = group.consts(x.device)
-                    lam = group.lam[:, rt.slot] * c["kmask" if name == "key" else "vmask"][rt.slot]
+                        self._proj_weights(group, group.step(tracing=self.tracing))
+                    weight = group.proj_w[name][rt.slot]  # [B, Hkv, 1]
+                    if weight.dtype != x.dtype:
+                        weight = weight.to(x.dtype)
+                    if out.requires_grad:
+                        out = out.clone()
+                        heads = out[..., slot.start:slot.stop].reshape(b, t, rt.n_kv, rt.head_dim)
                     current = heads[:, -1]
-                    new = torch.lerp(current, rt.prev[name], lam.unsqueeze(-1).to(current.dtype))
-                    if self.record_deltas and self.tracing:
-                        delta = (new - current).float().norm(dim=-1)
+                    before = current.float() if self.record_deltas and self.tracing else None
+                    if heads.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+                        new = current.lerp_(rt.prev[name], weight)  # in place: a view of the module output
+                    else:  # fused projections: the slice was copied by reshape; write it back
+                        new = torch.lerp(current, rt.prev[name], weight)
+                        out[:, -1, slot.start:slot.stop] = new.reshape(b, -1)
+                    rt.prev[name] = new
+                    if before is not None:
                         rec = group.record
                         key = "dk" if name == "key" else "dv"
                         if key not in rec or rec[key].shape[1] != len(group.layers):
                             rec[key] = torch.zeros_like(group.lam)
-                        rec[key][:, rt.slot] = delta
-                    rt.prev[name] = new
-                    if out.requires_grad:
-                        out = out.clone()
-                    out[:, -1, slot.start:slot.stop] = new.reshape(b, -1)
+                        rec[key][:, rt.slot] = (new.float() - before).norm(dim=-1)
             return out
 
         return hook
+
+    def _proj_weights(self, group: CoefficientGroup, lam: torch.Tensor) -> None:
+        """kv_proj: this step's blend weights per layer of ``group``, for keys and values (``[B, Hkv, 1]`` each)."""
+        c = group.consts(lam.device)
+        group.proj_w = {"key": (lam * c["kmask"]).unsqueeze(-1).unbind(1), "value": (lam * c["vmask"]).unsqueeze(-1).unbind(1)}
+        group.lam_step = self.step
 
     def _smooth_prompt_proj(self, rt: LayerState, name: str, out, slot, heads):
         """smooth_prefill at kv_proj (scorers without attention rows): sequential EMA over the prompt."""
