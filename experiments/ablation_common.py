@@ -24,7 +24,7 @@ from kvsmooth_hooks import KVSmoothConfig  # noqa: E402
 #: metric name -> function(model, tokenizer, config_or_None, args, cell_dir) -> summary dict
 METRICS: dict[str, Callable] = {}
 #: the columns every metric reports (percent), used by tables and plots
-COLUMNS = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len")
+COLUMNS = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len", "Rep3")
 
 
 def register_metric(name: str):
