@@ -82,6 +82,15 @@ class Session:
             )
         scorers = {i: build_scorer(self.plan.scorer[i].name, self.plan.scorer[i].params) for i in active}
         self.needs_row = any(sc.needs_row for sc in scorers.values())
+        if self.needs_row and not self.adapter.attention_interface:
+            if all(self.plan.policy[i] == "fixed" for i, sc in scorers.items() if sc.needs_row):
+                self.needs_row = False  # fixed coefficients need no score; the trace shows score 0
+            else:
+                raise SessionError(
+                    f"{type(model).__name__}: its attention does not go through transformers' attention interface, "
+                    "so scorers that read attention rows cannot run on it; use a scorer that needs no row "
+                    "(key_similarity, constant, random)"
+                )
         if self.config.smooth_prefill and self.site == "kv_proj" and self.needs_row:
             raise SessionError(
                 "smooth_prefill with site 'kv_proj' needs a scorer that reads no attention row (prompt rows do "
@@ -360,9 +369,8 @@ class Session:
             with torch.no_grad():
                 for name in which:
                     slot = slots[name]()
-                    x = out[..., slot.start:slot.stop]  # [B, T, Hkv*D]
-                    b, t, _ = x.shape
-                    heads = x.reshape(b, t, rt.n_kv, rt.head_dim)
+                    heads = slot.heads(out, rt.n_kv, rt.head_dim)  # view [B, T, Hkv, D]
+                    b, t = heads.shape[:2]
                     if kind in (PREFILL, EXTEND):
                         if kind == PREFILL and name == "key" and rt.scorer.needs_key:
                             rt.scorer.observe_prompt(rt.scorer_state, heads.transpose(1, 2), self.valid[:, -t:])
@@ -380,18 +388,14 @@ class Session:
                         rt.score(ScoreInputs(key=heads[:, -1], first_index=self.first_index))
                         self._proj_weights(group, group.step(tracing=self.tracing))
                     weight = group.proj_w[name][rt.slot]  # [B, Hkv, 1]
-                    if weight.dtype != x.dtype:
-                        weight = weight.to(x.dtype)
+                    if weight.dtype != heads.dtype:
+                        weight = weight.to(heads.dtype)
                     if out.requires_grad:
                         out = out.clone()
-                        heads = out[..., slot.start:slot.stop].reshape(b, t, rt.n_kv, rt.head_dim)
+                        heads = slot.heads(out, rt.n_kv, rt.head_dim)
                     current = heads[:, -1]
                     before = current.float() if self.record_deltas and self.tracing else None
-                    if heads.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
-                        new = current.lerp_(rt.prev[name], weight)  # in place: a view of the module output
-                    else:  # fused projections: the slice was copied by reshape; write it back
-                        new = torch.lerp(current, rt.prev[name], weight)
-                        out[:, -1, slot.start:slot.stop] = new.reshape(b, -1)
+                    new = current.lerp_(rt.prev[name], weight)  # in place, through the view into the output
                     rt.prev[name] = new
                     if before is not None:
                         rec = group.record
@@ -430,7 +434,7 @@ class Session:
             has_prev = valid[:, pos] & valid[:, pos - 1]
             lam = rt.prefill_lam[pos] * mask * has_prev[:, None]
             prev = torch.lerp(heads[:, pos], prev, lam.unsqueeze(-1).to(prev.dtype))
-            out[:, pos, slot.start:slot.stop] = prev.reshape(b, -1)
+            slot.heads(out, rt.n_kv, rt.head_dim)[:, pos] = prev
         rt.prev[name] = prev.clone()
         return out
 

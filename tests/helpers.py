@@ -55,6 +55,7 @@ def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers,
 
     Returns (tokens [B, new_tokens], cache, lambdas {layer: [[lambda per step] per sequence]}).
     """
+    impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     b = input_ids.shape[0]
     mask = attention_mask.clone()
@@ -85,7 +86,7 @@ def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers,
                     t[s, :, -1] = (1 - lam) * t[s, :, -1] + lam * t[s, :, -2]
         tok = out.logits[:, -1].argmax(-1)
         tokens.append(tok)
-    model.set_attn_implementation("sdpa")
+    model.set_attn_implementation(impl)
     return torch.stack(tokens, 1), cache, lams
 
 

@@ -8,10 +8,14 @@ multimodal models). To add an architecture, write ``adapters/<family>.py`` with 
 from __future__ import annotations
 
 from .base import CACHE_KWARGS, Adapter, ProjSlot, UnsupportedModelError
+from .falcon import FalconAdapter
+from .gpt2 import GPT2Adapter
+from .gpt_neox import GPTNeoXAdapter
 from .llama import LlamaFamilyAdapter
+from .phi3 import Phi3Adapter
 
-#: Registry, in lookup order.
-ADAPTERS: list[type[Adapter]] = [LlamaFamilyAdapter]
+#: Registry, in lookup order (``accepts(model)`` hooks first, then ``config.model_type``).
+ADAPTERS: list[type[Adapter]] = [LlamaFamilyAdapter, GPT2Adapter, GPTNeoXAdapter, FalconAdapter, Phi3Adapter]
 
 
 def supported_model_types() -> list[str]:
@@ -33,6 +37,11 @@ def get_adapter(model) -> Adapter:
     text = getattr(cfg, "text_config", None)
     if text is not None:
         types.insert(0, getattr(text, "model_type", None))
+        if getattr(text, "is_encoder_decoder", False):
+            raise UnsupportedModelError(
+                f"{type(model).__name__}: its language model ({types[0]}) is an encoder-decoder model; KVSmooth "
+                "smooths the KV cache of decoder-only language models (use an OPT/Llama/Vicuna variant)"
+            )
     for adapter in ADAPTERS:
         if any(t in adapter.model_types for t in types if t):
             return adapter(model)

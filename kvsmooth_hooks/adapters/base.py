@@ -21,15 +21,24 @@ CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
 
 @dataclass(frozen=True)
 class ProjSlot:
-    """Where one projection's output lives.
+    """Where one projection's output lives inside a module's forward output ``[B, T, width]``.
 
-    module: the nn.Module whose forward output holds the projection, ``[B, T, width]``.
-    start/stop: the slice of the last dim that is this projection (``None`` = whole output).
+    module: the nn.Module whose output holds the projection.
+    start/stop: the slice of the last dim that is this projection (``None`` = the whole output).
+    groups: for interleaved fused QKV layouts, the output is first viewed as ``[B, T, groups, width/groups]``
+        and the slice is taken inside every group (GPT-NeoX: one group per head, ``[q_h | k_h | v_h]``).
     """
 
     module: nn.Module
     start: int | None = None
     stop: int | None = None
+    groups: int | None = None
+
+    def heads(self, out: torch.Tensor, n_kv: int, head_dim: int) -> torch.Tensor:
+        """A *view* ``[B, T, n_kv, head_dim]`` of this projection inside ``out`` (writes go through)."""
+        b, t = out.shape[:2]
+        x = out if self.groups is None else out.view(b, t, self.groups, -1)
+        return x[..., self.start:self.stop].view(b, t, n_kv, head_dim)
 
 
 class UnsupportedModelError(TypeError):
@@ -42,8 +51,12 @@ class Adapter:
     name: ClassVar[str] = "base"
     #: ``config.model_type`` values this adapter serves.
     model_types: ClassVar[tuple[str, ...]] = ()
+    #: attribute of the decoder holding its layers (a ModuleList).
+    layers_attr: ClassVar[str] = "layers"
     #: attribute path from a decoder layer to its attention module.
     attention_attr: ClassVar[str] = "self_attn"
+    #: whether the attention calls transformers' AttentionInterface (needed for attention-row scorers).
+    attention_interface: ClassVar[bool] = True
     key_attr: ClassVar[str] = "k_proj"
     value_attr: ClassVar[str] = "v_proj"
 
@@ -58,19 +71,26 @@ class Adapter:
         return getattr(cfg, "text_config", None) or cfg
 
     def decoder(self) -> nn.Module:
-        """The module whose forward receives ``input_ids``/``inputs_embeds`` and the cache."""
+        """The language decoder: the module holding the decoder layers (``layers_attr``), whose forward
+        receives ``input_ids``/``inputs_embeds`` and the cache. Vision towers are never searched."""
+        roots = []
         if hasattr(self.model, "get_decoder"):
-            dec = self.model.get_decoder()
-            if hasattr(dec, "layers"):
-                return dec
-        for path in ("model", "model.decoder", "model.language_model"):
-            mod = _get(self.model, path)
-            if mod is not None and hasattr(mod, "layers"):
-                return mod
-        raise UnsupportedModelError(f"{type(self.model).__name__}: cannot find the decoder's `layers`")
+            try:
+                roots.append(self.model.get_decoder())
+            except (AttributeError, ValueError, NotImplementedError):
+                pass
+        roots.append(self.model)
+        for root in roots:
+            found = _find_owner(root, self.layers_attr)
+            if found is not None:
+                return found
+        raise UnsupportedModelError(
+            f"{type(self.model).__name__}: cannot find the language decoder's `{self.layers_attr}` "
+            f"(adapter '{self.name}')"
+        )
 
     def layers(self) -> Sequence[nn.Module]:
-        return list(self.decoder().layers)
+        return list(getattr(self.decoder(), self.layers_attr))
 
     def attention(self, layer: int) -> nn.Module:
         return _get(self.layers()[layer], self.attention_attr)
@@ -156,6 +176,22 @@ class Adapter:
                 "DynamicCache, or use site 'kv_proj'"
             )
         return layer
+
+
+_DESCEND = ("model", "language_model", "decoder", "transformer", "gpt_neox", "text_model")
+
+
+def _find_owner(module: nn.Module, attr: str, depth: int = 4):
+    """The first module (breadth-first through known wrapper names) with a ModuleList at ``attr``."""
+    level = [module]
+    for _ in range(depth):
+        nxt = []
+        for m in level:
+            if isinstance(getattr(m, attr, None), nn.ModuleList):
+                return m
+            nxt += [c for name in _DESCEND if isinstance(c := getattr(m, name, None), nn.Module)]
+        level = nxt
+    return None
 
 
 def _get(obj, path: str):

@@ -1,10 +1,12 @@
 """Llama-family decoders with separate ``k_proj`` / ``v_proj`` Linear layers."""
 
 from .base import Adapter
+from .vlm import VLM_TEXT_MODEL_TYPES
 
 
 class LlamaFamilyAdapter(Adapter):
-    """Llama, Mistral, Mixtral, Qwen2/2-MoE/3/3-MoE, Gemma 1/2/3 (text), Phi, OPT, OLMo, Granite, SmolLM3.
+    """Llama, Mistral, Mixtral, Qwen2/2-MoE/3/3-MoE, Gemma 1/2/3 (text), Phi, OPT, OLMo, Granite, SmolLM3, and
+    the language decoders of LLaVA, Qwen2-VL / Qwen2.5-VL and InstructBLIP (OPT/Llama).
 
     Layers live at ``get_decoder().layers`` (``model.layers``; ``model.decoder.layers`` for OPT),
     attention at ``layer.self_attn``, projections ``self_attn.k_proj`` / ``self_attn.v_proj``.
@@ -29,4 +31,5 @@ class LlamaFamilyAdapter(Adapter):
         "granite",
         "smollm3",
         "starcoder2",
+        *VLM_TEXT_MODEL_TYPES,
     )
