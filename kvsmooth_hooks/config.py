@@ -179,21 +179,17 @@ class KVSmoothConfig(_Fields):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
+        import yaml
+
         text = path.read_text()
         suffix = path.suffix.lower()
+        if suffix not in (".yaml", ".yml", ".json"):
+            raise ConfigError(f"config file '{path}': unknown suffix '{suffix}'; use .yaml, .yml or .json")
         try:
-            if suffix in (".yaml", ".yml"):
-                import yaml
-
-                data = yaml.safe_load(text)
-            elif suffix == ".json":
-                data = json.loads(text)
-            else:
-                raise ConfigError(f"config file '{path}': unknown suffix '{suffix}'; use .yaml, .yml or .json")
-        except (ValueError, ImportError) as exc:
-            if isinstance(exc, ConfigError):
-                raise
-            raise ConfigError(f"config file '{path}' is not valid {suffix[1:].upper()}: {exc}") from None
+            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)  # safe loaders only
+        except (ValueError, yaml.YAMLError) as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"config file '{path}' is not valid {'JSON' if suffix == '.json' else 'YAML'}: {first}") from None
         try:
             return cls.from_dict(data if data is not None else {})
         except ConfigError as exc:

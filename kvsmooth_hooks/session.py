@@ -26,6 +26,7 @@ from .config import KVSmoothConfig
 from .plan import SmoothingPlan, resolve
 from .probe import AttentionProbe, query_probs
 from .scorers import ScoreInputs, build_scorer
+from .smoothing import coefficient_bounds
 from .state import CoefficientGroup, LayerState, build_groups
 from .trace import Trace
 
@@ -87,8 +88,10 @@ class Session:
                 "not exist before the projections run): use key_similarity, constant or random, or site 'cache'"
             )
         timing = {str(i): sc.describe(self.site) for i, sc in scorers.items()}
-        self.trace = Trace(active, self.adapter.n_kv_heads, self.config, self.adapter.identity(),
-                           {"site": self.site, "score_timing": timing})
+        lo, hi = coefficient_bounds(self.plan.lambda_ref[active], self.plan.clip[active])
+        notes = {"site": self.site, "score_timing": timing, "lambda_lo": lo.tolist(), "lambda_hi": hi.tolist(),
+                 "policy": [self.plan.policy[i] for i in active]}
+        self.trace = Trace(active, self.adapter.n_kv_heads, self.config, self.adapter.identity(), notes)
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
@@ -195,8 +198,7 @@ class Session:
                         for rt in group.layers:
                             if not rt.scorer.needs_row:
                                 rt.score(ScoreInputs(first_index=self.first_index))
-                        group.step(tracing=self.tracing)
-                        group.lam_step = self.step
+                        self._proj_weights(group, group.step(tracing=self.tracing))
         else:
             self.kind = EXTEND
         return None
@@ -376,26 +378,32 @@ class Session:
                                 f"'{rt.scorer.name}' needs the key; use site 'cache' for this model"
                             )
                         rt.score(ScoreInputs(key=heads[:, -1], first_index=self.first_index))
-                        group.step(tracing=self.tracing)
-                        group.lam_step = self.step
-                    c = group.consts(heads.device)
-                    lam = group.lam[:, rt.slot] * c["kmask" if name == "key" else "vmask"][rt.slot]
+                        self._proj_weights(group, group.step(tracing=self.tracing))
+                    weight = group.proj_w[name][rt.slot]  # [B, Hkv, 1]
+                    if weight.dtype != heads.dtype:
+                        weight = weight.to(heads.dtype)
+                    if out.requires_grad:
+                        out = out.clone()
+                        heads = slot.heads(out, rt.n_kv, rt.head_dim)
                     current = heads[:, -1]
-                    new = torch.lerp(current, rt.prev[name], lam.unsqueeze(-1).to(current.dtype))
-                    if self.record_deltas and self.tracing:
-                        delta = (new - current).float().norm(dim=-1)
+                    before = current.float() if self.record_deltas and self.tracing else None
+                    new = current.lerp_(rt.prev[name], weight)  # in place: heads is a view of the module output
+                    rt.prev[name] = new
+                    if before is not None:
                         rec = group.record
                         key = "dk" if name == "key" else "dv"
                         if key not in rec or rec[key].shape[1] != len(group.layers):
                             rec[key] = torch.zeros_like(group.lam)
-                        rec[key][:, rt.slot] = delta
-                    rt.prev[name] = new
-                    if out.requires_grad:
-                        out = out.clone()
-                    slot.heads(out, rt.n_kv, rt.head_dim)[:, -1] = new
+                        rec[key][:, rt.slot] = (new.float() - before).norm(dim=-1)
             return out
 
         return hook
+
+    def _proj_weights(self, group: CoefficientGroup, lam: torch.Tensor) -> None:
+        """kv_proj: this step's blend weights per layer of ``group``, for keys and values (``[B, Hkv, 1]`` each)."""
+        c = group.consts(lam.device)
+        group.proj_w = {"key": (lam * c["kmask"]).unsqueeze(-1).unbind(1), "value": (lam * c["vmask"]).unsqueeze(-1).unbind(1)}
+        group.lam_step = self.step
 
     def _smooth_prompt_proj(self, rt: LayerState, name: str, out, slot, heads):
         """smooth_prefill at kv_proj (scorers without attention rows): sequential EMA over the prompt."""

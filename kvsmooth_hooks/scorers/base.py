@@ -82,8 +82,8 @@ class Scorer:
         return "exact" if site in self.exact_at else "lagged"
 
 
-def build_scorer(name: str, params: dict | None = None) -> Scorer:
+def build_scorer(name: str, params: dict | None = None, **kwargs: Any) -> Scorer:
     """Instantiate a registered scorer, with a clear error for unknown names/parameters."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer '{name}'; registered scorers: {sorted(SCORERS)}")
-    return SCORERS[name](**(params or {}))
+    return SCORERS[name](**{**(params or {}), **kwargs})

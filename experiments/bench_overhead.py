@@ -1,0 +1,141 @@
+"""Overhead of KVSmooth hooks during greedy decoding (SmolLM2-135M on CPU by default).
+
+Paired runs alternate baseline and smoothed generation (same prompt, greedy, exactly N new
+tokens); the table reports the median of the per-pair time ratios, which cancels slow drifts
+of the machine. Arms:
+
+* ``baseline``: the model as loaded (sdpa attention), no hooks;
+* ``kvsmooth``: ``with smooth(model, cfg)`` (site ``cache``, the paper's defaults): sdpa kept,
+  one attention row per layer and step recomputed by the probe;
+* ``kvsmooth-kv_proj``: the same at the ``kv_proj`` site;
+* ``naive``: what one would hack without the toolkit: eager attention forced, ``output_attentions=True``,
+  per-layer Python hooks reading the returned probabilities and editing the cache.
+
+    python experiments/bench_overhead.py --pairs 5 --new-tokens 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+
+def naive_hooks(model, layers, lambda_ref=0.9, window=15, clip=0.2):
+    """The straightforward implementation: eager probabilities from the attention output."""
+    lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
+    windows: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
+    handles = []
+
+    def make(l):
+        def hook(mod, args, kwargs, out):
+            weights = out[1]
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            if weights is None or cache is None or weights.shape[2] != 1:
+                windows[l].clear()
+                return
+            p = weights[:, :, -1].float()
+            e = -(p * torch.log(p.clamp_min(1e-38))).sum(-1).mean(-1)  # [B]
+            w = windows[l]
+            w.append(e)
+            del w[:-window]
+            rank = (torch.stack(w, -1) < e[:, None]).sum(-1).float() / window
+            lam = rank.clamp(lo, hi)[:, None, None]
+            layer = cache.layers[l]
+            for t in (layer.keys, layer.values):
+                t[:, :, -1] = (1 - lam) * t[:, :, -1] + lam * t[:, :, -2]
+
+        return hook
+
+    for l in layers:
+        handles.append(model.model.layers[l].self_attn.register_forward_hook(make(l), with_kwargs=True))
+    return handles
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--prompt", default="Describe a photo of a kitchen with a cat sitting on the counter.")
+    ap.add_argument("--arms", default="kvsmooth,kvsmooth-kv_proj,naive")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from tqdm import tqdm
+
+    from kvsmooth_hooks import KVSmoothConfig, smooth
+    from kvsmooth_hooks.models import chat_inputs, load_smollm2
+
+    model, tok = load_smollm2()
+    inputs = chat_inputs(tok, args.prompt)
+    n_layers = model.config.num_hidden_layers
+    layers = list(range(3, n_layers - 1))
+    gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def baseline():
+        model.generate(**inputs, **gen)
+
+    def arm_fn(name):
+        if name.startswith("kvsmooth"):
+            site = "kv_proj" if name.endswith("kv_proj") else "cache"
+            cfg = KVSmoothConfig(site=site)
+
+            def run():
+                with smooth(model, cfg):
+                    model.generate(**inputs, **gen)
+
+            return run
+
+        def run_naive():
+            model.set_attn_implementation("eager")
+            handles = naive_hooks(model, layers)
+            try:
+                model.generate(**inputs, output_attentions=True, return_dict_in_generate=True, **gen)
+            finally:
+                for h in handles:
+                    h.remove()
+                model.set_attn_implementation("sdpa")
+
+        return run_naive
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    baseline()  # warm-up
+    for a in arms:
+        arm_fn(a)()
+    results = {a: [] for a in arms}
+    base_times = []
+    for _ in tqdm(range(args.pairs), desc="pairs", file=sys.stderr):
+        for a in arms:
+            b = timed(baseline)
+            s = timed(arm_fn(a))
+            base_times.append(b)
+            results[a].append((b, s))
+
+    print(f"\nSmolLM2-135M-Instruct, greedy, {args.new_tokens} new tokens, batch 1, {args.pairs} pairs per arm")
+    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}, smoothed layers {layers[0]}..{layers[-1]}")
+    print(f"\n| arm | median s/run (arm) | median s/run (baseline) | median ratio arm/baseline | tok/s (arm) |")
+    print("|---|---|---|---|---|")
+    for a in arms:
+        ratios = [s / b for b, s in results[a]]
+        arm_t = statistics.median(s for _, s in results[a])
+        base_t = statistics.median(b for b, _ in results[a])
+        print(f"| {a} | {arm_t:.3f} | {base_t:.3f} | {statistics.median(ratios):.3f} | {args.new_tokens / arm_t:.1f} |")
+    print(f"\ncommand: python experiments/bench_overhead.py --pairs {args.pairs} --new-tokens {args.new_tokens}"
+          + (f" --threads {args.threads}" if args.threads else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Grounded-text CHAIR proxy: baseline vs smoothed on SmolLM2 (or any local causal LM).
+
+    python experiments/grounded_chair.py --n 100 --seed 0 --preset llava-1.5 --out results/grounded
+
+Same as `kvsmooth eval grounded ...`; see docs/evaluation.md for what the proxy measures and what it does not.
+"""
+
+import sys
+
+from kvsmooth_hooks.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["eval", "grounded", *sys.argv[1:]]))

@@ -1,0 +1,258 @@
+"""``kvsmooth`` command line: demo, config tools, plans, evaluation and trace plots.
+
+Every error exits with status 2 and prints ``error: <one-line reason>`` first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEMO_PROMPT = "Describe a photo of a kitchen with a cat sitting on the counter."
+#: Demo setting. The paper's lambda_ref 0.9 on layers 3..L-2 is tuned for 7B MLLMs; on this
+#: 135M text model it collapses the text into repetition, so the demo smooths the upper half
+#: of the network (layers 15..28) with lambda_ref 0.5, where the text stays fluent and the effect
+#: is visible. `--preset llava-1.5` shows the paper setting.
+DEMO_DEFAULTS = {"lambda_ref": 0.5, "layers": "15:-1"}
+
+
+def _config_from_args(args, default: dict | None = None):
+    from .config import KVSmoothConfig
+
+    if getattr(args, "config", None) and getattr(args, "preset", None):
+        raise ValueError("give either a config file or --preset, not both")
+    if getattr(args, "config", None):
+        cfg = KVSmoothConfig.from_file(args.config)
+    elif getattr(args, "preset", None):
+        cfg = KVSmoothConfig.preset(args.preset)
+    else:
+        cfg = KVSmoothConfig.from_dict(dict(default or {}))
+    changes = {k: getattr(args, k) for k in ("lambda_ref", "layers", "site", "granularity") if getattr(args, k, None) is not None}
+    if changes:
+        cfg = KVSmoothConfig.from_dict({**cfg.model_dump(exclude={"toolkit_version"}), **changes})
+    return cfg
+
+
+def load_model_for_structure(name: str):
+    """A model to resolve plans against: ``smollm2``, or a local HF directory / cached hub id.
+
+    Only the architecture matters for plans, so hub ids are instantiated from their config on
+    the ``meta`` device (no weights are loaded).
+    """
+    import torch
+
+    if name.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
+        from .models import SMOLLM2_NAME, cache_dir, load_smollm2
+
+        if not (cache_dir() / SMOLLM2_NAME / "config.json").is_file():
+            load_smollm2()
+        name = str(cache_dir() / SMOLLM2_NAME)
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+    except OSError as exc:
+        raise FileNotFoundError(f"cannot read a model config from '{name}': {str(exc).splitlines()[0]}") from None
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+            try:
+                return auto.from_config(cfg)
+            except ValueError:
+                continue
+    raise ValueError(f"'{name}' ({type(cfg).__name__}) is neither a causal LM nor an image-text-to-text model")
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_demo(args) -> int:
+    import torch
+
+    from . import smooth
+    from .models import chat_inputs, load_smollm2
+
+    cfg = _config_from_args(args, DEMO_DEFAULTS)
+    torch.manual_seed(0)
+    model, tok = load_smollm2()
+    inputs = chat_inputs(tok, args.prompt)
+    n = inputs["input_ids"].shape[1]
+    gen = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+    base = model.generate(**inputs, **gen)
+    with smooth(model, cfg) as session:
+        smoothed = model.generate(**inputs, **gen)
+    texts = [tok.decode(t[n:], skip_special_tokens=True).strip() for t in (base[0], smoothed[0])]
+    _side_by_side(("baseline", "KVSmooth"), texts, args.width)
+    print()
+    print(f"config: site={cfg.site} lambda_ref={cfg.lambda_ref} window={cfg.window} clip={cfg.clip} "
+          f"layers={cfg.layers} scorer={cfg.scorer.name} policy={cfg.policy}")
+    rows = session.trace.summary()
+    print(f"{'layer':>5}  {'entropy':>8}  {'lambda mean':>11}  {'min':>5}  {'max':>5}")
+    for r in rows:
+        print(f"{r['layer']:>5}  {r['score_mean']:8.3f}  {r['lambda_mean']:11.3f}  {r['lambda_min']:5.2f}  {r['lambda_max']:5.2f}")
+    if args.save_trace:
+        session.trace.save(args.save_trace)
+        print(f"trace written to {args.save_trace}")
+    return 0
+
+
+def _side_by_side(titles, texts, width: int) -> None:
+    import textwrap
+
+    col = max(20, (width - 3) // 2)
+    wrapped = [textwrap.wrap(t, col) or [""] for t in texts]
+    print(f"{titles[0]:<{col}} | {titles[1]}")
+    print("-" * col + "-+-" + "-" * col)
+    for i in range(max(map(len, wrapped))):
+        left = wrapped[0][i] if i < len(wrapped[0]) else ""
+        right = wrapped[1][i] if i < len(wrapped[1]) else ""
+        print(f"{left:<{col}} | {right}")
+
+
+def cmd_config(args) -> int:
+    from .config import KVSmoothConfig
+
+    if args.config_cmd == "init":
+        cfg = KVSmoothConfig.preset(args.preset) if args.preset else KVSmoothConfig()
+        if args.output:
+            cfg.save(args.output)
+            print(f"wrote {args.output}")
+        else:
+            print(cfg.to_yaml(), end="")
+    elif args.config_cmd == "validate":
+        cfg = KVSmoothConfig.from_file(args.file)
+        print(f"{args.file}: valid (schema version {cfg.version})")
+    elif args.config_cmd == "show":
+        print(KVSmoothConfig.from_file(args.file).to_yaml(), end="")
+    elif args.config_cmd == "schema":
+        text = json.dumps(KVSmoothConfig.json_schema(), indent=2)
+        if args.output:
+            Path(args.output).write_text(text + "\n")
+            print(f"wrote {args.output}")
+        else:
+            print(text)
+    return 0
+
+
+def _plan_from_args(args):
+    from .plan import resolve
+
+    cfg = _config_from_args(args)
+    model = load_model_for_structure(args.model)
+    return resolve(cfg, model)
+
+
+def cmd_plan(args) -> int:
+    print(_plan_from_args(args).table())
+    return 0
+
+
+def cmd_export(args) -> int:
+    plan = _plan_from_args(args)
+    plan.save(args.output)
+    print(f"wrote {args.output} ({plan.n_layers} layers x {plan.n_kv_heads} KV heads, "
+          f"{len(plan.active_layers())} layers active)")
+    return 0
+
+
+def cmd_trace(args) -> int:
+    from .plots import plot_trace
+
+    for path in plot_trace(args.file, args.output):
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .config import PRESETS
+
+    p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")
+    p.add_argument("--version", action="version", version=f"kvsmooth_hooks {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_source(sp, positional: bool):
+        if positional:
+            sp.add_argument("config", nargs="?", help="config file (.yaml/.json); or use --preset")
+        else:
+            sp.add_argument("--config", help="config file (.yaml/.json)")
+        sp.add_argument("--preset", choices=sorted(PRESETS), help="a named preset instead of a file")
+
+    d = sub.add_parser("demo", help="SmolLM2-135M: generate with and without smoothing, side by side")
+    d.add_argument("--prompt", default=DEMO_PROMPT)
+    d.add_argument("--max-new-tokens", type=int, default=96)
+    config_source(d, positional=False)
+    d.add_argument("--lambda-ref", type=float, dest="lambda_ref")
+    d.add_argument("--layers", help="e.g. 'all', '3:-1', '15:-1'")
+    d.add_argument("--site", choices=["cache", "kv_proj"])
+    d.add_argument("--granularity", choices=["layer", "head"])
+    d.add_argument("--width", type=int, default=120, help="terminal width for the side-by-side view")
+    d.add_argument("--save-trace", help="write the session trace (.safetensors)")
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("config", help="create, check and inspect config files")
+    csub = c.add_subparsers(dest="config_cmd", required=True)
+    ci = csub.add_parser("init", help="write a config with every field (default: the paper's)")
+    ci.add_argument("--preset", choices=sorted(PRESETS))
+    ci.add_argument("-o", "--output", help=".yaml or .json; stdout (YAML) if omitted")
+    cv = csub.add_parser("validate", help="check a config file")
+    cv.add_argument("file")
+    cs = csub.add_parser("show", help="print a config with all defaults filled in")
+    cs.add_argument("file")
+    cj = csub.add_parser("schema", help="print the JSON Schema of config files")
+    cj.add_argument("-o", "--output")
+    c.set_defaults(func=cmd_config)
+
+    for name, func, helptext in (
+        ("plan", cmd_plan, "print the plan of a config for a model (layers x KV heads)"),
+        ("export", cmd_export, "resolve a config for a model and write the plan as safetensors"),
+    ):
+        sp = sub.add_parser(name, help=helptext)
+        config_source(sp, positional=True)
+        sp.add_argument("--model", required=True, help="'smollm2', a local HF model directory, or a cached hub id")
+        if name == "export":
+            sp.add_argument("-o", "--output", required=True, help="plan file (.safetensors)")
+        sp.set_defaults(func=func)
+
+    t = sub.add_parser("trace", help="work with saved traces")
+    tsub = t.add_subparsers(dest="trace_cmd", required=True)
+    tp = tsub.add_parser("plot", help="PNG plots of a trace: lambda heatmap, score distributions, clip-bound shares")
+    tp.add_argument("file")
+    tp.add_argument("-o", "--output", required=True, help="output directory")
+    t.set_defaults(func=cmd_trace)
+
+    try:
+        from .eval.cli import add_eval_parser
+
+        add_eval_parser(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("plan", "export") and not args.config and not args.preset:
+        parser.error(f"{args.command}: give a config file or --preset")
+    if args.command == "eval":
+        from .eval.cli import run
+
+        return run(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as exc:
+        msg = str(exc).strip().splitlines()
+        print(f"error: {msg[0] if msg else type(exc).__name__}", file=sys.stderr)
+        for line in msg[1:]:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
