@@ -73,6 +73,14 @@ def _vlm(name):
         cfg = T.Qwen2VLConfig(text_config=text, vision_config=vis, image_token_id=IMAGE_TOKEN, video_token_id=151,
                               vision_start_token_id=152, vision_end_token_id=153)
         return T.Qwen2VLForConditionalGeneration(cfg)
+    if name == "qwen2_5_vl":  # same token layout; window attention in the vision tower (window 8 px = 1 merged patch)
+        text = dict(txt, num_key_value_heads=2, rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2],
+                                                                  "rope_theta": 10000.0})
+        vis = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=4, patch_size=4, spatial_merge_size=2,
+                   temporal_patch_size=2, out_hidden_size=32, window_size=8, fullatt_block_indexes=[0])
+        cfg = T.Qwen2_5_VLConfig(text_config=text, vision_config=vis, image_token_id=IMAGE_TOKEN, video_token_id=151,
+                                 vision_start_token_id=152, vision_end_token_id=153)
+        return T.Qwen2_5_VLForConditionalGeneration(cfg)
     if name == "instructblip":  # OPT language model, 4 query tokens = 4 image tokens
         qf = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, vocab_size=100,
                   encoder_hidden_size=32, max_position_embeddings=64)
@@ -87,7 +95,7 @@ def _vlm(name):
 
 TEXT = ["llama", "mistral", "qwen2", "gemma2", "gemma3_text", "phi", "opt", "gpt2", "gpt_neox", "falcon", "falcon_new",
         "phi3"]
-VLM = ["llava", "qwen2_vl", "instructblip"]
+VLM = ["llava", "qwen2_vl", "qwen2_5_vl", "instructblip"]
 #: fused QKV: one kv_proj hook per layer
 FUSED = {"gpt2", "gpt_neox", "falcon", "falcon_new", "phi3"}
 #: attention rows cannot be captured (attention computed inline): use a key scorer
@@ -106,7 +114,7 @@ def vlm_inputs(name: str, model, batch: int = 1, text_len: int = 5, seed: int = 
     g = torch.Generator().manual_seed(seed)
     text = torch.randint(3, 100, (batch, text_len), generator=g)
     img = torch.full((batch, 4), IMAGE_TOKEN)
-    if name == "qwen2_vl":
+    if name in ("qwen2_vl", "qwen2_5_vl"):
         ids = torch.cat([torch.full((batch, 1), 152), img, torch.full((batch, 1), 153), text], 1)
         pixels = torch.randn(batch * 16, 3 * 2 * 4 * 4, generator=g)
         return dict(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels,

@@ -56,7 +56,8 @@ def get_adapter(model) -> Adapter:
         )
     raise UnsupportedModelError(
         f"{type(model).__name__} (model_type '{types[-1]}') has no kvsmooth_hooks adapter; supported "
-        f"model types: {supported_model_types()}. Adding one is a short file: see docs/adapters.md"
+        f"model types: {supported_model_types()} (and TransformerLens HookedTransformer). Adding one is a short file: "
+        "see docs/adapters.md"
     )
 
 
