@@ -330,6 +330,12 @@ class Session:
         for group in self.groups:
             layers = [Adapter.check_cache_layer(self.cache, rt.cache_index) for rt in group.layers]
             t = layers[0].keys.shape[2]
+            if any(layer.keys.shape[2] != t for layer in layers):  # sliding-window layers next to global ones
+                raise SessionError(
+                    "smooth_prefill at the cache site needs the smoothed layers' caches to hold the same prompt "
+                    "positions, but sliding-window and global layers differ (Gemma 2/3 style): use site 'kv_proj', "
+                    "or select only sliding or only global layers"
+                )
             valid = self.valid[:, -t:].to(layers[0].keys.device)
             for pos in range(t):
                 for rt, layer in zip(group.layers, layers):

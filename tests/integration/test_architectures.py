@@ -177,5 +177,11 @@ def test_unsupported_architecture_names_class_and_supported_types():
         get_adapter(model)
 
 
-def test_session_error_is_exported():
-    assert issubclass(SessionError, RuntimeError)
+def test_smooth_prefill_cache_site_refuses_mixed_sliding_and_global_layers():
+    model = build("gemma2")  # layer 0 sliding (window 4), layer 1 global; a 9-token prompt
+    ids = torch.randint(3, 128, (1, 9))
+    with pytest.raises(SessionError, match="sliding-window and global layers"):
+        with smooth(model, KVSmoothConfig(layers="all", smooth_prefill=True, scorer="key_similarity")):
+            model.generate(ids, max_new_tokens=2, do_sample=False)
+    with smooth(model, KVSmoothConfig(layers=[1], smooth_prefill=True, scorer="key_similarity")):
+        model.generate(ids, max_new_tokens=2, do_sample=False)
