@@ -1,0 +1,52 @@
+"""Falcon: fused ``query_key_value`` in one of three layouts, chosen by the config.
+
+* ``new_decoder_architecture`` (Falcon-40B/180B, Falcon2): per KV group ``[q * (H/Hkv), k, v]``;
+* ``multi_query`` (Falcon-7B): ``[q (H*D) | k (D) | v (D)]``, one KV head;
+* neither: per head ``[q_h, k_h, v_h]`` like GPT-NeoX.
+"""
+
+from .base import Adapter, ProjSlot, UnsupportedModelError
+
+
+class FalconAdapter(Adapter):
+    """Layers at ``transformer.h``, attention ``h[i].self_attention``."""
+
+    name = "falcon"
+    model_types = ("falcon",)
+    attention_attr = "self_attention"
+    layers_attr = "h"
+
+    @property
+    def n_kv_heads(self) -> int:
+        c = self.config
+        if c.new_decoder_architecture:
+            return int(c.num_kv_heads)
+        return 1 if c.multi_query else self.n_heads
+
+    def _slot(self, layer: int, index: int) -> ProjSlot:
+        qkv, c, d = self.attention(layer).query_key_value, self.config, self.head_dim
+        if c.new_decoder_architecture:
+            return ProjSlot(qkv, interleave=(self.n_heads // self.n_kv_heads + 2, index - 2))
+        if c.multi_query:
+            start = self.n_heads * d + index * d
+            return ProjSlot(qkv, start, start + d)
+        return ProjSlot(qkv, interleave=(3, index + 1))
+
+    def key_slot(self, layer: int) -> ProjSlot:
+        return self._slot(layer, 0)
+
+    def value_slot(self, layer: int) -> ProjSlot:
+        return self._slot(layer, 1)
+
+    def check_session(self, site: str, needs_row: bool) -> None:
+        if needs_row:
+            raise UnsupportedModelError(
+                "Falcon computes attention inline (not through transformers' attention interface), so attention rows "
+                "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
+            )
+        if site == "cache" and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
+            raise UnsupportedModelError(
+                "Falcon's new decoder architecture caches every KV head repeated per query head "
+                f"({self.n_heads} cached heads for {self.n_kv_heads} KV heads), so per-KV-head cache edits do not "
+                "line up with the cache; use site 'kv_proj' for this model"
+            )

@@ -1,0 +1,187 @@
+"""The adapter matrix: every architecture family, both sites, on tiny random models (no downloads)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import reference_cache_decode, reference_kvproj_decode
+from kvsmooth_hooks import KVSmoothConfig, SessionError, UnsupportedModelError, get_adapter, smooth
+from tiny_models import FUSED, NO_ROWS, TEXT, VLM, build, vlm_inputs
+
+SITES = ["cache", "kv_proj"]
+N = 8  # new tokens
+
+
+def cfg_for(name, **kw):
+    if name == "falcon_new" and kw.get("site", "cache") == "cache":
+        pytest.skip("Falcon's new decoder architecture: cache site is a clear error (test below)")
+    if name in NO_ROWS:
+        kw.setdefault("scorer", "key_similarity")
+    return KVSmoothConfig(layers="all", **kw)
+
+
+def inputs(name, model, batch=2, seed=0):
+    if name in VLM:
+        return vlm_inputs(name, model, batch=batch, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 128, (batch, 9), generator=g)
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids))
+
+
+def gen(model, inp, n=N):
+    return model.generate(**inp, max_new_tokens=n, do_sample=False, output_scores=True, return_dict_in_generate=True)
+
+
+def n_hooks(module):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name", TEXT + VLM)
+def test_hooks_per_layer_only_on_the_language_decoder(name, site):
+    model = build(name)
+    ad = get_adapter(model)
+    before, dec_before = n_hooks(model), n_hooks(ad.decoder())
+    with smooth(model, cfg_for(name, site=site)) as s:
+        per_layer = 1 if site == "cache" or name in FUSED else 2
+        assert len(s.handles) == 2 + ad.n_layers * per_layer
+        added = n_hooks(model) - before
+        assert added == len(s.handles)
+        assert n_hooks(ad.decoder()) - dec_before == added  # nothing on the vision tower / projector
+    assert n_hooks(model) == before
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name", TEXT + VLM)
+def test_lambda_zero_is_identity_and_smoothing_changes_output(name, site):
+    model = build(name)
+    inp = inputs(name, model)
+    base = gen(model, inp)
+    with smooth(model, cfg_for(name, site=site, lambda_ref=0.0, clip=0.0)) as s:
+        same = gen(model, inp)
+    assert torch.equal(same.sequences, base.sequences)
+    for a, b in zip(same.scores, base.scores):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert s.trace.tensor("lambda").shape == (N - 1, 2, get_adapter(model).n_layers, get_adapter(model).n_kv_heads)
+    with smooth(model, cfg_for(name, site=site, lambda_ref=0.9)) as s:
+        out = gen(model, inp)
+    diff = max(float((a - b).abs().max()) for a, b in zip(out.scores, base.scores))
+    assert diff > 1e-3, f"{name}/{site}: smoothing did not change the logits"
+    assert float(s.trace.tensor("lambda").max()) > 0
+    if name in VLM:  # image tokens are prompt tokens: the whole prompt is prefill, decode steps follow
+        assert s.trace.runs[-1].prompt_len == inp["input_ids"].shape[1]
+
+
+def _padded():
+    torch.manual_seed(3)
+    a, b = torch.randint(3, 128, (1, 9)), torch.randint(3, 128, (1, 6))
+    ids = torch.cat([a, torch.cat([torch.zeros(1, 3, dtype=torch.long), b], 1)])
+    mask = torch.cat([torch.ones(1, 9), torch.cat([torch.zeros(1, 3), torch.ones(1, 6)], 1)]).long()
+    return ids, mask, a, b
+
+
+EXACT = [n for n in TEXT if n not in NO_ROWS]
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_cache_site_matches_reference_loop(name):
+    model = build(name)
+    ids, mask, _, _ = _padded()
+    layers = list(range(get_adapter(model).n_layers))
+    with smooth(model, cfg_for(name)) as s:
+        out = gen(model, dict(input_ids=ids, attention_mask=mask))
+    ref_tokens, _, ref_lams = reference_cache_decode(model, ids, mask, N, layers)
+    assert torch.equal(out.sequences[:, ids.shape[1]:], ref_tokens)
+    lam = s.trace.tensor("lambda")
+    for j, l in enumerate(layers):
+        for seq in range(2):
+            torch.testing.assert_close(lam[:, seq, j, 0], torch.tensor(ref_lams[l][seq]), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_kv_proj_site_matches_reference_loop(name):
+    model = build(name)
+    ids, mask, _, _ = _padded()
+    layers = list(range(get_adapter(model).n_layers))
+    with smooth(model, cfg_for(name, site="kv_proj")):
+        out = gen(model, dict(input_ids=ids, attention_mask=mask))
+    ref_tokens, _ = reference_kvproj_decode(model, ids, mask, N, layers)
+    assert torch.equal(out.sequences[:, ids.shape[1]:], ref_tokens)
+
+
+@pytest.mark.parametrize("site", SITES)
+@pytest.mark.parametrize("name", TEXT)
+def test_left_padded_batch_equals_each_prompt_alone(name, site):
+    model = build(name)
+    ids, mask, a, b = _padded()
+    cfg = cfg_for(name, site=site)
+    with smooth(model, cfg):
+        both = gen(model, dict(input_ids=ids, attention_mask=mask)).sequences[:, ids.shape[1]:]
+        one = gen(model, dict(input_ids=a, attention_mask=torch.ones_like(a))).sequences[:, a.shape[1]:]
+        two = gen(model, dict(input_ids=b, attention_mask=torch.ones_like(b))).sequences[:, b.shape[1]:]
+    assert torch.equal(both, torch.cat([one, two]))
+
+
+# ---------------------------------------------------------------------- clear errors
+def test_falcon_needs_a_rowless_scorer():
+    model = build("falcon")
+    with pytest.raises(UnsupportedModelError, match="Falcon computes attention inline"):
+        with smooth(model, KVSmoothConfig(layers="all")):
+            pass
+
+
+def test_falcon_new_architecture_cache_site_says_use_kv_proj():
+    model = build("falcon_new")
+    with pytest.raises(UnsupportedModelError, match="use site 'kv_proj'"):
+        with smooth(model, KVSmoothConfig(layers="all", scorer="key_similarity")):
+            pass
+
+
+def test_sliding_window_too_small_for_the_cache_site():
+    import transformers as T
+
+    from helpers import no_eos
+
+    torch.manual_seed(0)
+    model = no_eos(T.MistralForCausalLM(T.MistralConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                                                         num_hidden_layers=1, num_attention_heads=4,
+                                                         num_key_value_heads=2, sliding_window=2)).eval())
+    ids = torch.randint(3, 128, (1, 6))
+    with pytest.raises(UnsupportedModelError, match="sliding window of 2 tokens"):
+        with smooth(model, KVSmoothConfig(layers="all")):
+            model.generate(ids, max_new_tokens=3, do_sample=False)
+    with smooth(model, KVSmoothConfig(layers="all", site="kv_proj")):  # the projection site works
+        model.generate(ids, max_new_tokens=3, do_sample=False)
+
+
+def test_encoder_decoder_language_model_is_refused():
+    import transformers as T
+
+    t5 = T.T5Config(vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    cfg = T.InstructBlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                  num_attention_heads=4, image_size=16, patch_size=8),
+                               qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                   num_attention_heads=4, vocab_size=100),
+                               text_config=t5.to_dict(), num_query_tokens=4)
+    model = T.InstructBlipForConditionalGeneration(cfg)
+    with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
+        get_adapter(model)
+
+
+def test_unsupported_architecture_names_class_and_supported_types():
+    import transformers as T
+
+    model = T.BloomForCausalLM(T.BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=4))
+    with pytest.raises(UnsupportedModelError, match=r"BloomForCausalLM \(model_type 'bloom'\).*gpt2"):
+        get_adapter(model)
+
+
+def test_smooth_prefill_cache_site_refuses_mixed_sliding_and_global_layers():
+    model = build("gemma2")  # layer 0 sliding (window 4), layer 1 global; a 9-token prompt
+    ids = torch.randint(3, 128, (1, 9))
+    with pytest.raises(SessionError, match="sliding-window and global layers"):
+        with smooth(model, KVSmoothConfig(layers="all", smooth_prefill=True, scorer="key_similarity")):
+            model.generate(ids, max_new_tokens=2, do_sample=False)
+    with smooth(model, KVSmoothConfig(layers=[1], smooth_prefill=True, scorer="key_similarity")):
+        model.generate(ids, max_new_tokens=2, do_sample=False)
