@@ -6,8 +6,11 @@ Same as `kvsmooth eval grounded ...`; see docs/evaluation.md for what the proxy 
 """
 
 import sys
+from pathlib import Path
 
-from kvsmooth_hooks.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
+
+from kvsmooth_hooks.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["eval", "grounded", *sys.argv[1:]]))

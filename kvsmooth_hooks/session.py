@@ -152,6 +152,7 @@ class Session:
 
     def _register(self) -> None:
         ad = self.adapter
+        ad.check_session(self.site, self.needs_row)
         decoder = ad.decoder()
         self.handles.append(decoder.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
         self.handles.append(decoder.register_forward_hook(self._post_forward))
@@ -234,7 +235,7 @@ class Session:
             parts = [r[n] for r in recs if r is not None and n in r]
             if len(parts) != len(recs):
                 continue
-            t = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+            t = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].device) for p in parts], 1)  # device_map
             out[n] = t if self._trace_perm is None else t.index_select(1, self._trace_perm.to(t.device))
         self.trace.record(**out)
 
@@ -252,9 +253,9 @@ class Session:
         self.valid = valid
         self.first_index = valid.to(torch.int8).argmax(-1)
         for rt in self.layers.values():
-            rt.reset(batch, device)
+            rt.reset(batch, rt.device or device)
         for group in self.groups:
-            group.reset(batch, device)
+            group.reset(batch, group.layers[0].device or device)
         self.trace.begin_run(batch, q_len)
         if "reorder_cache" not in vars(cache) and hasattr(cache, "reorder_cache"):
             original = cache.reorder_cache
@@ -338,7 +339,13 @@ class Session:
         for group in self.groups:
             layers = [Adapter.check_cache_layer(self.cache, rt.cache_index) for rt in group.layers]
             t = layers[0].keys.shape[2]
-            valid = self.valid[:, -t:]
+            if any(layer.keys.shape[2] != t for layer in layers):  # sliding-window layers next to global ones
+                raise SessionError(
+                    "smooth_prefill at the cache site needs the smoothed layers' caches to hold the same prompt "
+                    "positions, but sliding-window and global layers differ (Gemma 2/3 style): use site 'kv_proj', "
+                    "or select only sliding or only global layers"
+                )
+            valid = self.valid[:, -t:].to(layers[0].keys.device)
             for pos in range(t):
                 for rt, layer in zip(group.layers, layers):
                     row = None
@@ -369,7 +376,7 @@ class Session:
             with torch.no_grad():
                 for name in which:
                     slot = slots[name]()
-                    heads = slot.heads(out, rt.n_kv, rt.head_dim)  # view [B, T, Hkv, D]
+                    heads = slot.heads(out, rt.n_kv, rt.head_dim)  # [B, T, Hkv, D] view of the output
                     b, t = heads.shape[:2]
                     if kind in (PREFILL, EXTEND):
                         if kind == PREFILL and name == "key" and rt.scorer.needs_key:
@@ -395,7 +402,7 @@ class Session:
                         heads = slot.heads(out, rt.n_kv, rt.head_dim)
                     current = heads[:, -1]
                     before = current.float() if self.record_deltas and self.tracing else None
-                    new = current.lerp_(rt.prev[name], weight)  # in place, through the view into the output
+                    new = current.lerp_(rt.prev[name], weight)  # in place: heads is a view of the module output
                     rt.prev[name] = new
                     if before is not None:
                         rec = group.record
@@ -416,7 +423,7 @@ class Session:
     def _smooth_prompt_proj(self, rt: LayerState, name: str, out, slot, heads):
         """smooth_prefill at kv_proj (scorers without attention rows): sequential EMA over the prompt."""
         b, t = heads.shape[:2]
-        valid = self.valid[:, -t:]
+        valid = self.valid[:, -t:].to(heads.device)
         group = rt.group
         if rt.prefill_lam is None:  # coefficients once per prompt, shared by the key and value hooks
             if rt.scorer.needs_key and name != "key":
@@ -445,9 +452,20 @@ def smooth(model, config: KVSmoothConfig | SmoothingPlan | None = None, **option
     Hooks are registered on entry and removed on exit, also when the block raises.
     Options: ``trace`` (default True), ``record_deltas`` (norms of the K/V changes, default False).
     """
-    return Session(model, config, **options)
+    return _session_class(model)(model, config, **options)
 
 
 def attach(model, config: KVSmoothConfig | SmoothingPlan | None = None, **options) -> Session:
     """Register the hooks now and return the session; call ``.remove()`` when done."""
-    return Session(model, config, **options).attach()
+    return _session_class(model)(model, config, **options).attach()
+
+
+def _session_class(model) -> type[Session]:
+    """:class:`Session`, or :class:`~kvsmooth_hooks.lens.LensSession` for a TransformerLens model."""
+    from .adapters.lens import is_hooked_transformer
+
+    if is_hooked_transformer(model):
+        from .lens import LensSession
+
+        return LensSession
+    return Session

@@ -22,6 +22,7 @@ class LayerState:
     def __init__(self, plan: SmoothingPlan, index: int, adapter):
         self.index = index
         self.cache_index = adapter.cache_index(index)
+        self.device = adapter.layer_device(index)  # per-sequence state lives here (device_map: the layer's device)
         self.attn = adapter.attention(index)
         spec = plan.scorer[index]
         self.scorer: Scorer = build_scorer(spec.name, spec.params)
@@ -128,7 +129,7 @@ class CoefficientGroup:
         else:
             window = push_window(self.window, unit)
             if valid is not None:
-                window = torch.where(valid[:, None, None, None], window, self.window)
+                window = torch.where(valid.to(window.device)[:, None, None, None], window, self.window)
             self.window = window
             if self.policy == "fifo_rank":
                 rank = fifo_rank(window, unit, self.window_len if self.uniform else c["lengths"])
@@ -138,7 +139,7 @@ class CoefficientGroup:
                 lam = c["lo"] + rank * (c["hi"] - c["lo"])
         lam = lam * c["on"]
         if valid is not None:
-            lam = lam * valid[:, None, None]
+            lam = lam * valid.to(lam.device)[:, None, None]
         self.lam = lam
         if tracing:
             h = self.n_kv
@@ -151,10 +152,10 @@ def _select(t, idx):
 
 
 def build_groups(plan: SmoothingPlan, layers: dict[int, LayerState], immediate) -> list[CoefficientGroup]:
-    """Group layers by (policy, window length); layers for which ``immediate(layer)`` is true get a
+    """Group layers by (policy, window length, device); layers for which ``immediate(layer)`` is true get a
     group of their own (their coefficient is needed inside their own hook)."""
     buckets: dict[tuple, list[LayerState]] = {}
     for i, layer in layers.items():
-        key = ("own", i) if immediate(layer) else (plan.policy[i], int(plan.window[i].max()))
+        key = ("own", i) if immediate(layer) else (plan.policy[i], int(plan.window[i].max()), str(layer.device))
         buckets.setdefault(key, []).append(layer)
     return [CoefficientGroup(plan, ls) for ls in buckets.values()]

@@ -55,7 +55,7 @@ def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers,
 
     Returns (tokens [B, new_tokens], cache, lambdas {layer: [[lambda per step] per sequence]}).
     """
-    impl = model.config._attn_implementation
+    restore = model.config._attn_implementation or "sdpa"
     model.set_attn_implementation("eager")
     b = input_ids.shape[0]
     mask = attention_mask.clone()
@@ -86,7 +86,7 @@ def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers,
                     t[s, :, -1] = (1 - lam) * t[s, :, -1] + lam * t[s, :, -2]
         tok = out.logits[:, -1].argmax(-1)
         tokens.append(tok)
-    model.set_attn_implementation(impl)
+    model.set_attn_implementation(restore)
     return torch.stack(tokens, 1), cache, lams
 
 
@@ -97,6 +97,7 @@ def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers
     The coefficient at decode step t uses the attention row of the previous forward (eager,
     output_attentions); ``s`` is the previous smoothed projection, seeded from the last prompt position.
     """
+    restore = model.config._attn_implementation or "sdpa"
     model.set_attn_implementation("eager")
     b = input_ids.shape[0]
     lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
@@ -104,25 +105,35 @@ def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers
     windows = {l: [[] for _ in range(b)] for l in layers}
     handles = []
 
-    def make_hook(l, name):
+    from kvsmooth_hooks.adapters import get_adapter
+
+    ad = get_adapter(model)  # where each layer's key / value projections are (also fused QKV slices)
+
+    def make_hook(l, slots):
         def hook(mod, args, out):
-            if not state["decode"]:
-                state["prev"][(l, name)] = out[:, -1].clone()
-                return out
-            lam = state["lam"][l]  # list per sequence
-            out = out.clone()
-            for s in range(b):
-                new = (1 - lam[s]) * out[s, -1] + lam[s] * state["prev"][(l, name)][s]
-                out[s, -1] = new
-                state["prev"][(l, name)][s] = new
+            if state["decode"]:
+                out = out.clone()
+            for name, slot in slots:
+                x = slot.heads(out, ad.n_kv_heads, ad.head_dim)  # [B, T, Hkv, D] view
+                if not state["decode"]:
+                    state["prev"][(l, name)] = x[:, -1].clone()
+                    continue
+                lam = state["lam"][l]  # list per sequence
+                for s in range(b):
+                    new = (1 - lam[s]) * x[s, -1] + lam[s] * state["prev"][(l, name)][s]
+                    x[s, -1] = new
+                    state["prev"][(l, name)][s] = new
             return out
 
         return hook
 
     for l in layers:
-        attn = model.model.layers[l].self_attn
-        handles.append(attn.k_proj.register_forward_hook(make_hook(l, "k")))
-        handles.append(attn.v_proj.register_forward_hook(make_hook(l, "v")))
+        k, v = ad.key_slot(l), ad.value_slot(l)
+        if k.module is v.module:
+            handles.append(k.module.register_forward_hook(make_hook(l, [("k", k), ("v", v)])))
+        else:
+            handles.append(k.module.register_forward_hook(make_hook(l, [("k", k)])))
+            handles.append(v.module.register_forward_hook(make_hook(l, [("v", v)])))
     try:
         mask = attention_mask.clone()
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
@@ -151,5 +162,5 @@ def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers
     finally:
         for h in handles:
             h.remove()
-        model.set_attn_implementation("sdpa")
+        model.set_attn_implementation(restore)
     return torch.stack(tokens, 1), cache

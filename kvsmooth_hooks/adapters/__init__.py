@@ -11,11 +11,19 @@ from .base import CACHE_KWARGS, Adapter, ProjSlot, UnsupportedModelError
 from .falcon import FalconAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
+from .lens import HookedTransformerAdapter
 from .llama import LlamaFamilyAdapter
 from .phi3 import Phi3Adapter
 
-#: Registry, in lookup order (``accepts(model)`` hooks first, then ``config.model_type``).
-ADAPTERS: list[type[Adapter]] = [LlamaFamilyAdapter, GPT2Adapter, GPTNeoXAdapter, FalconAdapter, Phi3Adapter]
+#: Registry, in lookup order.
+ADAPTERS: list[type[Adapter]] = [
+    HookedTransformerAdapter,
+    LlamaFamilyAdapter,
+    GPT2Adapter,
+    GPTNeoXAdapter,
+    FalconAdapter,
+    Phi3Adapter,
+]
 
 
 def supported_model_types() -> list[str]:
@@ -45,9 +53,16 @@ def get_adapter(model) -> Adapter:
     for adapter in ADAPTERS:
         if any(t in adapter.model_types for t in types if t):
             return adapter(model)
+    if getattr(text if text is not None else cfg, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} uses an encoder-decoder language model (model_type '{types[0]}', e.g. T5 in "
+            "InstructBLIP-FlanT5); kvsmooth_hooks smooths decoder-only self-attention caches: use a decoder-only "
+            f"variant (OPT or Vicuna/Llama language model). Supported model types: {supported_model_types()}"
+        )
     raise UnsupportedModelError(
         f"{type(model).__name__} (model_type '{types[-1]}') has no kvsmooth_hooks adapter; supported "
-        f"model types: {supported_model_types()}. Adding one is a short file: see docs/adapters.md"
+        f"model types: {supported_model_types()} (and TransformerLens HookedTransformer). Adding one is a short file: "
+        "see docs/adapters.md"
     )
 
 

@@ -23,22 +23,30 @@ CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
 class ProjSlot:
     """Where one projection's output lives inside a module's forward output ``[B, T, width]``.
 
-    module: the nn.Module whose output holds the projection.
-    start/stop: the slice of the last dim that is this projection (``None`` = the whole output).
-    groups: for interleaved fused QKV layouts, the output is first viewed as ``[B, T, groups, width/groups]``
-        and the slice is taken inside every group (GPT-NeoX: one group per head, ``[q_h | k_h | v_h]``).
+    module: the nn.Module whose forward output holds the projection, ``[B, T, width]``.
+    start/stop: the slice of the last dim that is this projection (``None`` = whole output).
+    interleave: ``(per_group, index)`` for fused outputs laid out per head group instead of in
+    contiguous blocks: the width is ``[groups, per_group, D]`` and this projection is entry
+    ``index`` of every group (GPT-NeoX ``query_key_value``: ``(3, 1)`` for keys, ``(3, 2)`` for
+    values; Falcon's new decoder architecture: ``(q_per_kv + 2, -2)`` / ``(q_per_kv + 2, -1)``).
+    Applied after ``start``/``stop``. Outputs that are already split into heads (``[B, T, Hkv, D]``, e.g.
+    TransformerLens ``hook_k`` / ``hook_v``) are used as they are.
     """
 
     module: nn.Module
     start: int | None = None
     stop: int | None = None
-    groups: int | None = None
+    interleave: tuple[int, int] | None = None
 
-    def heads(self, out: torch.Tensor, n_kv: int, head_dim: int) -> torch.Tensor:
-        """A *view* ``[B, T, n_kv, head_dim]`` of this projection inside ``out`` (writes go through)."""
-        b, t = out.shape[:2]
-        x = out if self.groups is None else out.view(b, t, self.groups, -1)
-        return x[..., self.start:self.stop].view(b, t, n_kv, head_dim)
+    def heads(self, output: torch.Tensor, n_kv: int, head_dim: int) -> torch.Tensor:
+        """This projection inside ``output [B, T, width]`` as a ``[B, T, Hkv, D]`` view (writes reach ``output``)."""
+        if output.dim() == 4:
+            return output
+        x = output[..., self.start:self.stop]
+        if self.interleave is None:
+            return x.unflatten(-1, (n_kv, head_dim))
+        per_group, index = self.interleave
+        return x.unflatten(-1, (n_kv, per_group, head_dim))[..., index, :]
 
 
 class UnsupportedModelError(TypeError):
@@ -55,8 +63,8 @@ class Adapter:
     layers_attr: ClassVar[str] = "layers"
     #: attribute path from a decoder layer to its attention module.
     attention_attr: ClassVar[str] = "self_attn"
-    #: whether the attention calls transformers' AttentionInterface (needed for attention-row scorers).
-    attention_interface: ClassVar[bool] = True
+    #: attribute of the decoder holding its list of layers (``h`` in GPT-2 and Falcon).
+    layers_attr: ClassVar[str] = "layers"
     key_attr: ClassVar[str] = "k_proj"
     value_attr: ClassVar[str] = "v_proj"
 
@@ -75,19 +83,14 @@ class Adapter:
         receives ``input_ids``/``inputs_embeds`` and the cache. Vision towers are never searched."""
         roots = []
         if hasattr(self.model, "get_decoder"):
-            try:
-                roots.append(self.model.get_decoder())
-            except (AttributeError, ValueError, NotImplementedError):
-                pass
-        roots.append(self.model)
-        for root in roots:
-            found = _find_owner(root, self.layers_attr)
-            if found is not None:
-                return found
-        raise UnsupportedModelError(
-            f"{type(self.model).__name__}: cannot find the language decoder's `{self.layers_attr}` "
-            f"(adapter '{self.name}')"
-        )
+            dec = self.model.get_decoder()
+            if hasattr(dec, self.layers_attr):
+                return dec
+        for path in ("model", "model.decoder", "model.language_model", "transformer", "gpt_neox"):
+            mod = _get(self.model, path)
+            if mod is not None and hasattr(mod, self.layers_attr):
+                return mod
+        raise UnsupportedModelError(f"{type(self.model).__name__}: cannot find the decoder's `{self.layers_attr}`")
 
     def layers(self) -> Sequence[nn.Module]:
         return list(getattr(self.decoder(), self.layers_attr))
@@ -105,6 +108,22 @@ class Adapter:
 
     def value_slot(self, layer: int) -> ProjSlot:
         return ProjSlot(getattr(self.attention(layer), self.value_attr))
+
+    def layer_device(self, layer: int) -> torch.device | None:
+        """Where layer ``layer`` runs: accelerate's execution device under ``device_map``, else its parameters' device."""
+        mod = self.layers()[layer]
+        for m in (mod, self.attention(layer)):
+            hook = getattr(m, "_hf_hook", None)
+            dev = getattr(hook, "execution_device", None)
+            if dev is not None:
+                return torch.device(dev if not isinstance(dev, int) else f"cuda:{dev}")
+        for p in mod.parameters():
+            if p.device.type != "meta":
+                return p.device
+        return None
+
+    def check_session(self, site: str, needs_row: bool) -> None:
+        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows)."""
 
     # -------------------------------------------------------------- sizes
     @property
@@ -168,6 +187,13 @@ class Adapter:
                 "transformers DynamicCache (the default of generate); use site 'kv_proj' otherwise"
             )
         layer = layers[index]
+        window = getattr(layer, "sliding_window", None)
+        if getattr(layer, "is_sliding", False) and window is not None and window < 3:
+            raise UnsupportedModelError(
+                f"cache layer {index} is a sliding window of {window} tokens, which keeps {window - 1} entry after "
+                "each step: the previous token's key/value is gone before the 'cache' site can read it; use site "
+                "'kv_proj' for this model"
+            )
         keys = getattr(layer, "keys", None)
         if not isinstance(keys, torch.Tensor) or type(layer).__name__.startswith(("Static", "Quant", "Quanto", "HQQ", "Fp8")):
             raise UnsupportedModelError(

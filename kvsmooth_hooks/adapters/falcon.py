@@ -1,44 +1,52 @@
-"""Falcon: fused ``self_attention.query_key_value``; layers at ``transformer.h``.
+"""Falcon: fused ``query_key_value`` in one of three layouts, chosen by the config.
 
-Falcon computes attention inline (not through transformers' attention interface), so scorers that read
-attention rows are refused; ``key_similarity``, ``constant`` and ``random`` work at both sites.
-Layouts: multi-query ``[q (H*D) | k (D) | v (D)]`` and multi-head ``[q_h | k_h | v_h]`` per head. The
-``new_decoder_architecture`` (Falcon-40B/180B) broadcasts grouped keys to every query head inside the
-cache, so cache entries and projections disagree on the head count: it is refused with a clear error.
+* ``new_decoder_architecture`` (Falcon-40B/180B, Falcon2): per KV group ``[q * (H/Hkv), k, v]``;
+* ``multi_query`` (Falcon-7B): ``[q (H*D) | k (D) | v (D)]``, one KV head;
+* neither: per head ``[q_h, k_h, v_h]`` like GPT-NeoX.
 """
 
 from .base import Adapter, ProjSlot, UnsupportedModelError
 
 
 class FalconAdapter(Adapter):
+    """Layers at ``transformer.h``, attention ``h[i].self_attention``."""
+
     name = "falcon"
     model_types = ("falcon",)
-    layers_attr = "h"
     attention_attr = "self_attention"
-    attention_interface = False
-
-    def __init__(self, model):
-        super().__init__(model)
-        if getattr(self.config, "new_decoder_architecture", False):
-            raise UnsupportedModelError(
-                "Falcon with new_decoder_architecture=True (Falcon-40B/180B layout) is not supported: its cache "
-                "stores keys broadcast to every query head; Falcon-7B-style multi-query and multi-head layouts are"
-            )
+    layers_attr = "h"
 
     @property
     def n_kv_heads(self) -> int:
-        return 1 if getattr(self.config, "multi_query", False) else self.n_heads
+        c = self.config
+        if c.new_decoder_architecture:
+            return int(c.num_kv_heads)
+        return 1 if c.multi_query else self.n_heads
 
-    def _slot(self, layer: int, which: int) -> ProjSlot:
-        mod = self.attention(layer).query_key_value
-        d, h = self.head_dim, self.n_heads
-        if self.n_kv_heads == 1:
-            start = h * d + which * d
-            return ProjSlot(mod, start, start + d)
-        return ProjSlot(mod, (1 + which) * d, (2 + which) * d, groups=h)
+    def _slot(self, layer: int, index: int) -> ProjSlot:
+        qkv, c, d = self.attention(layer).query_key_value, self.config, self.head_dim
+        if c.new_decoder_architecture:
+            return ProjSlot(qkv, interleave=(self.n_heads // self.n_kv_heads + 2, index - 2))
+        if c.multi_query:
+            start = self.n_heads * d + index * d
+            return ProjSlot(qkv, start, start + d)
+        return ProjSlot(qkv, interleave=(3, index + 1))
 
     def key_slot(self, layer: int) -> ProjSlot:
         return self._slot(layer, 0)
 
     def value_slot(self, layer: int) -> ProjSlot:
         return self._slot(layer, 1)
+
+    def check_session(self, site: str, needs_row: bool) -> None:
+        if needs_row:
+            raise UnsupportedModelError(
+                "Falcon computes attention inline (not through transformers' attention interface), so attention rows "
+                "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
+            )
+        if site == "cache" and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
+            raise UnsupportedModelError(
+                "Falcon's new decoder architecture caches every KV head repeated per query head "
+                f"({self.n_heads} cached heads for {self.n_kv_heads} KV heads), so per-KV-head cache edits do not "
+                "line up with the cache; use site 'kv_proj' for this model"
+            )

@@ -5,8 +5,8 @@ from .vlm import VLM_TEXT_MODEL_TYPES
 
 
 class LlamaFamilyAdapter(Adapter):
-    """Llama, Mistral, Mixtral, Qwen2/2-MoE/3/3-MoE, Gemma 1/2/3 (text), Phi, OPT, OLMo, Granite, SmolLM3, and
-    the language decoders of LLaVA, Qwen2-VL / Qwen2.5-VL and InstructBLIP (OPT/Llama).
+    """Llama, Mistral, Mixtral, Qwen2/2-MoE/3/3-MoE, Gemma 1/2/3 (text), Phi, OPT, OLMo, Granite, SmolLM3,
+    and the language decoders of LLaVA, Qwen2-VL / Qwen2.5-VL and InstructBLIP (OPT / Vicuna).
 
     Layers live at ``get_decoder().layers`` (``model.layers``; ``model.decoder.layers`` for OPT),
     attention at ``layer.self_attn``, projections ``self_attn.k_proj`` / ``self_attn.v_proj``.
@@ -31,5 +31,7 @@ class LlamaFamilyAdapter(Adapter):
         "granite",
         "smollm3",
         "starcoder2",
-        *VLM_TEXT_MODEL_TYPES,
+        # language models of vision-language models (LLaVA uses llama/mistral/qwen2; InstructBLIP opt/llama)
+        "qwen2_vl_text",
+        "qwen2_5_vl_text",
     )

@@ -1,15 +1,17 @@
-"""Phi-3: fused ``self_attn.qkv_proj`` producing ``[q (H*D) | k (Hkv*D) | v (Hkv*D)]``."""
+"""Phi-3 / Phi-3.5 / Phi-4-mini: fused ``qkv_proj`` whose output is ``[q (H*D) | k (Hkv*D) | v (Hkv*D)]``."""
 
 from .base import Adapter, ProjSlot
 
 
 class Phi3Adapter(Adapter):
-    name = "phi3"
-    model_types = ("phi3", "phimoe")
+    """Llama layout, except keys and values are contiguous slices of ``self_attn.qkv_proj``."""
 
-    def _slot(self, layer: int, which: int) -> ProjSlot:
+    name = "phi3"
+    model_types = ("phi3",)
+
+    def _slot(self, layer: int, index: int) -> ProjSlot:
         q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        start = q + which * kv
+        start = q + index * kv
         return ProjSlot(self.attention(layer).qkv_proj, start, start + kv)
 
     def key_slot(self, layer: int) -> ProjSlot:

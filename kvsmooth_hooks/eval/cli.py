@@ -102,6 +102,7 @@ def _fill_eval_subcommands(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=10)
     p.add_argument("--out", type=Path, default=Path("results/grounded"), help="output directory (resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(eval_func=_run_grounded)
 
 
@@ -195,6 +196,10 @@ def _run_objhal(args) -> int:
 
 
 def _run_grounded(args) -> int:
+    import platform
+
+    import torch
+
     from .. import KVSmoothConfig
     from .grounded import evaluate_config
 
@@ -217,7 +222,7 @@ def _run_grounded(args) -> int:
     for arm in arms:
         results[arm] = evaluate_config(model, tok, cfg if arm == "smoothed" else None, n_scenes=args.n, seed=args.seed,
                                        out_dir=args.out / arm, max_new_tokens=args.max_new_tokens,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, progress=not args.no_progress)
     cols = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len", "Rep3", "seconds_per_sample")
     print(f"\ngrounded-text CHAIR proxy, {args.n} scenes (seed {args.seed}), model {args.model}, "
           f"max_new_tokens {args.max_new_tokens}; smoothed = {cfg.site} lambda_ref={cfg.lambda_ref} layers={cfg.layers}")
@@ -225,9 +230,29 @@ def _run_grounded(args) -> int:
     print("|---|" + "---|" * len(cols))
     for arm, r in results.items():
         print(f"| {arm} | " + " | ".join(f"{r[c]:.2f}" if c == "seconds_per_sample" else f"{r[c]:.1f}" for c in cols) + " |")
-    (args.out / "summary.json").write_text(json.dumps({"results": results, "argv": sys.argv[1:]}, indent=1) + "\n")
+    command = _command_line()
+    machine = {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+               "threads": torch.get_num_threads()}
+    (args.out / "summary.json").write_text(json.dumps({"results": results, "command": command, "machine": machine,
+                                                       "argv": sys.argv[1:]}, indent=1) + "\n")
     print(f"\nwrote {args.out}/summary.json and per-sample JSONL under {args.out}/<arm>/")
+    print(f"reproduce with: {command}")
     return 0
+
+
+def _command_line() -> str:
+    """The command as typed (``kvsmooth eval grounded ...`` or ``python experiments/grounded_chair.py ...``)."""
+    import shlex
+
+    argv0 = Path(sys.argv[0] if sys.argv and sys.argv[0] else "kvsmooth")
+    parts = argv0.with_suffix("").parts
+    if "kvsmooth_hooks" in parts:  # python -m kvsmooth_hooks.cli / kvsmooth_hooks.eval.cli
+        head = ["python", "-m", ".".join(parts[parts.index("kvsmooth_hooks"):])]
+    elif argv0.suffix == ".py":
+        head = ["python", argv0.as_posix()]
+    else:
+        head = [argv0.name]
+    return " ".join(head + [shlex.quote(a) for a in sys.argv[1:]])
 
 
 def run(args: argparse.Namespace) -> int:

@@ -166,18 +166,46 @@ def summarize(records: list[dict], n_bootstrap: int = 1000, seed: int = 0) -> di
             "seconds_per_sample": sum(secs) / len(secs) if secs else 0.0}
 
 
+def _check_resume(out: Path, settings: dict) -> None:
+    """Samples already in ``out`` must come from the same generation settings, or resuming would mix runs.
+
+    ``n_scenes`` may grow (scene ``i`` does not depend on ``n``), so a larger run can extend a smaller one.
+    """
+    from .records import EvalInputError
+
+    path = out / "settings.json"
+    fixed = {k: v for k, v in settings.items() if k != "n_scenes"}
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(old) | set(fixed) if old.get(k) != fixed.get(k))
+        if diff:
+            raise EvalInputError(f"{path}: the samples in {out} were generated with a different {', '.join(diff)}; "
+                                 "use another output directory (or delete this one) to start a new run")
+    elif (out / "samples.jsonl").exists():
+        return  # written before settings.json existed: nothing to compare with
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(fixed, indent=1) + "\n", encoding="utf-8")
+
+
 def evaluate_config(model, tokenizer, config, n_scenes: int = 100, seed: int = 0, out_dir: str | Path | None = None,
                     max_new_tokens: int = 64, batch_size: int = 10, progress: bool = True) -> dict[str, Any]:
     """The ablation scripts' default metric: grounded CHAIR of one config (``None`` = baseline).
 
-    With ``out_dir``: per-sample ``samples.jsonl`` (resumable) and ``summary.json`` (with the config).
+    With ``out_dir``: per-sample ``samples.jsonl`` (resumable: rerun to continue; a rerun with other
+    settings is refused, see ``settings.json``) and ``summary.json`` (with the config).
+    Summary keys: CHAIR_S, CHAIR_I, Recall, Precision, F1 (percent), Len (tokens), Rep3 (percent),
+    ci95 (bootstrap 95% intervals), n, seconds_per_sample, settings.
     """
     scenes = make_scenes(n_scenes, seed)
     out = Path(out_dir) if out_dir else None
+    settings = {"n_scenes": n_scenes, "seed": seed, "max_new_tokens": max_new_tokens, "prompt": PROMPT,
+                "config": config.to_dict() if hasattr(config, "to_dict") else None}
+    if out:
+        _check_resume(out, settings)
     summary = run_grounded_chair(model, tokenizer, scenes, config, out / "samples.jsonl" if out else None,
                                  batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-    summary["settings"] = {"n_scenes": n_scenes, "seed": seed, "max_new_tokens": max_new_tokens, "prompt": PROMPT,
-                           "config": config.to_dict() if hasattr(config, "to_dict") else None}
+    summary["settings"] = settings
     if out:
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

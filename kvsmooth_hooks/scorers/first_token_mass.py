@@ -12,5 +12,5 @@ class FirstTokenMass(Scorer):
 
     def score(self, state, inputs: ScoreInputs):
         row = inputs.row  # [B, Hq, T]
-        idx = inputs.first_index.view(-1, 1, 1).expand(-1, row.shape[1], 1)
+        idx = inputs.first_index.to(row.device).view(-1, 1, 1).expand(-1, row.shape[1], 1)
         return row.gather(-1, idx).squeeze(-1)  # [B, Hq]

@@ -23,6 +23,7 @@ class KeySimilarity(Scorer):
 
     def observe_prompt(self, state, keys, valid):
         # keys [B, Hkv, T, D], valid [B, T]
+        valid = valid.to(keys.device)  # device_map: the prompt mask lives on the first device
         w = valid.to(keys.dtype)[:, None, :, None]
         state["sum"] = (keys * w).sum(2).float()
         state["count"] = valid.sum(-1).float().view(-1, 1, 1)

@@ -71,3 +71,38 @@ def test_run_is_resumable_and_uses_the_session(tmp_path):
                                   batch_size=5, max_new_tokens=6, progress=False, n_bootstrap=0)
     descs = [json.loads(l)["description"] for l in (tmp_path / "sm.jsonl").read_text().splitlines()]
     assert smoothed["n"] == 5 and descs != [l["description"] for l in lines]
+
+
+def test_resume_refuses_other_settings_but_grows(tmp_path):
+    from kvsmooth_hooks.eval.grounded import evaluate_config
+    from kvsmooth_hooks.eval.records import EvalInputError
+
+    model, tok = tiny_llama(), WordTok()
+    out = tmp_path / "arm"
+    small = evaluate_config(model, tok, None, n_scenes=2, seed=0, out_dir=out, max_new_tokens=4, batch_size=2,
+                            progress=False)
+    assert small["n"] == 2 and json.loads((out / "summary.json").read_text())["n"] == 2
+    grown = evaluate_config(model, tok, None, n_scenes=3, seed=0, out_dir=out, max_new_tokens=4, batch_size=2,
+                            progress=False)  # a larger n extends the same scenes
+    assert grown["n"] == 3 and len((out / "samples.jsonl").read_text().splitlines()) == 3
+    with pytest.raises(EvalInputError, match="max_new_tokens"):
+        evaluate_config(model, tok, None, n_scenes=3, seed=0, out_dir=out, max_new_tokens=5, progress=False)
+    with pytest.raises(EvalInputError, match="config"):
+        evaluate_config(model, tok, KVSmoothConfig(), n_scenes=3, seed=0, out_dir=out, max_new_tokens=4,
+                        progress=False)
+
+
+@pytest.mark.slow
+def test_four_scenes_on_smollm2(smollm2, tmp_path):
+    """The real model, both arms: well-formed samples and summaries (the numbers themselves are in the docs)."""
+    from kvsmooth_hooks.eval.grounded import evaluate_config
+
+    model, tok = smollm2
+    for arm, cfg in (("baseline", None), ("smoothed", KVSmoothConfig.preset("llava-1.5"))):
+        s = evaluate_config(model, tok, cfg, n_scenes=4, seed=0, out_dir=tmp_path / arm, max_new_tokens=24,
+                            batch_size=4, progress=False)
+        assert s["n"] == 4 and 0 <= s["CHAIR_S"] <= 100 and 0 <= s["Recall"] <= 100 and s["Len"] > 5
+        recs = [json.loads(l) for l in (tmp_path / arm / "samples.jsonl").read_text().splitlines()]
+        assert [r["scene_id"] for r in recs] == [f"s0-{i:05d}" for i in range(4)]
+        assert all(r["description"] for r in recs)
+        assert set(s["ci95"]) >= {"CHAIR_S", "CHAIR_I", "Recall", "F1"}
