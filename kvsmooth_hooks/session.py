@@ -82,15 +82,6 @@ class Session:
             )
         scorers = {i: build_scorer(self.plan.scorer[i].name, self.plan.scorer[i].params) for i in active}
         self.needs_row = any(sc.needs_row for sc in scorers.values())
-        if self.needs_row and not self.adapter.attention_interface:
-            if all(self.plan.policy[i] == "fixed" for i, sc in scorers.items() if sc.needs_row):
-                self.needs_row = False  # fixed coefficients need no score; the trace shows score 0
-            else:
-                raise SessionError(
-                    f"{type(model).__name__}: its attention does not go through transformers' attention interface, "
-                    "so scorers that read attention rows cannot run on it; use a scorer that needs no row "
-                    "(key_similarity, constant, random)"
-                )
         if self.config.smooth_prefill and self.site == "kv_proj" and self.needs_row:
             raise SessionError(
                 "smooth_prefill with site 'kv_proj' needs a scorer that reads no attention row (prompt rows do "

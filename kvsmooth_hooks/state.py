@@ -96,7 +96,6 @@ class CoefficientGroup:
         return c
 
     def reset(self, batch: int, device) -> None:
-        self.batch, self.device = batch, device
         units = self.n_kv if self.per_head else 1
         self.window = None
         if batch and self.policy != "fixed":
@@ -117,10 +116,7 @@ class CoefficientGroup:
         valid: ``[B]`` bool; sequences marked False (padding positions in a smoothed prompt)
         leave their windows unchanged and get lambda 0.
         """
-        if self.policy == "fixed" and any(l.unit is None for l in self.layers):  # no score was available
-            unit = torch.zeros(self.batch, len(self.layers), self.lengths.shape[1], device=self.device)
-        else:
-            unit = torch.stack([l.unit for l in self.layers], 1) if len(self.layers) > 1 else self.layers[0].unit[:, None]
+        unit = torch.stack([l.unit for l in self.layers], 1) if len(self.layers) > 1 else self.layers[0].unit[:, None]
         b = unit.shape[0]
         c = self.consts(unit.device)
         if self.policy == "fixed":

@@ -45,11 +45,6 @@ def get_adapter(model) -> Adapter:
     text = getattr(cfg, "text_config", None)
     if text is not None:
         types.insert(0, getattr(text, "model_type", None))
-        if getattr(text, "is_encoder_decoder", False):
-            raise UnsupportedModelError(
-                f"{type(model).__name__}: its language model ({types[0]}) is an encoder-decoder model; KVSmooth "
-                "smooths the KV cache of decoder-only language models (use an OPT/Llama/Vicuna variant)"
-            )
     for adapter in ADAPTERS:
         if any(t in adapter.model_types for t in types if t):
             return adapter(model)

@@ -21,7 +21,7 @@ CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
 
 @dataclass(frozen=True)
 class ProjSlot:
-    """Where one projection's output lives inside a module's forward output ``[B, T, width]``.
+    """Where one projection's output lives.
 
     module: the nn.Module whose forward output holds the projection, ``[B, T, width]``.
     start/stop: the slice of the last dim that is this projection (``None`` = whole output).
@@ -59,8 +59,6 @@ class Adapter:
     name: ClassVar[str] = "base"
     #: ``config.model_type`` values this adapter serves.
     model_types: ClassVar[tuple[str, ...]] = ()
-    #: attribute of the decoder holding its layers (a ModuleList).
-    layers_attr: ClassVar[str] = "layers"
     #: attribute path from a decoder layer to its attention module.
     attention_attr: ClassVar[str] = "self_attn"
     #: attribute of the decoder holding its list of layers (``h`` in GPT-2 and Falcon).
@@ -79,9 +77,7 @@ class Adapter:
         return getattr(cfg, "text_config", None) or cfg
 
     def decoder(self) -> nn.Module:
-        """The language decoder: the module holding the decoder layers (``layers_attr``), whose forward
-        receives ``input_ids``/``inputs_embeds`` and the cache. Vision towers are never searched."""
-        roots = []
+        """The module whose forward receives ``input_ids``/``inputs_embeds`` and the cache."""
         if hasattr(self.model, "get_decoder"):
             dec = self.model.get_decoder()
             if hasattr(dec, self.layers_attr):
@@ -202,22 +198,6 @@ class Adapter:
                 "DynamicCache, or use site 'kv_proj'"
             )
         return layer
-
-
-_DESCEND = ("model", "language_model", "decoder", "transformer", "gpt_neox", "text_model")
-
-
-def _find_owner(module: nn.Module, attr: str, depth: int = 4):
-    """The first module (breadth-first through known wrapper names) with a ModuleList at ``attr``."""
-    level = [module]
-    for _ in range(depth):
-        nxt = []
-        for m in level:
-            if isinstance(getattr(m, attr, None), nn.ModuleList):
-                return m
-            nxt += [c for name in _DESCEND if isinstance(c := getattr(m, name, None), nn.Module)]
-        level = nxt
-    return None
 
 
 def _get(obj, path: str):

@@ -1,7 +1,6 @@
 """Llama-family decoders with separate ``k_proj`` / ``v_proj`` Linear layers."""
 
 from .base import Adapter
-from .vlm import VLM_TEXT_MODEL_TYPES
 
 
 class LlamaFamilyAdapter(Adapter):
