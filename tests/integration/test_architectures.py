@@ -9,6 +9,7 @@ from helpers import reference_cache_decode, reference_kvproj_decode
 from kvsmooth_hooks import KVSmoothConfig, SessionError, UnsupportedModelError, get_adapter, smooth
 from tiny_models import FUSED, NO_ROWS, TEXT, VLM, build, vlm_inputs
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 SITES = ["cache", "kv_proj"]
 N = 8  # new tokens
 

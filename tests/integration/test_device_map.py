@@ -15,6 +15,7 @@ from helpers import no_eos, tiny_llama  # noqa: E402
 from kvsmooth_hooks import KVSmoothConfig, Session, get_adapter, smooth  # noqa: E402
 from kvsmooth_hooks.adapters import LlamaFamilyAdapter  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 N = 8
 
 
