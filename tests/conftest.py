@@ -15,3 +15,18 @@ def smollm2():
         return load_smollm2(quiet=True)
     except Exception as exc:  # pragma: no cover - network-less machines
         pytest.skip(f"SmolLM2 could not be loaded: {exc}")
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_for_tiny_models(request):
+    """Tiny random models gain nothing from intra-op threads, and spinning OpenMP workers make them several
+    times slower on a busy 2-core machine; the real-model tests (marked slow) keep torch's default."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
