@@ -17,6 +17,7 @@ import sys
 from typing import Callable
 
 import torch
+from einops import rearrange
 
 _COUNTER = itertools.count(1)
 
@@ -48,8 +49,10 @@ def query_probs(
     r = q.shape[2]
     scaling = kwargs.get("scaling")
     scaling = d**-0.5 if scaling is None else scaling
-    scores = torch.matmul(q.reshape(b, hkv, (hq // hkv) * r, d), key.transpose(-1, -2))
-    scores = scores.reshape(b, hq, r, t).to(torch.float32) * scaling
+    # GQA without repeat_kv: the query heads of one KV head attend to it as one block of rows
+    grouped = rearrange(q, "b (kv g) r d -> b kv (g r) d", kv=hkv)
+    scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, g*R, T]
+    scores = rearrange(scores, "b kv (g r) t -> b (kv g) r t", r=r).to(torch.float32) * scaling
     softcap = kwargs.get("softcap")
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
