@@ -192,7 +192,7 @@ def caption_images(model, processor, items: list[tuple[int, Path]], text: str, c
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from kvsmooth_hooks import smooth
+    from kvsmooth_hooks.session import generate
 
     done = _read_done(out_jsonl)
     todo = [it for it in items if it[0] not in done]
@@ -217,11 +217,7 @@ def caption_images(model, processor, items: list[tuple[int, Path]], text: str, c
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            if config is None:
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-            else:
-                with smooth(model, config, trace=False):
-                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            gen = generate(model, config, **enc, max_new_tokens=max_new_tokens, do_sample=False)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = (time.perf_counter() - t0) / len(batch)

@@ -460,3 +460,15 @@ def _session_class(model) -> type[Session]:
 
         return LensSession
     return Session
+
+
+def generate(model, config: KVSmoothConfig | SmoothingPlan | None = None, **generate_kwargs):
+    """``model.generate(**generate_kwargs)``, inside ``smooth(model, config, trace=False)`` unless ``config`` is None.
+
+    The one-liner evaluation runners use to run a baseline arm (``None``) and a smoothed arm the same way.
+    """
+    if config is None:
+        return model.generate(**generate_kwargs)
+    with smooth(model, config, trace=False):
+        return model.generate(**generate_kwargs)
+

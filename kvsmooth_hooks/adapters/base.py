@@ -139,12 +139,18 @@ class Adapter:
         hd = getattr(self.config, "head_dim", None)
         return int(hd) if hd else int(self.config.hidden_size) // self.n_heads
 
+    def name_or_path(self) -> str:
+        return str(getattr(self.model.config, "name_or_path", "") or "")
+
+    def model_type(self) -> str:
+        return str(getattr(self.config, "model_type", ""))
+
     def identity(self) -> dict:
         """Model identity recorded with plans and traces."""
         return {
             "class": type(self.model).__name__,
-            "name_or_path": str(getattr(self.model.config, "name_or_path", "") or ""),
-            "model_type": str(getattr(self.config, "model_type", "")),
+            "name_or_path": self.name_or_path(),
+            "model_type": self.model_type(),
             "adapter": self.name,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,

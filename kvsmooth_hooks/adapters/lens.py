@@ -58,17 +58,11 @@ class HookedTransformerAdapter(Adapter):
     def head_dim(self) -> int:
         return int(self.config.d_head)
 
-    def identity(self) -> dict:
-        return {
-            "class": type(self.model).__name__,
-            "name_or_path": str(getattr(self.config, "model_name", "") or ""),
-            "model_type": str(getattr(self.config, "original_architecture", "") or ""),
-            "adapter": self.name,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "n_kv_heads": self.n_kv_heads,
-            "head_dim": self.head_dim,
-        }
+    def name_or_path(self) -> str:
+        return str(getattr(self.config, "model_name", "") or "")
+
+    def model_type(self) -> str:
+        return str(getattr(self.config, "original_architecture", "") or "")
 
     def attention_configs(self) -> list:
         return []

@@ -117,7 +117,7 @@ def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_j
     import torch
     from tqdm.auto import tqdm
 
-    from ..session import smooth
+    from ..session import generate
 
     out = Path(out_jsonl) if out_jsonl else None
     done = _read_done(out) if out else {}
@@ -134,11 +134,7 @@ def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_j
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            if config is None:
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
-            else:
-                with smooth(model, config, trace=False):
-                    gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
+            gen = generate(model, config, **enc, max_new_tokens=max_new_tokens, do_sample=False)
         seconds = (time.perf_counter() - t0) / len(batch)
         n_in = enc["input_ids"].shape[1]
         for scene, row in zip(batch, gen):

@@ -129,7 +129,7 @@ def test_runner_end_to_end(llava, coco, tmp_path, monkeypatch, capsys):
         sessions.append(real_smooth(m, cfg, **{**kw, "trace": True}))
         return sessions[-1]
 
-    monkeypatch.setattr(kvsmooth_hooks, "smooth", spy)
+    monkeypatch.setattr(kvsmooth_hooks.session, "smooth", spy)  # what the runner's generate() calls
     loads = []
 
     def loader(model_id, device, dtype):
