@@ -73,8 +73,9 @@ def plot(records, path: Path, fields) -> None:
             ax.annotate(", ".join(str(r[f]) for f in fields), (r["CHAIR_S"], r["Recall"]), fontsize=6,
                         xytext=(3, 3), textcoords="offset points")
         else:
-            ax.scatter(r["CHAIR_S"], r["Recall"], color="k" if r["arm"] == "baseline" else "#dd8452", marker="*", s=120,
-                       label=r["arm"])
+            base = r["arm"] == "baseline"  # drawn larger: the off arm sits on the same point when it is exact
+            ax.scatter(r["CHAIR_S"], r["Recall"], color="k" if base else "#dd8452", marker="*", s=260 if base else 90,
+                       label=r["arm"], zorder=2 if base else 3)
     ax.set_xlabel("CHAIR_S (%)  ← less hallucination")
     ax.set_ylabel("Recall (%)  ↑ more objects covered")
     ax.set_title(f"Sweep over {', '.join(fields)}: hallucination vs recall", fontsize=9)
