@@ -41,7 +41,7 @@ if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
 from kvsmooth_hooks import ConfigError, KVSmoothConfig  # noqa: E402
-from kvsmooth_hooks.eval.records import EvalInputError  # noqa: E402
+from kvsmooth_hooks.eval.records import EvalInputError, check_run_settings  # noqa: E402
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 #: the captioning prompt of the paper for LLaVA-1.5 (and of OPERA / PAI, whose CHAIR setup it follows)
@@ -262,20 +262,6 @@ def format_table(arms: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def _check_settings(out: Path, settings: dict) -> None:
-    """A rerun into the same directory must use the same settings (otherwise resuming mixes runs)."""
-    path = out / "settings.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        if diff:
-            raise EvalInputError(f"{path}: this output directory holds a run with different {', '.join(diff)}; "
-                                 "use another --out (or delete the directory) to start a new run")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-
-
 def run(args, loader: Callable | None = None, argv: Sequence[str] = ()) -> dict:
     """The whole run; returns the results dict (also written to ``<out>/results.json``)."""
     from kvsmooth_hooks.eval.chair import ChairEvaluator
@@ -297,7 +283,7 @@ def run(args, loader: Callable | None = None, argv: Sequence[str] = ()) -> dict:
     out: Path = args.out
     settings = {"model": args.model, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens, "n": args.n,
                 "seed": args.seed, "image_ids": chosen, "config": cfg.to_dict(), "backend": args.backend}
-    _check_settings(out, settings)
+    check_run_settings(out, settings)
     (out / "image_ids.json").write_text(json.dumps({"seed": args.seed, "n": len(chosen), "image_ids": chosen,
                                                     "selection": "random.Random(seed).sample(sorted(ids), n)"}) + "\n")
 

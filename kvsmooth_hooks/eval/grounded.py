@@ -167,21 +167,9 @@ def _check_resume(out: Path, settings: dict) -> None:
 
     ``n_scenes`` may grow (scene ``i`` does not depend on ``n``), so a larger run can extend a smaller one.
     """
-    from .records import EvalInputError
+    from .records import check_run_settings
 
-    path = out / "settings.json"
-    fixed = {k: v for k, v in settings.items() if k != "n_scenes"}
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(fixed) if old.get(k) != fixed.get(k))
-        if diff:
-            raise EvalInputError(f"{path}: the samples in {out} were generated with a different {', '.join(diff)}; "
-                                 "use another output directory (or delete this one) to start a new run")
-    elif (out / "samples.jsonl").exists():
-        return  # written before settings.json existed: nothing to compare with
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(fixed, indent=1) + "\n", encoding="utf-8")
+    check_run_settings(out, {k: v for k, v in settings.items() if k != "n_scenes"}, legacy_marker="samples.jsonl")
 
 
 def evaluate_config(model, tokenizer, config, n_scenes: int = 100, seed: int = 0, out_dir: str | Path | None = None,

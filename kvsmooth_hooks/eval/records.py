@@ -82,3 +82,25 @@ def read_records(path: str | Path, required: Iterable[str] = (), what: str = "re
                 )
         out.append(obj)
     return out
+
+
+def check_run_settings(out: str | Path, settings: dict, legacy_marker: str | None = None) -> None:
+    """Guard a resumable output directory: its ``settings.json`` must equal ``settings``.
+
+    The first run writes the file; a rerun with other settings raises :class:`EvalInputError` naming the
+    fields that differ (resuming would otherwise mix samples of two runs). ``legacy_marker``: a file whose
+    presence without ``settings.json`` means a run from before the guard existed (accepted as is).
+    """
+    import json
+
+    out = Path(out)
+    path = out / "settings.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if diff:
+            raise EvalInputError(f"{path}: this output directory holds a run with a different {', '.join(diff)}; "
+                                 "use another output directory (or delete this one) to start a new run")
+    elif legacy_marker is None or not (out / legacy_marker).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
