@@ -54,6 +54,8 @@ def add_common_args(ap: argparse.ArgumentParser, default_out: str) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=10)
+    ap.add_argument("--device", default="cpu", help="e.g. cuda (default cpu)")
+    ap.add_argument("--dtype", default="float32", help="e.g. float16 or bfloat16 on a GPU (default float32)")
     ap.add_argument("--out", default=default_out, help="results directory (resumable)")
 
 
@@ -69,16 +71,20 @@ def derive(base: KVSmoothConfig, **changes) -> KVSmoothConfig:
     return KVSmoothConfig.from_dict({**base.model_dump(exclude={"toolkit_version"}), **changes})
 
 
-def load_model(name: str):
+def load_model(name: str, device: str = "cpu", dtype: str = "float32"):
+    import torch
+
     if name == "smollm2":
         from kvsmooth_hooks.models import load_smollm2
 
-        return load_smollm2()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+        model, tok = load_smollm2()
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name)
-    tok.padding_side = "left"
-    return AutoModelForCausalLM.from_pretrained(name).eval(), tok
+        tok = AutoTokenizer.from_pretrained(name)
+        tok.padding_side = "left"
+        model = AutoModelForCausalLM.from_pretrained(name).eval()
+    return model.to(device=device, dtype=getattr(torch, dtype)), tok
 
 
 def run_cells(args, cells: list[tuple[str, KVSmoothConfig | None, dict]], script: str) -> list[dict]:
@@ -100,7 +106,7 @@ def run_cells(args, cells: list[tuple[str, KVSmoothConfig | None, dict]], script
     todo = [c for c in cells if c[0] not in done]
     print(f"{script}: {len(cells)} cells, {len(cells) - len(todo)} already in {store}", file=sys.stderr)
     if todo:
-        model, tok = load_model(args.model)
+        model, tok = load_model(args.model, args.device, args.dtype)
         metric = METRICS[args.metric]
         for name, cfg, extra in tqdm(todo, desc=script, file=sys.stderr):
             t0 = time.perf_counter()

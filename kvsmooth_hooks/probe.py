@@ -17,7 +17,6 @@ import sys
 from typing import Callable
 
 import torch
-from einops import rearrange
 
 _COUNTER = itertools.count(1)
 
@@ -49,10 +48,10 @@ def query_probs(
     r = q.shape[2]
     scaling = kwargs.get("scaling")
     scaling = d**-0.5 if scaling is None else scaling
-    # GQA without repeat_kv: the query heads of one KV head attend to it as one block of rows
-    grouped = rearrange(q, "b (kv g) r d -> b kv (g r) d", kv=hkv)
-    scores = torch.matmul(grouped, key.transpose(-1, -2))  # [B, Hkv, g*R, T]
-    scores = rearrange(scores, "b kv (g r) t -> b (kv g) r t", r=r).to(torch.float32) * scaling
+    # GQA without repeat_kv: the g query heads of one KV head attend to it as one block of g*R rows,
+    # "b (kv g) r d -> b kv (g r) d" (plain reshapes: this runs once per layer and decode step)
+    scores = torch.matmul(q.reshape(b, hkv, (hq // hkv) * r, d), key.transpose(-1, -2))  # [B, Hkv, g*R, T]
+    scores = scores.reshape(b, hq, r, t).to(torch.float32) * scaling
     softcap = kwargs.get("softcap")
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
@@ -91,6 +90,7 @@ class AttentionProbe:
         self.listeners: dict[int, Callable] = {}
         self._saved: list[tuple[object, str | None]] = []
         self._eager_cache: dict[type, Callable] = {}
+        self._base: Callable | None = None
 
     # ------------------------------------------------------------------ registry
     def install(self) -> None:
@@ -120,7 +120,9 @@ class AttentionProbe:
     # ------------------------------------------------------------------ dispatch
     def _base_fn(self, module) -> Callable:
         if self.base != "eager":
-            return _interfaces()[0]._global_mapping[self.base]
+            if self._base is None:
+                self._base = _interfaces()[0]._global_mapping[self.base]
+            return self._base
         fn = self._eager_cache.get(type(module))
         if fn is None:
             fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)

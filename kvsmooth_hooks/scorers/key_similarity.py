@@ -1,6 +1,7 @@
 """``key_similarity``: cosine similarity of the new key to the running mean of earlier keys."""
 
 import torch
+from einops import einsum
 
 from .base import Scorer, ScoreInputs, register_scorer
 
@@ -24,8 +25,8 @@ class KeySimilarity(Scorer):
     def observe_prompt(self, state, keys, valid):
         # keys [B, Hkv, T, D], valid [B, T]
         valid = valid.to(keys.device)  # device_map: the prompt mask lives on the first device
-        w = valid.to(keys.dtype)[:, None, :, None]
-        state["sum"] = (keys * w).sum(2).float()
+        w = valid.to(keys.dtype)
+        state["sum"] = einsum(keys, w, "b h t d, b t -> b h d").float()  # padding positions weigh 0
         state["count"] = valid.sum(-1).float().view(-1, 1, 1)
 
     def score(self, state, inputs: ScoreInputs):

@@ -38,7 +38,7 @@ def fake(monkeypatch):
         return {"CHAIR_S": float(lam.mean() * 100), "Recall": 50.0, "CHAIR_I": 1.0, "Precision": 2.0, "F1": 3.0, "Len": 4.0}
 
     monkeypatch.setitem(ablation_common.METRICS, "fake", metric)
-    monkeypatch.setattr(ablation_common, "load_model", lambda name: (model, None))
+    monkeypatch.setattr(ablation_common, "load_model", lambda name, *a: (model, None))
     return calls
 
 
