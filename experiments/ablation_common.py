@@ -60,15 +60,12 @@ def add_common_args(ap: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def base_config(args) -> KVSmoothConfig:
-    if args.config:
-        return KVSmoothConfig.from_file(args.config)
-    if args.preset:
-        return KVSmoothConfig.preset(args.preset)
-    return KVSmoothConfig()
+    return KVSmoothConfig.from_source(args.config, args.preset)
 
 
-def derive(base: KVSmoothConfig, **changes) -> KVSmoothConfig:
-    return KVSmoothConfig.from_dict({**base.model_dump(exclude={"toolkit_version"}), **changes})
+def off_arm(base: KVSmoothConfig) -> KVSmoothConfig:
+    """The control arm: the base config's hooks and layers with lambda = 0."""
+    return base.updated(policy="fixed", lambda_ref=0.0, clip=0.0)
 
 
 def load_model(name: str, device: str = "cpu", dtype: str = "float32"):

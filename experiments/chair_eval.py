@@ -87,9 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def smoothing_config(args) -> KVSmoothConfig:
-    if args.config is not None:
-        return KVSmoothConfig.from_file(args.config)
-    return KVSmoothConfig.preset(args.preset or "llava-1.5")
+    return KVSmoothConfig.from_source(args.config, None if args.config is not None else args.preset or "llava-1.5")
 
 
 def parse_arms(text: str) -> list[str]:

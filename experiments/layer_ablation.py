@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation_common import add_common_args, base_config, derive, footer, plt, run_cells, write_tables
+from ablation_common import add_common_args, base_config, footer, off_arm, plt, run_cells, write_tables
 
 
 def n_layers_of(args) -> int:
@@ -40,20 +40,20 @@ def main(argv=None) -> int:
     L = n_layers_of(args)
     parts = set(args.parts.split(","))
     cells = [("baseline", None, {"kind": "baseline", "layers": "-"}),
-             ("off", derive(base, policy="fixed", lambda_ref=0.0, clip=0.0), {"kind": "off", "layers": "paper (λ=0)"}),
+             ("off", off_arm(base), {"kind": "off", "layers": "paper (λ=0)"}),
              ("paper", base, {"kind": "paper", "layers": str(base.layers)})]
     if "single" in parts:
-        cells += [(f"single-{i}", derive(base, layers=[i]), {"kind": "single", "layers": str(i)})
+        cells += [(f"single-{i}", base.updated(layers=[i]), {"kind": "single", "layers": str(i)})
                   for i in range(0, L, args.single_step)]
     if "window" in parts:
         k, stride = args.window_size, args.stride or max(1, args.window_size // 2)
-        cells += [(f"window-{i}-{i + k}", derive(base, layers=f"{i}:{i + k}"), {"kind": "window", "layers": f"{i}..{i + k - 1}"})
+        cells += [(f"window-{i}-{i + k}", base.updated(layers=f"{i}:{i + k}"), {"kind": "window", "layers": f"{i}..{i + k - 1}"})
                   for i in range(0, L - k + 1, stride)]
     if "prefix" in parts:
-        cells += [(f"prefix-{j}", derive(base, layers=f"0:{j}"), {"kind": "prefix", "layers": f"0..{j - 1}"})
+        cells += [(f"prefix-{j}", base.updated(layers=f"0:{j}"), {"kind": "prefix", "layers": f"0..{j - 1}"})
                   for j in range(args.range_step, L + 1, args.range_step)]
     if "suffix" in parts:
-        cells += [(f"suffix-{j}", derive(base, layers=f"{j}:"), {"kind": "suffix", "layers": f"{j}..{L - 1}"})
+        cells += [(f"suffix-{j}", base.updated(layers=f"{j}:"), {"kind": "suffix", "layers": f"{j}..{L - 1}"})
                   for j in range(0, L, args.range_step)]
     records = run_cells(args, cells, "layer_ablation")
     out = Path(args.out)

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation_common import add_common_args, base_config, derive, footer, plt, run_cells, write_tables
+from ablation_common import add_common_args, base_config, footer, off_arm, plt, run_cells, write_tables
 
 from kvsmooth_hooks.scorers import SCORERS
 
@@ -25,10 +25,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     base = base_config(args)
     cells = [("baseline", None, {"scorer": "-", "site": "-"}),
-             ("off", derive(base, policy="fixed", lambda_ref=0.0, clip=0.0), {"scorer": "off (λ=0)", "site": base.site})]
+             ("off", off_arm(base), {"scorer": "off (λ=0)", "site": base.site})]
     for site in args.sites.split(","):
         for scorer in args.scorers.split(","):
-            cells.append((f"{scorer}-{site}", derive(base, scorer=scorer, site=site), {"scorer": scorer, "site": site}))
+            cells.append((f"{scorer}-{site}", base.updated(scorer=scorer, site=site), {"scorer": scorer, "site": site}))
     records = run_cells(args, cells, "scorer_ablation")
     out = Path(args.out)
     write_tables(records, out, ["cell", "scorer", "site"])

@@ -16,7 +16,7 @@ import itertools
 import sys
 from pathlib import Path
 
-from ablation_common import add_common_args, base_config, derive, footer, plt, run_cells, write_tables
+from ablation_common import add_common_args, base_config, footer, off_arm, plt, run_cells, write_tables
 
 NUMERIC = {"lambda_ref": float, "clip": float, "window": int}
 
@@ -49,11 +49,11 @@ def main(argv=None) -> int:
     axes = [parse_axis(g) for g in args.grid]
     fields = [f for f, _ in axes]
     cells = [("baseline", None, {f: "-" for f in fields} | {"arm": "baseline"}),
-             ("off", derive(base, policy="fixed", lambda_ref=0.0, clip=0.0), {f: "-" for f in fields} | {"arm": "off"})]
+             ("off", off_arm(base), {f: "-" for f in fields} | {"arm": "off"})]
     for combo in itertools.product(*[vals for _, vals in axes]):
         changes = dict(zip(fields, combo))
         name = "-".join(f"{f}={label(v)}" for f, v in changes.items()).replace("/", "_")
-        cells.append((name, derive(base, **changes), {f: label(v) for f, v in changes.items()} | {"arm": "smoothed"}))
+        cells.append((name, base.updated(**changes), {f: label(v) for f, v in changes.items()} | {"arm": "smoothed"}))
     records = run_cells(args, cells, "sweep")
     out = Path(args.out)
     write_tables(records, out, ["arm"] + fields)

@@ -21,18 +21,9 @@ DEMO_DEFAULTS = {"lambda_ref": 0.5, "layers": "15:-1"}
 def _config_from_args(args, default: dict | None = None):
     from .config import KVSmoothConfig
 
-    if getattr(args, "config", None) and getattr(args, "preset", None):
-        raise ValueError("give either a config file or --preset, not both")
-    if getattr(args, "config", None):
-        cfg = KVSmoothConfig.from_file(args.config)
-    elif getattr(args, "preset", None):
-        cfg = KVSmoothConfig.preset(args.preset)
-    else:
-        cfg = KVSmoothConfig.from_dict(dict(default or {}))
+    cfg = KVSmoothConfig.from_source(getattr(args, "config", None), getattr(args, "preset", None), default)
     changes = {k: getattr(args, k) for k in ("lambda_ref", "layers", "site", "granularity") if getattr(args, k, None) is not None}
-    if changes:
-        cfg = KVSmoothConfig.from_dict({**cfg.model_dump(exclude={"toolkit_version"}), **changes})
-    return cfg
+    return cfg.updated(**changes) if changes else cfg
 
 
 def load_model_for_structure(name: str):

@@ -162,6 +162,22 @@ class KVSmoothConfig(_Fields):
             raise ConfigError(f"unknown preset '{name}'; available presets: {sorted(PRESETS)}")
         return cls.model_validate({**PRESETS[name], **changes})
 
+    @classmethod
+    def from_source(cls, config: str | Path | None = None, preset: str | None = None,
+                    default: dict | None = None) -> "KVSmoothConfig":
+        """The config a command line names: a file if given, else a preset, else ``default`` (or the paper's)."""
+        if config is not None and preset is not None:
+            raise ConfigError("give either a config file or a preset, not both")
+        if config is not None:
+            return cls.from_file(config)
+        if preset is not None:
+            return cls.preset(preset)
+        return cls.from_dict(dict(default or {}))
+
+    def updated(self, **changes: Any) -> "KVSmoothConfig":
+        """A validated copy with ``changes`` applied (errors name the field, as for files)."""
+        return type(self).from_dict({**self.model_dump(exclude={"toolkit_version"}), **changes})
+
     # ------------------------------------------------------------------ I/O
     @classmethod
     def from_dict(cls, data: dict) -> "KVSmoothConfig":

@@ -70,6 +70,7 @@ class Session:
         self.first_index: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         self._caches: list = []
+        self._checked_cache, self._cache_layers = (lambda: None), {}
         self.attached = False
         self.layers: dict[int, LayerState] = {}
         self.groups: list[CoefficientGroup] = []
@@ -290,10 +291,9 @@ class Session:
             kind = self.kind
             if kind not in (DECODE, PREFILL) or rt.scorer.needs_row:
                 return None
-            cache = Adapter.find_cache(kwargs)
-            if cache is None:
+            if self.cache is None:
                 return None
-            layer = Adapter.check_cache_layer(cache, rt.cache_index)
+            layer = self._cache_layer(rt.cache_index)
             with torch.no_grad():
                 if kind == PREFILL:
                     if rt.scorer.needs_key:
@@ -305,9 +305,21 @@ class Session:
 
         return hook
 
+    def _cache_layer(self, index: int):
+        """The current cache's layer ``index``, type-checked once per generation (layer objects persist
+        across steps and beam reorders; only their tensors change)."""
+        if self._checked_cache() is not self.cache:  # weak references: a finished generation's cache is freed
+            self._checked_cache, self._cache_layers = weakref.ref(self.cache), {}
+        ref = self._cache_layers.get(index)
+        layer = ref() if ref is not None else None
+        if layer is None:
+            layer = Adapter.check_cache_layer(self.cache, index)
+            self._cache_layers[index] = weakref.ref(layer)
+        return layer
+
     def _edit_cache(self, group: CoefficientGroup, lam: torch.Tensor, pos: int, prev: int) -> None:
         """Blend cache position ``pos`` with ``prev`` for every layer of ``group``; lam ``[B, La, H]``."""
-        layers = [Adapter.check_cache_layer(self.cache, rt.cache_index) for rt in group.layers]
+        layers = [self._cache_layer(rt.cache_index) for rt in group.layers]
         if layers[0].keys.shape[2] < 2:
             return
         c = group.consts(lam.device)
@@ -328,7 +340,7 @@ class Session:
     def _smooth_prompt_cache(self) -> None:
         """smooth_prefill at the cache site: walk the prompt positions in order, like decode steps."""
         for group in self.groups:
-            layers = [Adapter.check_cache_layer(self.cache, rt.cache_index) for rt in group.layers]
+            layers = [self._cache_layer(rt.cache_index) for rt in group.layers]
             t = layers[0].keys.shape[2]
             if any(layer.keys.shape[2] != t for layer in layers):  # sliding-window layers next to global ones
                 raise SessionError(

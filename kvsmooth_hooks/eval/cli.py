@@ -203,8 +203,7 @@ def _run_grounded(args) -> int:
     from .. import KVSmoothConfig
     from .grounded import evaluate_config
 
-    cfg = (KVSmoothConfig.from_file(args.config) if args.config else
-           KVSmoothConfig.preset(args.preset) if args.preset else KVSmoothConfig())
+    cfg = KVSmoothConfig.from_source(args.config, args.preset)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     bad = [a for a in arms if a not in ("baseline", "smoothed")]
     if bad:

@@ -126,3 +126,19 @@ def test_published_json_schema_is_current():
     assert {"site", "targets", "overrides", "layers", "scorer"} <= set(schema["properties"])
     published = Path(__file__).resolve().parents[2] / "docs" / "kvsmooth-config.schema.json"
     assert json.loads(published.read_text()) == schema, "regenerate with: kvsmooth config schema -o docs/kvsmooth-config.schema.json"
+
+
+def test_from_source_and_updated(tmp_path):
+    path = KVSmoothConfig(window=7).save(tmp_path / "c.yaml")
+    assert KVSmoothConfig.from_source(path).window == 7
+    assert KVSmoothConfig.from_source(preset="minigpt-4").lambda_ref == 0.5
+    assert KVSmoothConfig.from_source(default={"clip": 0.1}).clip == 0.1
+    assert KVSmoothConfig.from_source() == KVSmoothConfig()
+    with pytest.raises(ConfigError, match="either a config file or a preset"):
+        KVSmoothConfig.from_source(path, "off")
+    base = KVSmoothConfig(scorer={"name": "random", "seed": 2}, overrides=[{"layers": [1], "lambda_ref": 0.5}])
+    new = base.updated(lambda_ref=0.3, targets=["value"])
+    assert (new.lambda_ref, new.targets, new.scorer.params, new.overrides) == (0.3, ["value"], {"seed": 2}, base.overrides)
+    assert base.lambda_ref == 0.9  # a copy
+    with pytest.raises(ConfigError, match="window: Input should be greater than or equal to 1"):
+        base.updated(window=0)
