@@ -50,9 +50,9 @@ from typing import Any, Callable, Iterable, Mapping
 from .bootstrap import safe_ratio
 from .lemmatize import OfflineLemmatizer, tokenize
 from .pope import parse_yes_no
-from .records import EvalInputError, read_records
+from .records import EvalInputError, Records, as_records, index_records, read_json, record_id, record_text
 
-__all__ = ["AmberData", "AmberResult", "compute_amber", "load_amber_data", "amber_generative_item"]
+__all__ = ["AmberData", "AmberResult", "compute_amber", "load_amber_data", "load_amber_responses", "amber_generative_item"]
 
 _ATTRIBUTE_TYPES = (
     "discriminative-attribute-state",
@@ -79,8 +79,11 @@ class AmberData:
 
 
 def load_amber_data(data_dir: str | Path) -> AmberData:
-    """Load ``annotations.json``, ``relation.json`` and ``safe_words.txt`` from ``data_dir``."""
+    """Load ``annotations.json``, ``relation.json`` and ``safe_words.txt`` from ``data_dir`` (checked)."""
     d = Path(data_dir)
+    if not d.is_dir():
+        raise EvalInputError(f"{d}: AMBER data folder not found; pass the data/ folder of "
+                             "github.com/junyangwang0410/AMBER")
     paths = {name: d / name for name in ("annotations.json", "relation.json", "safe_words.txt")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
@@ -88,10 +91,48 @@ def load_amber_data(data_dir: str | Path) -> AmberData:
             f"missing AMBER data file(s): {', '.join(missing)}; pass the data/ folder of "
             "github.com/junyangwang0410/AMBER"
         )
-    annotations = json.loads(paths["annotations.json"].read_text(encoding="utf-8"))
-    association = json.loads(paths["relation.json"].read_text(encoding="utf-8"))
-    safe = {line.rstrip("\n") for line in paths["safe_words.txt"].read_text(encoding="utf-8").splitlines()}
+    annotations = read_json(paths["annotations.json"], "AMBER annotations (a JSON list)")
+    if not isinstance(annotations, list) or not annotations:
+        raise EvalInputError(f"{paths['annotations.json']}: expected a non-empty JSON list of annotations")
+    for i, ann in enumerate(annotations):
+        if not isinstance(ann, dict) or "type" not in ann or "truth" not in ann:
+            raise EvalInputError(f"{paths['annotations.json']} item {i + 1}: expected an object with 'type' and "
+                                 "'truth'; is this AMBER's annotations.json?")
+        if ann["type"] == "generative" and not (isinstance(ann["truth"], list) and isinstance(ann.get("hallu"), list)):
+            raise EvalInputError(f"{paths['annotations.json']} item {i + 1}: a generative annotation needs lists "
+                                 "'truth' and 'hallu'")
+    association = read_json(paths["relation.json"], "AMBER word associations (a JSON object)")
+    if not isinstance(association, dict) or not all(
+            isinstance(v, list) and all(isinstance(w, str) for w in v) for v in association.values()):
+        raise EvalInputError(f"{paths['relation.json']}: expected a JSON object {{word: [associated words]}}")
+    text = paths["safe_words.txt"].read_bytes()
+    try:
+        safe = {line.rstrip("\r") for line in text.decode("utf-8").split("\n")}
+    except UnicodeDecodeError:
+        raise EvalInputError(f"{paths['safe_words.txt']}: not UTF-8 text") from None
     return AmberData(annotations=annotations, association=association, safe_words=safe)
+
+
+def load_amber_responses(source: str | Path | Iterable[Mapping[str, Any]], num_annotations: int,
+                         on_duplicate: str = "error") -> list[dict]:
+    """AMBER responses ``[{"id", "response"}]`` (JSON list or JSON Lines), checked.
+
+    ``id`` must be an integer in ``1..num_annotations`` (the 1-based index into ``annotations.json``;
+    ``"7"`` and ``7.0`` are accepted, ``1.7`` and ``"AMBER_7"`` are not); ``response`` a string.  A
+    repeated id is an error (``on_duplicate="warn"``: keep the first).
+    """
+    recs = as_records(source, required=("id", "response"), what="AMBER response")
+    rows = []
+    for i, r in enumerate(recs):
+        where = recs.where(i)
+        rid = record_id(r, "id", where)
+        if not 1 <= rid <= num_annotations:
+            raise EvalInputError(f"{where}: field 'id' is {rid}, outside 1..{num_annotations} of annotations.json")
+        rows.append({"id": rid, "response": record_text(r, "response", where), "where": where})
+    index = index_records(Records(rows, [x["where"] for x in rows]), lambda i, x: x["id"], lambda i, x: x["response"],
+                          "response", "id", on_duplicate)
+    kept = {w for _, w in index.values()}
+    return [x for x in rows if x["where"] in kept]
 
 
 def _index(words_by_target: Iterable[str], association: Mapping[str, list[str]]) -> dict[str, int]:
@@ -251,6 +292,7 @@ def compute_amber(
     similarity: str = "none",
     similarity_threshold: float = 0.8,
     strict: bool = False,
+    on_duplicate: str = "error",
 ) -> AmberResult:
     """AMBER metrics for ``responses`` (file or ``{"id", "response"}`` records).
 
@@ -262,8 +304,7 @@ def compute_amber(
     """
     if not isinstance(data, AmberData):
         data = load_amber_data(data)
-    if isinstance(responses, (str, Path)):
-        responses = read_records(responses, required=("id", "response"), what="AMBER response")
+    responses = load_amber_responses(responses, len(data.annotations), on_duplicate=on_duplicate)
     vocab = data.object_words
     if backend == "offline":
         nouns_of = _OfflineNouns(vocab)
@@ -281,12 +322,8 @@ def compute_amber(
     gen_items: list[dict] = []
     disc: dict[str, list[tuple[str, str]]] = {"existence": [], "attribute": [], "relation": []}
     items: list[dict] = []
-    for i, r in enumerate(responses):
-        if "id" not in r or "response" not in r:
-            raise EvalInputError(f"response {i + 1}: needs fields 'id' and 'response'")
-        rid = int(r["id"])
-        if not 1 <= rid <= len(data.annotations):
-            raise EvalInputError(f"response {i + 1}: id {rid} is outside 1..{len(data.annotations)} of annotations.json")
+    for r in responses:
+        rid = r["id"]
         ann = data.annotations[rid - 1]
         text = r["response"]
         if ann["type"] == "generative":

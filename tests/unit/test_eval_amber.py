@@ -57,5 +57,8 @@ def test_amber_strict_answers(amber_dir):
 def test_amber_errors(amber_dir, tmp_path):
     with pytest.raises(EvalInputError, match="outside 1..4"):
         compute_amber([{"id": 9, "response": "x"}], amber_dir)
-    with pytest.raises(EvalInputError, match="relation.json"):
+    with pytest.raises(EvalInputError, match="nowhere: AMBER data folder not found"):
         load_amber_data(tmp_path / "nowhere")
+    (tmp_path / "partial").mkdir()
+    with pytest.raises(EvalInputError, match="relation.json"):
+        load_amber_data(tmp_path / "partial")
