@@ -27,15 +27,22 @@ en_core_web_lg``); the default ``similarity="none"`` uses exact matches only,
 so CHAIR can be slightly higher and Cover/Cog slightly lower than the reference.
 
 Noun extraction: ``backend="nltk"`` runs NLTK's tokenizer + POS tagger and
-keeps ``NN*`` tokens (the reference); ``backend="offline"`` lower-cases,
-tokenises with the offline tokenizer, singularises each token towards the
-AMBER vocabulary and keeps vocabulary words whatever their part of speech.
+keeps ``NN*`` tokens, lemmatised by WordNet as nouns (the reference);
+``backend="offline"`` (default, no data) imitates it: the offline
+``word_tokenize``, case kept (WordNet does not lower-case, so ``Trees`` never
+matches ``tree``), WordNet plural lemmas, and context rules in place of the
+tagger's ``NN*`` decision for the vocabulary words that are also verbs, modals
+or adjectives (``can be seen``, ``to board``, ``a man paddles``, ``a boat
+sailing``, ``hot air``, ``light blue``, ``an orange shirt``).
 
 Discriminative tasks (existence, attribute, relation): "no" is the positive
 class.  Accuracy, Precision (correct "no" / answered "no"), Recall (correct
-"no" / true "no") and F1.  The reference compares the response string with
-``"Yes"``/``"No"`` exactly; ``strict=True`` does that, the default parses the
-answer with the POPE rule first.
+"no" / true "no") and F1.  ``answer_rule="official"`` (default) is the
+reference: the response string must be exactly ``"Yes"`` or ``"No"`` (anything
+else is neither, so it is wrong and never a "no"); ``answer_rule="pope"``
+parses free-form answers with the POPE rule first.  F1 is computed exactly from
+P and R (the reference rounds P and R to one decimal and adds 1e-4, or 1e-3
+for existence, to the denominator: at most 0.1 point lower).
 
 ``AMBER score`` = ½ (100 − CHAIR + F1), with F1 over all discriminative questions.
 """
@@ -190,16 +197,108 @@ def amber_generative_item(
     }
 
 
+# --- offline noun extraction: an imitation of NLTK word_tokenize + pos_tag (NN*) + WordNet noun lemmas ---
+
+_DETERMINERS = frozenset(
+    "a an the this that these those his her their its my your our each every some any no another either "
+    "one two three four five six seven eight nine ten several many few both all 's".split())
+_PREPOSITIONS = frozenset("of in on at with for near by from into onto under over behind beside next across "
+                          "through along around inside outside between against toward towards like".split())
+_BE = frozenset("is are was were be been being am 's 're".split())
+_VERB_BEFORE = frozenset("to can could will would may might must should shall they we you i "
+                         "not n't 'll 'd".split())
+_SUBJECT_PRONOUNS = frozenset("he she it who which that".split())
+_PLURAL_SUBJECTS = frozenset("they we you people men women children".split())
+_AFTER_VERB = _DETERMINERS | _PREPOSITIONS | frozenset(
+    "up down out off away around along about together across through".split())
+_NOUN_FOLLOWERS = frozenset(". , ; : ! ? ) of and or on in with is are was were next near".split())
+_COLOURS = frozenset("blue brown green gray grey pink yellow purple red white black colored coloured "
+                     "tan beige".split())
+# Vocabulary words whose verb reading is common in image descriptions ("preparing to board", "a man
+# paddles a kayak", "people watch the game"): after "to", a modal or a subject they are verbs (VB/VBZ/VBP).
+_VERB_CAPABLE = frozenset(
+    "board ski skate paddle watch sign lounge fish drink lock support water sink pack plug switch tie tape "
+    "spray grill brush shovel sled hose note file cash box duck cage pen drain glove microwave monitor "
+    "phone telephone sail ship train rock ring string light line range cover snack play park ride "
+    "surf dress bag bat bill bowl can cushion floor house mat net pad pipe plate pot rail saddle sand "
+    "screen shell signal sound stage star stone table tank tire toast top towel track wire".split())
+# -s forms the tagger reads as verbs after a singular subject ("a man paddles a canoe"); other plurals
+# stay nouns there ("the dog lounges in the grass" is tagged NNS).
+_VBZ_FORMS = frozenset("paddles skates skis watches surfs plays rides drinks fishes sails boards signs".split())
+_SINGULAR_SUBJECTS = frozenset("man woman person boy girl child kid dog cat horse bird player skater surfer "
+                               "skier rider one someone".split())
+# -ing words of the vocabulary: the tagger's default reading when the context does not decide.
+_ING_DEFAULT_NOUN = frozenset("building painting drawing railing ceiling".split())
+
+
+def _looks_like_noun(tokens: list[str], i: int, lemma: str) -> bool:
+    """Guess whether NLTK's tagger tags ``tokens[i]`` (a vocabulary word) ``NN*``.
+
+    The rules cover the verb / modal / adjective readings of vocabulary words that occur in image
+    descriptions: ``can`` as a modal, ``to board``, ``a man paddles``, ``a boat sailing``, ``hot dog``,
+    ``light blue``, ``an orange shirt``, ``individual items``.
+    """
+    tok = tokens[i]
+    prev = tokens[i - 1].lower() if i > 0 else ""
+    nxt = tokens[i + 1].lower() if i + 1 < len(tokens) else "."
+    if lemma == "hot":
+        return False  # "hot dog", "hot day": JJ
+    if tok == "can":
+        return prev in _DETERMINERS or nxt in _NOUN_FOLLOWERS
+    if tok in ("light", "orange"):
+        if prev in _BE or nxt in _COLOURS or nxt.endswith("-colored"):
+            return False
+        if tok == "orange" and nxt.isalpha() and nxt not in _NOUN_FOLLOWERS and nxt not in _AFTER_VERB:
+            return False  # "an orange shirt"
+        return True
+    if tok == "individual":
+        return not (nxt.isalpha() and nxt not in _NOUN_FOLLOWERS and nxt not in _AFTER_VERB
+                    and nxt not in _BE and nxt not in ("who", "that", "can"))
+    if tok.endswith("ing") and tok == lemma and len(tok) > 5:
+        if prev in _BE or prev in _SUBJECT_PRONOUNS or prev in _PLURAL_SUBJECTS:
+            return False
+        if prev in _DETERMINERS or prev in _PREPOSITIONS:
+            return True
+        return tok in _ING_DEFAULT_NOUN
+    if lemma not in _VERB_CAPABLE:
+        return True
+    if tok == lemma:  # base form: VB after to / a modal / a subject pronoun, VBP after a plural subject
+        if prev in _VERB_BEFORE:
+            return False
+        if prev in _PLURAL_SUBJECTS and nxt in _AFTER_VERB:
+            return False
+        return True
+    if tok in _VBZ_FORMS:  # VBZ after a singular subject when an object / adverbial follows
+        if prev in _SUBJECT_PRONOUNS:
+            return False
+        if nxt in _AFTER_VERB and (prev in _SINGULAR_SUBJECTS or prev in _SUBJECT_PRONOUNS):
+            return False
+    return True
+
+
 class _OfflineNouns:
+    """Nouns of a response that are AMBER vocabulary words, without NLTK data.
+
+    Imitates the reference: tokens keep their case (WordNet does not lower-case, so ``Trees`` never
+    matches ``tree``; ``TV`` does match), plural nouns get their WordNet lemma, and
+    :func:`_looks_like_noun` stands in for the ``NN*`` test of the tagger.
+    """
+
     def __init__(self, vocabulary: set[str]) -> None:
         self.vocab = vocabulary
-        self.lem = OfflineLemmatizer(vocabulary=vocabulary)
+        self.lem = OfflineLemmatizer(vocabulary={w for w in vocabulary if w == w.lower()})
 
     def __call__(self, text: str) -> list[str]:
+        tokens = tokenize(text)
         out = []
-        for tok in tokenize(text.lower()):
-            lemma = self.lem.noun_lemma(tok)
-            if lemma in self.vocab:
+        for i, tok in enumerate(tokens):
+            if tok in self.vocab and tok != tok.lower():
+                lemma = tok  # "TV"
+            elif tok != tok.lower():
+                continue
+            else:
+                lemma = self.lem.noun_lemma(tok)
+            if lemma in self.vocab and _looks_like_noun(tokens, i, lemma):
                 out.append(lemma)
         return out
 
@@ -291,8 +390,9 @@ def compute_amber(
     backend: str = "offline",
     similarity: str = "none",
     similarity_threshold: float = 0.8,
-    strict: bool = False,
+    answer_rule: str = "official",
     on_duplicate: str = "error",
+    strict: bool | None = None,
 ) -> AmberResult:
     """AMBER metrics for ``responses`` (file or ``{"id", "response"}`` records).
 
@@ -300,8 +400,15 @@ def compute_amber(
         data: an :class:`AmberData` or the AMBER ``data/`` directory.
         backend: noun extraction, ``"offline"`` or ``"nltk"``.
         similarity: ``"none"`` (exact word matches) or ``"spacy"`` (the reference).
-        strict: compare discriminative answers with ``"Yes"``/``"No"`` exactly.
+        answer_rule: ``"official"`` (discriminative answers must be exactly ``"Yes"``/``"No"``, as in
+            ``inference.py``) or ``"pope"`` (parse free-form answers with the POPE rule).
+        on_duplicate: a repeated response id is an error (``"warn"``: keep the first).
+        strict: older spelling of ``answer_rule`` (``True`` = ``"official"``, ``False`` = ``"pope"``).
     """
+    if strict is not None:
+        answer_rule = "official" if strict else "pope"
+    if answer_rule not in ("official", "pope"):
+        raise EvalInputError(f"unknown AMBER answer rule {answer_rule!r}; choose official or pope")
     if not isinstance(data, AmberData):
         data = load_amber_data(data)
     responses = load_amber_responses(responses, len(data.annotations), on_duplicate=on_duplicate)
@@ -332,7 +439,7 @@ def compute_amber(
             items.append({"id": rid, "type": "generative", **item})
         else:
             truth = str(ann["truth"]).strip().lower()
-            if strict:
+            if answer_rule == "official":
                 pred = "yes" if text == "Yes" else ("no" if text == "No" else "other")
             else:
                 pred = parse_yes_no(text, "official")

@@ -87,7 +87,9 @@ def _fill_eval_subcommands(sub) -> None:
     p.add_argument("--similarity", choices=("none", "spacy"), default="none",
                    help="word matching: exact (default) or spaCy vectors > threshold (reference)")
     p.add_argument("--similarity-threshold", type=float, default=0.8)
-    p.add_argument("--strict", action="store_true", help="discriminative answers must be exactly 'Yes'/'No'")
+    p.add_argument("--answer-rule", choices=("official", "pope"), default="official",
+                   help="discriminative answers: official = exactly 'Yes'/'No' as inference.py (default); "
+                        "pope = parse free-form answers with the POPE rule")
     _add_common(p, bootstrap=False)
     p.set_defaults(eval_func=_run_amber)
 
@@ -195,7 +197,7 @@ def _run_amber(args) -> int:
     from .amber import compute_amber
 
     result = compute_amber(args.responses, args.amber_data, backend=args.backend, similarity=args.similarity,
-                           similarity_threshold=args.similarity_threshold, strict=args.strict,
+                           similarity_threshold=args.similarity_threshold, answer_rule=args.answer_rule,
                            on_duplicate=_dup(args))
     print(result.summary())
     _write(args, result.to_dict())

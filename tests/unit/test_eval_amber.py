@@ -32,7 +32,7 @@ RESPONSES = [
 
 
 def test_amber_hand_computed(amber_dir):
-    res = compute_amber(RESPONSES, amber_dir)
+    res = compute_amber(RESPONSES, amber_dir, answer_rule="pope")
     g = res.generative
     assert g["CHAIR"] == pytest.approx(40.0)
     assert g["Cover"] == pytest.approx(100.0)
@@ -50,8 +50,10 @@ def test_amber_hand_computed(amber_dir):
 
 def test_amber_strict_answers(amber_dir):
     rows = [{"id": 2, "response": "no"}, {"id": 4, "response": "No"}]
+    assert compute_amber(rows, amber_dir).discriminative["overall"]["Accuracy"] == pytest.approx(50.0)
     assert compute_amber(rows, amber_dir, strict=True).discriminative["overall"]["Accuracy"] == pytest.approx(50.0)
-    assert compute_amber(rows, amber_dir).discriminative["overall"]["Accuracy"] == pytest.approx(100.0)
+    assert compute_amber(rows, amber_dir, answer_rule="pope").discriminative["overall"]["Accuracy"] == \
+        pytest.approx(100.0)
 
 
 def test_amber_errors(amber_dir, tmp_path):
