@@ -226,7 +226,15 @@ _VERB_CAPABLE = frozenset(
 # stay nouns there ("the dog lounges in the grass" is tagged NNS).
 _VBZ_FORMS = frozenset("paddles skates skis watches surfs plays rides drinks fishes sails boards signs".split())
 _SINGULAR_SUBJECTS = frozenset("man woman person boy girl child kid dog cat horse bird player skater surfer "
-                               "skier rider one someone".split())
+                               "skier rider one someone crowd audience family group team couple".split())
+_NOT_SUBJECTS = frozenset("roller ice inline other".split())
+
+
+def _singular_subject(word: str) -> bool:
+    """A word that reads as a singular subject before a verb ("man", "skateboarder", "cyclist")."""
+    if word in _SINGULAR_SUBJECTS:
+        return True
+    return word.isalpha() and word not in _NOT_SUBJECTS and word.endswith(("er", "or", "ist", "man", "woman"))
 # -ing words of the vocabulary: the tagger's default reading when the context does not decide.
 _ING_DEFAULT_NOUN = frozenset("building painting drawing railing ceiling".split())
 
@@ -271,7 +279,7 @@ def _looks_like_noun(tokens: list[str], i: int, lemma: str) -> bool:
     if tok in _VBZ_FORMS:  # VBZ after a singular subject when an object / adverbial follows
         if prev in _SUBJECT_PRONOUNS:
             return False
-        if nxt in _AFTER_VERB and (prev in _SINGULAR_SUBJECTS or prev in _SUBJECT_PRONOUNS):
+        if nxt in _AFTER_VERB and _singular_subject(prev):
             return False
     return True
 

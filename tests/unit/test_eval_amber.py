@@ -64,3 +64,24 @@ def test_amber_errors(amber_dir, tmp_path):
     (tmp_path / "partial").mkdir()
     with pytest.raises(EvalInputError, match="relation.json"):
         load_amber_data(tmp_path / "partial")
+
+
+@pytest.mark.parametrize("text, nouns", [
+    ("A frisbee can be seen near the dog.", ["frisbee", "dog"]),  # modal "can"
+    ("A can of soda sits on the table.", ["can", "table"]),
+    ("The man is preparing to board the boat.", ["man", "boat"]),  # "to board": a verb
+    ("A man paddles a boat while the dog watches the birds.", ["man", "boat", "dog", "bird"]),
+    ("Two paddles lie in the boat.", ["paddle", "boat"]),
+    ("A boat sailing across the lake.", ["boat", "lake"]),
+    ("Colorful hot air balloons and a tall building.", ["balloon", "building"]),
+    ("Dogs run. The TV is on, and trees sway.", ["TV", "tree"]),  # case kept: "Dogs" is not lemmatised
+    ("She wears an orange shirt and holds an orange.", ["orange"]),
+    ("A light blue sky above the light.", ["sky", "light"]),
+])
+def test_offline_nouns_imitate_the_tagger(text, nouns):
+    from kvsmooth_hooks.eval.amber import _OfflineNouns
+
+    vocab = {"frisbee", "dog", "can", "table", "man", "board", "boat", "paddle", "watch", "bird", "sailing", "lake",
+             "hot", "balloon", "building", "TV", "tree", "orange", "shirt", "light", "sky"}
+    vocab.discard("shirt")
+    assert _OfflineNouns(vocab)(text) == nouns
