@@ -159,7 +159,7 @@ def _dup(args) -> str:
     return "warn" if getattr(args, "allow_duplicates", False) else "error"
 
 
-def _run_chair(args) -> int:
+def _run_chair(args):
     from .chair import ChairEvaluator, load_captions
     from .coco_objects import ObjectExtractor
 
@@ -168,52 +168,42 @@ def _run_chair(args) -> int:
     gt = _ground_truth(args, extractor)
     result = ChairEvaluator(gt, extractor).evaluate(captions, n_bootstrap=args.bootstrap, seed=args.seed,
                                                      show_progress=len(captions) > 2000)
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    return result
 
 
-def _run_pope(args) -> int:
+def _run_pope(args):
     from .pope import compute_pope
 
     result = compute_pope(args.questions, args.answers, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
                           on_duplicate=_dup(args))
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    return result
 
 
-def _run_opope(args) -> int:
+def _run_opope(args):
     from .pope import compute_opope
 
     result = compute_opope(args.questions, args.captions, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
                            on_duplicate=_dup(args))
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    return result
 
 
-def _run_amber(args) -> int:
+def _run_amber(args):
     from .amber import compute_amber
 
     result = compute_amber(args.responses, args.amber_data, backend=args.backend, similarity=args.similarity,
                            similarity_threshold=args.similarity_threshold, answer_rule=args.answer_rule,
                            on_duplicate=_dup(args))
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    return result
 
 
-def _run_objhal(args) -> int:
+def _run_objhal(args):
     from .coco_objects import ObjectExtractor
     from .objhal import compute_objhal
 
     gt = _ground_truth(args, ObjectExtractor(args.backend))
     result = compute_objhal(args.responses, gt, backend=args.backend, response_key=args.response_key,
                             n_bootstrap=args.bootstrap, seed=args.seed, on_duplicate="keep")
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    return result
 
 
 def _run_grounded(args) -> int:
@@ -288,7 +278,13 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvalInputWarning)
         try:
-            status = args.eval_func(args)
+            result = args.eval_func(args)
+            if isinstance(result, int):  # commands that report themselves (grounded)
+                status = result
+            else:
+                print(result.summary())
+                _write(args, result.to_dict())
+                status = 0
         except (EvalInputError, NltkDataMissingError) as exc:
             status = 2
             message = str(exc)
