@@ -146,10 +146,14 @@ def _ground_truth(args, extractor):
     return build_coco_ground_truth(args.coco_annotations, extractor, cache_path=cache)
 
 
+def _check_output(args) -> None:
+    out = getattr(args, "output", None)
+    if out is not None and out.is_dir():
+        raise EvalInputError(f"-o {out}: is a directory; give a file name such as {out / 'result.json'}")
+
+
 def _write(args, payload: dict) -> None:
     if args.output is not None:
-        if args.output.is_dir():
-            raise EvalInputError(f"-o {args.output}: is a directory; give a file name such as {args.output / 'result.json'}")
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(payload, indent=1), encoding="utf-8")
         print(f"wrote {args.output}")
@@ -278,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvalInputWarning)
         try:
+            _check_output(args)
             result = args.eval_func(args)
             if isinstance(result, int):  # commands that report themselves (grounded)
                 status = result

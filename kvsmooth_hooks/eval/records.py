@@ -172,7 +172,7 @@ def read_records(path: str | Path, required: Iterable[str] = (), what: str = "re
         except json.JSONDecodeError:
             whole = None  # JSON Lines (or broken): read line by line below
         lists = [k for k, v in whole.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)] \
-            if isinstance(whole, dict) else []
+            if isinstance(whole, dict) and not (required and all(f in whole for f in required)) else []
         if len(lists) == 1:  # {"results": [{...}, ...]}: the records are that list (no line numbers)
             objs = whole[lists[0]]
             lines = [None] * len(objs)
