@@ -85,3 +85,24 @@ def test_offline_nouns_imitate_the_tagger(text, nouns):
              "hot", "balloon", "building", "TV", "tree", "orange", "shirt", "light", "sky"}
     vocab.discard("shirt")
     assert _OfflineNouns(vocab)(text) == nouns
+
+
+def test_discriminative_official_rule_counts_other_answers_as_wrong(amber_dir):
+    # inference.py: only the exact strings "Yes" / "No" count; "No." and "yes" are neither (wrong, never a "no")
+    rows = [{"id": 2, "response": "No."}, {"id": 3, "response": "yes"}, {"id": 4, "response": "No"}]
+    d = compute_amber(rows, amber_dir).discriminative
+    assert d["overall"]["Accuracy"] == pytest.approx(100 / 3)
+    assert d["overall"]["Precision"] == pytest.approx(100.0)  # 1 correct "No" / 1 answered "No"
+    assert d["overall"]["Recall"] == pytest.approx(50.0)  # 1 of 2 true "no"
+    assert d["overall"]["F1"] == pytest.approx(200 / 3)
+    assert d["existence"]["Accuracy"] == 0.0 and d["relation"]["Accuracy"] == 100.0
+    # the POPE rule reads "No." as no and "yes" as yes: all three right
+    assert compute_amber(rows, amber_dir, answer_rule="pope").discriminative["overall"]["Accuracy"] == \
+        pytest.approx(100.0)
+
+
+def test_empty_or_unknown_answer_rule(amber_dir):
+    with pytest.raises(EvalInputError, match="unknown AMBER answer rule"):
+        compute_amber([{"id": 2, "response": "No"}], amber_dir, answer_rule="loose")
+    with pytest.raises(EvalInputError, match="no AMBER response records"):
+        compute_amber([], amber_dir)
