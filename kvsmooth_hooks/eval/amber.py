@@ -49,12 +49,13 @@ for existence, to the denominator: at most 0.1 point lower).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from .bootstrap import safe_ratio
+import numpy as np
+
+from .bootstrap import bootstrap_intervals, f1_score, format_summary, intervals_to_json, safe_ratio
 from .lemmatize import OfflineLemmatizer, tokenize
 from .pope import parse_yes_no
 from .records import EvalInputError, Records, as_records, index_records, read_json, record_id, record_text
@@ -362,9 +363,32 @@ def _disc_metrics(rows: list[tuple[str, str]]) -> dict[str, float]:
         "Accuracy": 100.0 * safe_ratio(correct, n),
         "Precision": 100.0 * precision,
         "Recall": 100.0 * recall,
-        "F1": 100.0 * safe_ratio(2 * precision * recall, precision + recall),
+            "F1": 100.0 * f1_score(precision, recall),
         "num": n,
     }
+
+
+GENERATIVE_METRICS = ("CHAIR", "Cover", "Hal", "Cog")
+
+
+def _generative_intervals(gen_items: list[dict], n_bootstrap: int, seed: int) -> dict[str, tuple[float, float]]:
+    """Seeded bootstrap 95% intervals of the generative metrics, resampling responses."""
+    cols = {
+        "one": np.ones(len(gen_items)),
+        "hall": np.array([len(x["hallucinated"]) for x in gen_items], dtype=float),
+        "nouns": np.array([len(x["nouns"]) for x in gen_items], dtype=float),
+        "covered": np.array([len(x["covered"]) for x in gen_items], dtype=float),
+        "truth": np.array([x["num_truth"] for x in gen_items], dtype=float),
+        "hal_resp": np.array([bool(x["hallucinated"]) for x in gen_items], dtype=float),
+        "cog": np.array([len(x["cog"]) for x in gen_items], dtype=float),
+        "targets": np.array([x["num_hallu"] for x in gen_items], dtype=float),
+    }
+    return bootstrap_intervals(cols, {
+        "CHAIR": lambda s: 100.0 * s["hall"] / s["nouns"],
+        "Cover": lambda s: 100.0 * s["covered"] / s["truth"],
+        "Hal": lambda s: 100.0 * s["hal_resp"] / s["one"],
+        "Cog": lambda s: 100.0 * s["cog"] / s["targets"],
+    }, n_resamples=n_bootstrap, seed=seed)
 
 
 @dataclass
@@ -375,16 +399,17 @@ class AmberResult:
     discriminative: dict[str, dict[str, float]] = field(default_factory=dict)
     amber_score: float | None = None
     items: list[dict] = field(default_factory=list)
+    intervals: dict[str, tuple[float, float]] = field(default_factory=dict)  # generative metrics, over responses
 
     def to_dict(self) -> dict:
-        return {"generative": self.generative, "discriminative": self.discriminative,
-                "AMBER": self.amber_score, "items": self.items}
+        return {"generative": self.generative, "ci95": intervals_to_json(self.intervals),
+                "discriminative": self.discriminative, "AMBER": self.amber_score, "items": self.items}
 
     def summary(self) -> str:
         lines = []
         if self.generative:
-            g = self.generative
-            lines.append("Generative: " + "  ".join(f"{k} {g[k]:.1f}" for k in ("CHAIR", "Cover", "Hal", "Cog")))
+            lines.append(format_summary(self.generative, self.intervals, GENERATIVE_METRICS,
+                                        f"{'responses':<10}: {self.generative['num']:6d}  (generative)"))
         for name, m in self.discriminative.items():
             lines.append(f"{name.capitalize():<15}: " + "  ".join(f"{k} {m[k]:.1f}" for k in ("Accuracy", "Precision", "Recall", "F1")))
         if self.amber_score is not None:
@@ -401,6 +426,8 @@ def compute_amber(
     answer_rule: str = "official",
     on_duplicate: str = "error",
     strict: bool | None = None,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
 ) -> AmberResult:
     """AMBER metrics for ``responses`` (file or ``{"id", "response"}`` records).
 
@@ -466,6 +493,8 @@ def compute_amber(
             "Cog": 100.0 * safe_ratio(sum(len(x["cog"]) for x in gen_items), sum(x["num_hallu"] for x in gen_items)),
             "num": len(gen_items),
         }
+        if n_bootstrap:
+            result.intervals = _generative_intervals(gen_items, n_bootstrap, seed)
     all_rows = [row for rows in disc.values() for row in rows]
     if all_rows:
         result.discriminative["overall"] = _disc_metrics(all_rows)

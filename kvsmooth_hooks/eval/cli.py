@@ -23,15 +23,14 @@ from .records import EvalInputError
 __all__ = ["add_eval_parser", "build_parser", "run", "main"]
 
 
-def _add_common(p: argparse.ArgumentParser, bootstrap: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="write the full result as JSON to this file")
     p.add_argument("--allow-duplicates", action="store_true",
                    help="repeated ids (and conflicting answers for one id) are warnings, keeping the first, "
                         "instead of errors")
-    if bootstrap:
-        p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                       help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
-        p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
 
 def _add_gt(p: argparse.ArgumentParser) -> None:
@@ -90,7 +89,7 @@ def _fill_eval_subcommands(sub) -> None:
     p.add_argument("--answer-rule", choices=("official", "pope"), default="official",
                    help="discriminative answers: official = exactly 'Yes'/'No' as inference.py (default); "
                         "pope = parse free-form answers with the POPE rule")
-    _add_common(p, bootstrap=False)
+    _add_common(p)
     p.set_defaults(eval_func=_run_amber)
 
     p = sub.add_parser("objhal", help="Object-HalBench, rule-based",
@@ -196,6 +195,7 @@ def _run_amber(args):
 
     result = compute_amber(args.responses, args.amber_data, backend=args.backend, similarity=args.similarity,
                            similarity_threshold=args.similarity_threshold, answer_rule=args.answer_rule,
+                           n_bootstrap=args.bootstrap, seed=args.seed,
                            on_duplicate=_dup(args))
     return result
 

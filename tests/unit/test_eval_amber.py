@@ -106,3 +106,13 @@ def test_empty_or_unknown_answer_rule(amber_dir):
         compute_amber([{"id": 2, "response": "No"}], amber_dir, answer_rule="loose")
     with pytest.raises(EvalInputError, match="no AMBER response records"):
         compute_amber([], amber_dir)
+
+
+def test_generative_bootstrap_intervals(amber_dir):
+    rows = [{"id": 1, "response": "A puppy on the grass next to a kitten."}]
+    a = compute_amber(rows, amber_dir, n_bootstrap=50, seed=3)
+    assert set(a.intervals) == {"CHAIR", "Cover", "Hal", "Cog"}
+    lo, hi = a.intervals["CHAIR"]
+    assert lo == hi == pytest.approx(a.generative["CHAIR"])  # one response: every resample is the same
+    assert compute_amber(rows, amber_dir, n_bootstrap=0).intervals == {}
+    assert "95% CI" in a.summary()
