@@ -127,7 +127,8 @@ def load_amber_responses(source: str | Path | Iterable[Mapping[str, Any]], num_a
 
     ``id`` must be an integer in ``1..num_annotations`` (the 1-based index into ``annotations.json``;
     ``"7"`` and ``7.0`` are accepted, ``1.7`` and ``"AMBER_7"`` are not); ``response`` a string.  A
-    repeated id is an error (``on_duplicate="warn"``: keep the first).
+    repeated id is an error (``on_duplicate="warn"``: keep the first; ``"keep"``: score every record, for
+    callers that resample responses on purpose).
     """
     recs = as_records(source, required=("id", "response"), what="AMBER response")
     rows = []
@@ -137,6 +138,8 @@ def load_amber_responses(source: str | Path | Iterable[Mapping[str, Any]], num_a
         if not 1 <= rid <= num_annotations:
             raise EvalInputError(f"{where}: field 'id' is {rid}, outside 1..{num_annotations} of annotations.json")
         rows.append({"id": rid, "response": record_text(r, "response", where), "where": where})
+    if on_duplicate == "keep":  # e.g. a bootstrap resample of responses: every record is scored
+        return rows
     index = index_records(Records(rows, [x["where"] for x in rows]), lambda i, x: x["id"], lambda i, x: x["response"],
                           "response", "id", on_duplicate)
     kept = {w for _, w in index.values()}
@@ -437,7 +440,8 @@ def compute_amber(
         similarity: ``"none"`` (exact word matches) or ``"spacy"`` (the reference).
         answer_rule: ``"official"`` (discriminative answers must be exactly ``"Yes"``/``"No"``, as in
             ``inference.py``) or ``"pope"`` (parse free-form answers with the POPE rule).
-        on_duplicate: a repeated response id is an error (``"warn"``: keep the first).
+        on_duplicate: a repeated response id is an error (``"warn"``: keep the first; ``"keep"``: score every
+            record, e.g. a bootstrap resample).
         strict: older spelling of ``answer_rule`` (``True`` = ``"official"``, ``False`` = ``"pope"``).
     """
     if strict is not None:

@@ -116,3 +116,11 @@ def test_generative_bootstrap_intervals(amber_dir):
     assert lo == hi == pytest.approx(a.generative["CHAIR"])  # one response: every resample is the same
     assert compute_amber(rows, amber_dir, n_bootstrap=0).intervals == {}
     assert "95% CI" in a.summary()
+
+
+def test_duplicate_responses(amber_dir):
+    rows = [{"id": 2, "response": "No"}, {"id": 2, "response": "No"}, {"id": 4, "response": "Yes"}]
+    with pytest.raises(EvalInputError, match="id 2 repeats"):
+        compute_amber(rows, amber_dir)
+    kept = compute_amber(rows, amber_dir, on_duplicate="keep")  # a resample: every record counts
+    assert kept.discriminative["overall"]["num"] == 3
