@@ -215,7 +215,8 @@ def as_records(source: str | Path | Iterable[Mapping[str, Any]], required: Itera
     if isinstance(source, Records):
         recs = source
     else:
-        recs = Records([dict(r) if not isinstance(r, dict) else r for r in source], source=what)
+        recs = Records([dict(r) if isinstance(r, Mapping) and not isinstance(r, dict) else r for r in source],
+                       source=what)
     if not recs and not allow_empty:
         raise EvalInputError(f"no {what} records given; nothing to score")
     for i, r in enumerate(recs):
