@@ -288,6 +288,11 @@ def _looks_like_noun(tokens: list[str], i: int, lemma: str) -> bool:
     return True
 
 
+# Plural vocabulary words that WordNet lemmatises to a singular outside the vocabulary (NLTK >= 3.8 returns
+# the shortest candidate), so the reference never counts them.
+_WORDNET_PLURALS = {"sunglasses": "sunglass", "earrings": "earring", "slippers": "slipper", "chopsticks": "chopstick"}
+
+
 class _OfflineNouns:
     """Nouns of a response that are AMBER vocabulary words, without NLTK data.
 
@@ -309,7 +314,7 @@ class _OfflineNouns:
             elif tok != tok.lower():
                 continue
             else:
-                lemma = self.lem.noun_lemma(tok)
+                lemma = _WORDNET_PLURALS.get(tok) or self.lem.noun_lemma(tok)
             if lemma in self.vocab and _looks_like_noun(tokens, i, lemma):
                 out.append(lemma)
         return out

@@ -77,12 +77,13 @@ def test_amber_errors(amber_dir, tmp_path):
     ("Dogs run. The TV is on, and trees sway.", ["TV", "tree"]),  # case kept: "Dogs" is not lemmatised
     ("She wears an orange shirt and holds an orange.", ["orange"]),
     ("A light blue sky above the light.", ["sky", "light"]),
+    ("A man wearing sunglasses and slippers.", ["man"]),  # WordNet: sunglass, slipper (not vocabulary words)
 ])
 def test_offline_nouns_imitate_the_tagger(text, nouns):
     from kvsmooth_hooks.eval.amber import _OfflineNouns
 
     vocab = {"frisbee", "dog", "can", "table", "man", "board", "boat", "paddle", "watch", "bird", "sailing", "lake",
-             "hot", "balloon", "building", "TV", "tree", "orange", "shirt", "light", "sky"}
+             "hot", "balloon", "building", "TV", "tree", "orange", "shirt", "light", "sky", "sunglasses", "slippers"}
     vocab.discard("shirt")
     assert _OfflineNouns(vocab)(text) == nouns
 
