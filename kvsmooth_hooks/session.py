@@ -26,19 +26,15 @@ import torch
 from .adapters import Adapter, get_adapter
 from .config import KVSmoothConfig
 from .errors import SessionError
+from .modes import _generate
 from .plan import SmoothingPlan, resolve
 from .probe import AttentionProbe, query_probs
 from .scorers import build_scorer
 from .sites import DECODE, EXTEND, PREFILL, build_site
 from .sites.base import SITES
 from .smoothing import coefficient_bounds
-from .state import GenerationState
+from .state import GenerationState, check_prompt_mask
 from .trace import Trace
-
-#: generate() options whose forwards verify several draft tokens at once.
-REFUSED_MODES = (("assistant_model", "assisted decoding (assistant_model)"),
-                 ("prompt_lookup_num_tokens", "prompt-lookup decoding (prompt_lookup_num_tokens)"),
-                 ("assistant_early_exit", "self-speculative decoding (assistant_early_exit)"))
 
 
 class Session:
@@ -225,17 +221,7 @@ class Session:
         total = info.past + info.q_len
         valid = info.mask if info.mask is not None else torch.ones(info.batch, total, dtype=torch.bool)
         valid = valid.to(info.device)
-        empty = (~valid.any(-1)).nonzero().flatten().tolist()
-        if empty:
-            raise SessionError(
-                f"kvsmooth: sequence(s) {empty} of the batch are padding only (their attention_mask rows are all 0); "
-                "remove empty prompts from the batch"
-            )
-        if not bool(valid[:, -1].all()):
-            raise SessionError(
-                "kvsmooth: a prompt ends with padding (right padding); smoothing needs each prompt's last "
-                "position to be real: set tokenizer.padding_side = 'left'"
-            )
+        check_prompt_mask(valid)
         self._fresh_generate = False
         try:
             ref = weakref.ref(info.cache)
@@ -283,28 +269,6 @@ class Session:
                 self.site.on_row(layer, self.kind, lambda rows=slice(-1, None): pattern[:, :, rows].float())
 
         return hook
-
-
-def _generate(model, *args, **kwargs):
-    """``model.generate`` while a session is attached: refuse draft-verifying modes, mark a new run."""
-    session = getattr(model, "_kvsmooth_session", None)
-    if session is None:
-        return type(model).generate(model, *args, **kwargs)
-    gen_cfg = kwargs.get("generation_config") or getattr(model, "generation_config", None)
-    for name, mode in REFUSED_MODES:
-        value = kwargs.get(name, getattr(gen_cfg, name, None))
-        if value is not None and value is not False:
-            raise SessionError(
-                f"kvsmooth: {mode} is not supported inside a session: its verification forwards feed several draft "
-                "tokens at once, so most steps would not be smoothed and the output would match neither the smoothed "
-                "nor the plain model. Use greedy, sampling or beam search"
-            )
-    original = session._original_generate
-    session._generating = session._fresh_generate = True
-    try:
-        return original(*args, **kwargs) if original is not None else type(model).generate(model, *args, **kwargs)
-    finally:
-        session._generating = session._fresh_generate = False
 
 
 def smooth(model, config: KVSmoothConfig | SmoothingPlan | None = None, **options) -> Session:

@@ -14,7 +14,23 @@ import torch
 from .groups import CoefficientGroup, _select, build_groups
 from .plan import SmoothingPlan
 from .scorers import ScoreInputs, Scorer
+from .errors import SessionError
 from .trace import Trace
+
+
+def check_prompt_mask(valid: torch.Tensor) -> None:
+    """Refuse prompts smoothing cannot serve: ``valid`` bool ``[B, T]`` (True = real token)."""
+    empty = (~valid.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise SessionError(
+            f"kvsmooth: sequence(s) {empty} of the batch are padding only (their attention_mask rows are all 0); "
+            "remove empty prompts from the batch"
+        )
+    if not bool(valid[:, -1].all()):
+        raise SessionError(
+            "kvsmooth: a prompt ends with padding (right padding); smoothing needs each prompt's last "
+            "position to be real: set tokenizer.padding_side = 'left'"
+        )
 
 
 class LayerState:
