@@ -231,7 +231,9 @@ class Session:
         if self._undo_reorder is not None:
             self._undo_reorder()
         self._undo_reorder = self.adapter.watch_reorder(info.cache, self._on_reorder)
-        return DECODE if info.past > 0 and info.q_len == 1 else PREFILL
+        # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
+        # holds the rest of the prompt, which is never smoothed
+        return DECODE if info.past > 0 and info.q_len == 1 and not self._generating else PREFILL
 
     def _on_reorder(self, beam_idx: torch.Tensor) -> None:
         if self.attached:
