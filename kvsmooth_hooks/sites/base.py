@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import SessionError
+from ..registry import registrar
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters import ForwardInfo
@@ -41,15 +42,7 @@ class SiteError(SessionError):
     """A site cannot serve this config or this model."""
 
 
-def register_site(name: str):
-    """Class decorator adding a :class:`Site` subclass to :data:`SITES` under ``name``."""
-
-    def wrap(cls):
-        cls.name = name
-        SITES[name] = cls
-        return cls
-
-    return wrap
+register_site = registrar(SITES, "site")
 
 
 class Site:

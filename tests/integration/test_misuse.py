@@ -247,26 +247,15 @@ def test_config_edges_give_clear_errors(tmp_path, model):
                         ({"lambda_ref": True}, "lambda_ref: must be a number")):
         with pytest.raises(ConfigError, match=match):
             KVSmoothConfig.from_dict(data)
-    dup = tmp_path / "dup.yaml"
-    dup.write_text("window: 5\nwindow: 7\n")
-    with pytest.raises(ConfigError, match="dup.yaml.*duplicate key 'window'"):
-        KVSmoothConfig.from_file(dup)
-    dupj = tmp_path / "dup.json"
-    dupj.write_text('{"window": 5, "window": 7}')
-    with pytest.raises(ConfigError, match="dup.json.*duplicate key 'window'"):
-        KVSmoothConfig.from_file(dupj)
-    latin = tmp_path / "latin.yaml"
-    latin.write_bytes("scorer: caf\xe9\n".encode("latin-1"))
-    with pytest.raises(ConfigError, match="latin.yaml' is not UTF-8"):
-        KVSmoothConfig.from_file(latin)
-    deep = tmp_path / "deep.json"
-    deep.write_text("[" * 5000 + "]" * 5000)
-    with pytest.raises(ConfigError, match="deep.json.*nested too deeply"):
-        KVSmoothConfig.from_file(deep)
-    deep_yaml = tmp_path / "deep.yaml"
-    deep_yaml.write_text("a: " + "[" * 100 + "]" * 100)
-    with pytest.raises(ConfigError, match="deep.yaml.*nested too deeply"):
-        KVSmoothConfig.from_file(deep_yaml)
+    files = (("dup.yaml", b"window: 5\nwindow: 7\n", "dup.yaml.*duplicate key 'window'"),
+             ("dup.json", b'{"window": 5, "window": 7}', "dup.json.*duplicate key 'window'"),
+             ("latin.yaml", "scorer: caf\xe9\n".encode("latin-1"), "latin.yaml' is not UTF-8"),
+             ("deep.json", b"[" * 5000 + b"]" * 5000, "deep.json.*nested too deeply"),
+             ("deep.yaml", b"a: " + b"[" * 100 + b"]" * 100, "deep.yaml.*nested too deeply"))
+    for name, content, match in files:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ConfigError, match=match):
+            KVSmoothConfig.from_file(tmp_path / name)
     with pytest.raises(PlanError, match=r"overrides\[0\].layers: '10:20' selects no layer of this 6-layer model"):
         resolve(KVSmoothConfig(overrides=[{"layers": "10:20", "lambda_ref": 0.1}]), model)
 
