@@ -227,13 +227,14 @@ class Session:
             ref = weakref.ref(info.cache)
         except TypeError:
             ref = (lambda c=info.cache: c)
-        self.state.reset(ref, info.batch, valid, prompt_len=total, mid_stream=info.past > 0)
+        # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
+        # holds the rest of the prompt, which is never smoothed
+        kind = DECODE if info.past > 0 and info.q_len == 1 and not self._generating else PREFILL
+        self.state.reset(ref, info.batch, valid, prompt_len=total, mid_stream=kind == DECODE)
         if self._undo_reorder is not None:
             self._undo_reorder()
         self._undo_reorder = self.adapter.watch_reorder(info.cache, self._on_reorder)
-        # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
-        # holds the rest of the prompt, which is never smoothed
-        return DECODE if info.past > 0 and info.q_len == 1 and not self._generating else PREFILL
+        return kind
 
     def _on_reorder(self, beam_idx: torch.Tensor) -> None:
         if self.attached:

@@ -105,7 +105,8 @@ class GenerationState:
 
     def reset(self, cache, batch: int, valid: torch.Tensor, prompt_len: int, mid_stream: bool = False) -> None:
         """A new run: ``cache`` a weak reference to its cache object; ``valid`` bool ``[B, T]`` over every position
-        the cache holds after this forward; ``mid_stream``: the cache already held positions the session never saw."""
+        the cache holds after this forward; ``mid_stream``: the run starts at a decode step on a cache whose
+        earlier positions the session never saw (a manual loop)."""
         self.cache, self.batch, self.step, self.mid_stream = cache, batch, 0, mid_stream
         self.valid = valid
         self.first_index = valid.to(torch.int8).argmax(-1)

@@ -79,14 +79,15 @@ def test_manual_loop_at_kv_proj_smooths_from_the_second_step_it_sees(model):
     assert not torch.equal(manual, plain)
 
 
-def test_generate_continues_a_cache_made_before_the_session(model):
+@pytest.mark.parametrize("site", ["cache", "kv_proj"])
+def test_generate_continues_a_cache_made_before_the_session(model, site):
     ids, mask = _prompt(n=7)
-    with smooth(model, KVSmoothConfig(**CFG)):
+    with smooth(model, KVSmoothConfig(site=site, **CFG)):
         ref = gen(model, ids, mask, n=8)
     cache = DynamicCache(config=model.config)
     with torch.no_grad():
         model(input_ids=ids[:, :-1], cache=cache, use_cache=True)
-    with smooth(model, KVSmoothConfig(**CFG)) as s:
+    with smooth(model, KVSmoothConfig(site=site, **CFG)) as s:
         out = gen(model, ids, mask, n=8, cache=cache)
     assert torch.equal(out, ref)  # the prompt's last token is prompt, not a smoothed decode step
     assert len(s.trace) == 1 and s.trace.tensor("lambda").shape[0] == 7
