@@ -211,6 +211,10 @@ class Session:
                 "token per forward: use greedy, sampling or beam search"
             )
         else:  # more prompt (chunked prefill) or a manual loop feeding several tokens: not smoothed, the state follows
+            if self.config.smooth_prefill:
+                raise SessionError("kvsmooth: smooth_prefill needs the whole prompt in one forward; this one adds "
+                                   f"{info.q_len} tokens to a cache of {info.past} (chunked prefill?): set "
+                                   "prefill_chunk_size=None or smooth_prefill: false")
             kind = EXTEND
             st.extend(info.mask, info.q_len)
         if kind == DECODE and st.step == 0:

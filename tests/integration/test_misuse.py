@@ -365,3 +365,10 @@ def test_chunked_prefill_is_prompt_not_draft_verification(model, site):
     assert torch.equal(out, ref)
     assert chunked.state.first_index.tolist() == [0, 4]
     torch.testing.assert_close(chunked.trace.tensor("lambda"), whole.trace.tensor("lambda"))
+
+
+def test_smooth_prefill_refuses_a_chunked_prompt(model):
+    ids, mask = _prompt(n=9)
+    with smooth(model, KVSmoothConfig(smooth_prefill=True, **CFG)):
+        with pytest.raises(SessionError, match="smooth_prefill needs the whole prompt in one forward"):
+            gen(model, ids, mask, n=3, prefill_chunk_size=4)
