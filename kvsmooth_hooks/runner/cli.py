@@ -46,7 +46,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     b.add_argument("--benchmark", required=True, help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin)")
     b.add_argument("--data", default=None, help="folder of the benchmark's official files")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="benchmark option (repeatable)")
-    b.add_argument("--n", type=int, default=None, help="items (default: the whole benchmark; grounded: 100)")
+    b.add_argument("--n", "--items", dest="n", type=int, default=None,
+                   help="items (default: the whole benchmark; grounded: 100); under torchrun write --items (torchrun "
+                        "reads --n as its own abbreviated option)")
     b.add_argument("--seed", type=int, default=0, help="seed of draws and bootstrap (default 0)")
     b.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (CHAIR 512)")
     b.add_argument("--batch-size", type=int, default=1,
@@ -206,7 +208,7 @@ def _finish(args, argv, bench, arms, stores, items, settings, world, model_info,
         rows.append(report.summarize_arm(bench, a, recs, args.bootstrap, args.seed))
     md = report.write_tables(rows, bench.metrics, out)
     plots = report.write_plots(rows, bench, out, n_layers_fn() if n_layers_fn else None)
-    cmd = report.command_line(argv)
+    cmd = report.command_line(argv, world.size)
     (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
     machine = report.machine_info(world.size)
     report.write_json(out / "machine.json", machine)

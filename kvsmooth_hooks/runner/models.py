@@ -72,9 +72,14 @@ def _first_device(model):
     return p.device, p.dtype
 
 
-def _decode(tok, new, decode):
-    pad = getattr(tok, "pad_token_id", None)
-    counts = [int((row != pad).sum()) if pad is not None else int(row.numel()) for row in new]
+def _decode(model, new, decode):
+    """``(text, new tokens up to and with the first EOS)`` per row of ``new`` ``[B, T]`` (padding after EOS)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = set([eos] if isinstance(eos, int) else (eos or []))
+    counts = []
+    for row in new.tolist():
+        ends = [i for i, t in enumerate(row) if t in eos]
+        counts.append(ends[0] + 1 if ends else len(row))
     return [(t.strip(), c) for t, c in zip(decode(new, skip_special_tokens=True), counts)]
 
 
@@ -110,7 +115,7 @@ def hf_bundle(model, processor) -> ModelBundle:
         enc = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in enc.items()}
         with torch.inference_mode():
             out = model.generate(**enc, **gen_kwargs)
-        return _decode(tok, out[:, enc["input_ids"].shape[1]:], processor.batch_decode)
+        return _decode(model, out[:, enc["input_ids"].shape[1]:], processor.batch_decode)
 
     fmt = ("chat template" if getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
            else ("plain instruction" if not is_vlm or type(processor).__name__.startswith("InstructBlip")

@@ -213,8 +213,15 @@ def machine_info(world_size: int = 1) -> dict:
     return info
 
 
-def command_line(argv) -> str:
+def command_line(argv, world_size: int = 1) -> str:
+    """The command that reproduces the run (with the launcher when it ran on several processes)."""
+    import os
+
     launcher = "python -m kvsmooth_hooks.run"
+    if world_size > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        nodes = f" --nnodes {world_size // per_node}" if per_node != world_size else ""
+        launcher = f"torchrun{nodes} --nproc-per-node {per_node} -m kvsmooth_hooks.run"
     return launcher + " " + " ".join(shlex.quote(a) for a in argv)
 
 

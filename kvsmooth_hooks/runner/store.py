@@ -101,7 +101,11 @@ class CellStore:
 
     def append(self, records: list[dict]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        with self.mine.open("a", encoding="utf-8") as fh:
+        with self.mine.open("a+", encoding="utf-8") as fh:
+            if fh.tell() > 0:  # a line cut by a crash must not swallow the next record
+                fh.seek(fh.tell() - 1)
+                if fh.read(1) != "\n":
+                    fh.write("\n")
             for r in records:
                 fh.write(json.dumps(r) + "\n")
             fh.flush()
