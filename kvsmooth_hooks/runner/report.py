@@ -38,7 +38,7 @@ def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) 
     if not scores.get("ci95") and n_bootstrap:
         scores["ci95"] = _item_bootstrap(bench, records, min(n_bootstrap, 200), seed)
     secs = [r["seconds"] for r in records]
-    return {"arm": arm.name, **arm.fields, **scores,
+    return {"arm": arm.name, **arm.fields, "fields": list(arm.fields), **scores,
             "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
             "new_tokens_per_item": sum(r["new_tokens"] for r in records) / max(1, len(records)),
             "config": arm.config.to_dict() if arm.config is not None else None}
@@ -55,17 +55,8 @@ def _cell(row: dict, metric: str) -> str:
 
 
 def _field_columns(rows) -> list[str]:
-    cols = []
-    for r in rows:
-        for k in ("kind", "layers", "scorer", "site"):
-            if k in r and k not in cols:
-                cols.append(k)
-    sweep = [k for r in rows if r.get("kind") in ("sweep", "grid-file") for k in r
-             if k not in cols and k not in _NOT_FIELDS]
-    return cols + list(dict.fromkeys(sweep))
-
-
-_NOT_FIELDS = {"arm", "kind", "ci95", "config", "n", "seconds_per_item", "new_tokens_per_item"}
+    """The arms' descriptive fields (kind, layers, scorer, site, sweep axes), in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r.get("fields", ())))
 
 
 def write_tables(rows: list[dict], metrics, out: Path) -> str:
@@ -142,7 +133,7 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
         fig.suptitle(f"{bench.name}: smoothing one layer / a window of layers (error bars: 95% bootstrap)")
         made.append(_save(fig, out / "layers.png", plt))
     sweep = [r for r in rows if r.get("kind") == "sweep"]
-    axes_fields = [k for k in _field_columns(sweep) if k not in ("kind",)]
+    axes_fields = [k for k in _field_columns(sweep) if k != "kind"]
     if sweep and len(axes_fields) == 1 and _numeric([r[axes_fields[0]] for r in sweep]):
         f = axes_fields[0]
         fig, axes = plt.subplots(1, len(head), figsize=(6 * len(head), 4), squeeze=False)
