@@ -4,7 +4,8 @@ See ``docs/evaluation.md`` for definitions, sources and parity with the
 reference scripts.
 """
 
-from .amber import AmberResult, compute_amber, load_amber_data
+from .amber import AmberResult, compute_amber, load_amber_data, load_amber_responses
+from .bootstrap import bootstrap_intervals, f1_score, format_summary
 from .chair import (
     CaptionResult,
     ChairEvaluator,
@@ -18,8 +19,12 @@ from .chair import (
 from .coco_objects import ObjectExtractor, coco_categories
 from .lemmatize import NltkDataMissingError, get_lemmatizer, tokenize
 from .objhal import ObjHalResult, compute_objhal
-from .pope import PopeResult, binary_metrics, compute_opope, compute_pope, parse_yes_no
-from .records import EvalInputError
+from .pope import (
+    PopeResult, binary_metrics, compute_opope, compute_pope, load_pope_answers, load_pope_questions, parse_yes_no,
+)
+from .records import (
+    EvalInputError, EvalInputWarning, read_captions, read_json, read_records, read_resumable_jsonl,
+)
 
 __all__ = [
     "AmberResult",
@@ -27,11 +32,22 @@ __all__ = [
     "ChairEvaluator",
     "ChairResult",
     "EvalInputError",
+    "EvalInputWarning",
     "NltkDataMissingError",
     "ObjHalResult",
     "ObjectExtractor",
     "PopeResult",
     "binary_metrics",
+    "bootstrap_intervals",
+    "f1_score",
+    "format_summary",
+    "load_amber_responses",
+    "load_pope_answers",
+    "load_pope_questions",
+    "read_captions",
+    "read_json",
+    "read_records",
+    "read_resumable_jsonl",
     "build_coco_ground_truth",
     "coco_categories",
     "compute_amber",

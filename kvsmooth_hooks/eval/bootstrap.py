@@ -1,4 +1,4 @@
-"""Seeded percentile bootstrap for metrics that are ratios of per-item sums.
+"""What the metrics share: F1, ratios, seeded bootstrap intervals and the printed summary.
 
 Every corpus-level hallucination metric in this package is a ratio of two sums
 over items (captions, questions): CHAIR_S = Σ hallucinated_flag / Σ 1,
@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["bootstrap_intervals"]
+__all__ = ["bootstrap_intervals", "safe_ratio", "f1_score", "format_summary", "intervals_to_json"]
 
 
 def bootstrap_intervals(
@@ -64,3 +64,33 @@ def bootstrap_intervals(
 def safe_ratio(num: float, den: float) -> float:
     """``num / den``, or 0.0 when ``den`` is 0."""
     return float(num) / float(den) if den else 0.0
+
+
+def f1_score(precision, recall):
+    """Harmonic mean ``2PR / (P + R)``; 0 where ``P + R`` is 0.
+
+    Works on floats and on numpy arrays of per-resample values (shape ``(B,)``; there the 0/0 case stays
+    NaN and is dropped by :func:`bootstrap_intervals`).
+    """
+    if isinstance(precision, np.ndarray) or isinstance(recall, np.ndarray):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 2 * precision * recall / (precision + recall)
+    return safe_ratio(2 * precision * recall, precision + recall)
+
+
+def intervals_to_json(intervals: Mapping[str, tuple[float, float]]) -> dict[str, list[float]]:
+    """Intervals as JSON-ready ``{name: [low, high]}``."""
+    return {k: list(v) for k, v in intervals.items()}
+
+
+def format_summary(overall: Mapping[str, float], intervals: Mapping[str, tuple[float, float]],
+                   keys: tuple[str, ...], footer: str = "") -> str:
+    """The printed summary every metric uses: one ``name: value (95% CI lo-hi)`` line per key, then ``footer``."""
+    lines = []
+    for k in keys:
+        ci = intervals.get(k)
+        tail = f"  (95% CI {ci[0]:.1f}-{ci[1]:.1f})" if ci and np.isfinite(ci[0]) else ""
+        lines.append(f"{k:<10}: {overall[k]:6.1f}{tail}")
+    if footer:
+        lines.append(footer)
+    return "\n".join(lines)

@@ -27,9 +27,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .bootstrap import bootstrap_intervals, safe_ratio
+from .bootstrap import bootstrap_intervals, f1_score, format_summary, intervals_to_json, safe_ratio
 from .coco_objects import ObjectExtractor, load_synonyms
-from .records import EvalInputError, normalize_image_id, read_records
+from .records import EvalInputError, normalize_image_id, read_captions, read_json
 
 __all__ = [
     "CaptionResult",
@@ -57,12 +57,7 @@ def load_ground_truth(path: str | Path) -> dict[Any, set[str]]:
     """Read ``{image_id: [category, ...]}`` JSON (a cache file written by
     :func:`save_ground_truth` is accepted too)."""
     p = Path(path)
-    if not p.is_file():
-        raise EvalInputError(f"{p}: ground-truth file not found")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EvalInputError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_json(p, "ground truth {image_id: [COCO category names]}")
     if isinstance(data, dict) and "objects" in data and isinstance(data["objects"], dict):
         data = data["objects"]
     if not isinstance(data, dict):
@@ -91,6 +86,15 @@ def _coco_files(annotation_dir: Path) -> dict[str, Path]:
         for split in ("train", "val"):
             files[f"{kind}_{split}"] = annotation_dir / f"{kind}_{split}2014.json"
     return files
+
+
+def _coco_json(path: Path, keys: tuple[str, ...]) -> dict:
+    data = read_json(path, "COCO 2014 annotation file")
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise EvalInputError(f"{path}: not a COCO annotation file (no {missing[0]!r} field); pass the COCO 2014 "
+                             "annotations folder (instances_/captions_{train,val}2014.json)")
+    return data
 
 
 def build_coco_ground_truth(
@@ -137,15 +141,13 @@ def build_coco_ground_truth(
     synonyms = load_synonyms()
     gt: dict[Any, set[str]] = {}
     for split in ("train", "val"):
-        with open(files[f"instances_{split}"], encoding="utf-8") as f:
-            instances = json.load(f)
+        instances = _coco_json(files[f"instances_{split}"], ("categories", "annotations"))
         names = {c["id"]: synonyms[c["name"]] for c in instances["categories"]}
         for ann in tqdm(instances["annotations"], desc=f"COCO {split} instances", disable=not show_progress):
             gt.setdefault(ann["image_id"], set()).add(names[ann["category_id"]])
         del instances
     for split in ("train", "val"):
-        with open(files[f"captions_{split}"], encoding="utf-8") as f:
-            captions = json.load(f)
+        captions = _coco_json(files[f"captions_{split}"], ("annotations",))
         for ann in tqdm(captions["annotations"], desc=f"COCO {split} captions", disable=not show_progress):
             gt.setdefault(ann["image_id"], set()).update(extractor.categories(ann["caption"]))
         del captions
@@ -158,16 +160,16 @@ def build_coco_ground_truth(
 # Captions and results
 # ---------------------------------------------------------------------------
 
-def load_captions(path: str | Path, image_id_key: str = "image_id", caption_key: str = "caption") -> list[dict]:
-    """Read generated captions (``.jsonl`` or ``.json`` list) as ``{"image_id", "caption"}`` dicts."""
-    rows = read_records(path, required=(image_id_key, caption_key), what="caption")
-    out = []
-    for i, row in enumerate(rows):
-        cap = row[caption_key]
-        if not isinstance(cap, str):
-            raise EvalInputError(f"{path} record {i + 1}: field {caption_key!r} must be a string")
-        out.append({"image_id": normalize_image_id(row[image_id_key]), "caption": cap})
-    return out
+def load_captions(path: str | Path, image_id_key: str | None = None, caption_key: str | None = None,
+                  on_duplicate: str = "error") -> list[dict]:
+    """Read generated captions as ``{"image_id", "caption"}`` dicts, one per image.
+
+    Any shape :func:`~kvsmooth_hooks.eval.records.read_captions` reads (OPERA / HALC ``{"image_id",
+    "caption"}``, LLaVA ``{"question_id", "text"}``, COCO file names in ``image``; JSON Lines or a JSON
+    list, by content).  A second caption of an image is an error (``on_duplicate="warn"``: keep the first).
+    """
+    rows = read_captions(path, image_id_key, caption_key, what="caption", on_duplicate=on_duplicate)
+    return [{"image_id": r["image_id"], "caption": r["caption"]} for r in rows]
 
 
 @dataclass
@@ -209,21 +211,15 @@ class ChairResult:
     def to_dict(self) -> dict:
         return {
             "overall": dict(self.overall),
-            "ci95": {k: list(v) for k, v in self.intervals.items()},
+            "ci95": intervals_to_json(self.intervals),
             "counts": dict(self.counts),
             "backend": self.backend,
             "captions": [c.to_dict() for c in self.captions],
         }
 
     def summary(self) -> str:
-        lines = []
-        for k in CHAIR_METRICS:
-            v = self.overall[k]
-            ci = self.intervals.get(k)
-            tail = f"  (95% CI {ci[0]:.1f}-{ci[1]:.1f})" if ci and np.isfinite(ci[0]) else ""
-            lines.append(f"{k:<10}: {v:6.1f}{tail}")
-        lines.append(f"{'captions':<10}: {self.counts.get('num_captions', len(self.captions)):6d}")
-        return "\n".join(lines)
+        return format_summary(self.overall, self.intervals, CHAIR_METRICS,
+                              f"{'captions':<10}: {self.counts.get('num_captions', len(self.captions)):6d}")
 
 
 def _chair_statistics():
@@ -231,9 +227,7 @@ def _chair_statistics():
         return lambda s: 100.0 * s[num] / s[den]
 
     def f1(s):
-        p = s["correct"] / s["distinct"]
-        r = s["correct"] / s["gt"]
-        return 100.0 * 2 * p * r / (p + r)
+        return 100.0 * f1_score(s["correct"] / s["distinct"], s["correct"] / s["gt"])
 
     return {
         "CHAIR_S": ratio("hall_caption", "one"),
@@ -308,6 +302,8 @@ class ChairEvaluator:
         from tqdm.auto import tqdm
 
         captions = list(captions)
+        if not captions:
+            raise EvalInputError("no captions to score (empty input)")
         results = [
             self.evaluate_caption(c["image_id"], c["caption"])
             for c in tqdm(captions, desc="CHAIR", disable=not show_progress)
@@ -336,7 +332,7 @@ def aggregate_chair(results: list[CaptionResult], n_bootstrap: int = 1000, seed:
         "CHAIR_I": 100.0 * safe_ratio(s["hall_mentions"], s["mentions"]),
         "Recall": 100.0 * recall,
         "Precision": 100.0 * precision,
-        "F1": 100.0 * safe_ratio(2 * precision * recall, precision + recall),
+        "F1": 100.0 * f1_score(precision, recall),
         "Len": safe_ratio(s["tokens"], s["one"]),
     }
     intervals = bootstrap_intervals(cols, _chair_statistics(), n_resamples=n_bootstrap, seed=seed) if n_bootstrap else {}

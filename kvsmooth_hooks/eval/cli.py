@@ -23,12 +23,14 @@ from .records import EvalInputError
 __all__ = ["add_eval_parser", "build_parser", "run", "main"]
 
 
-def _add_common(p: argparse.ArgumentParser, bootstrap: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="write the full result as JSON to this file")
-    if bootstrap:
-        p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                       help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
-        p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--allow-duplicates", action="store_true",
+                   help="repeated ids (and conflicting answers for one id) are warnings, keeping the first, "
+                        "instead of errors")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
 
 
 def _add_gt(p: argparse.ArgumentParser) -> None:
@@ -45,46 +47,55 @@ def _add_gt(p: argparse.ArgumentParser) -> None:
 def _fill_eval_subcommands(sub) -> None:
     p = sub.add_parser("chair", help="CHAIR_S / CHAIR_I / Recall / Precision / F1 / Len of captions",
                        description="CHAIR (Rohrbach et al. 2018) as computed by OPERA/PAI chair.py.")
-    p.add_argument("captions", type=Path, help="captions .jsonl/.json with image_id and caption")
-    p.add_argument("--image-id-key", default="image_id")
-    p.add_argument("--caption-key", default="caption")
+    p.add_argument("captions", type=Path, help="captions (JSON Lines or a JSON list, any suffix): "
+                   "{image_id, caption} (OPERA/HALC), {question_id, text} (LLaVA) or {image: COCO file name, ...}")
+    p.add_argument("--image-id-key", default=None, help="image id field (default: image_id, image or question_id)")
+    p.add_argument("--caption-key", default=None, help="caption field (default: caption, text, response or answer)")
     _add_gt(p)
     _add_common(p)
     p.set_defaults(eval_func=_run_chair)
 
     p = sub.add_parser("pope", help="POPE accuracy / precision / recall / F1 / yes-ratio",
                        description="POPE (Li et al. 2023) from model answers.")
-    p.add_argument("questions", type=Path, help="POPE question file (.jsonl: question_id, image, text, label)")
-    p.add_argument("answers", type=Path, help="answers (.jsonl: question_id, text)")
-    p.add_argument("--rule", choices=("official", "substring"), default="official",
-                   help="answer parsing: official POPE evaluate.py (default) or substring 'yes'")
+    p.add_argument("questions", type=Path, help="POPE question file as distributed (JSON Lines, any suffix: "
+                   "question_id, image, text, label)")
+    p.add_argument("answers", type=Path, help="answers: POPE {question, answer} (by position), LLaVA or VCD "
+                   "{question_id, text} (by id)")
+    p.add_argument("--rule", choices=("official", "vcd", "substring"), default="official",
+                   help="answer parsing: official = POPE evaluate.py / LLaVA eval_pope.py (default); vcd = VCD "
+                        "eval_pope.py; substring = 'yes' in the lower-cased answer (non-standard)")
     _add_common(p)
     p.set_defaults(eval_func=_run_pope)
 
     p = sub.add_parser("opope", help="offline POPE from captions (HALC)",
                        description="OPOPE: answer POPE questions from one caption per image.")
-    p.add_argument("questions", type=Path, help="POPE question file (.jsonl)")
-    p.add_argument("captions", type=Path, help="captions (.jsonl: image_id or image, caption)")
+    p.add_argument("questions", type=Path, help="POPE question file (JSON Lines, any suffix)")
+    p.add_argument("captions", type=Path, help="captions (image_id or image, caption or text)")
+    p.add_argument("--rule", choices=("halc", "words"), default="halc",
+                   help="halc = HALC opope_eval.py, case-sensitive substring of the raw caption (default); "
+                        "words = lower-cased whole words with plurals (non-standard)")
     _add_common(p)
     p.set_defaults(eval_func=_run_opope)
 
     p = sub.add_parser("amber", help="AMBER generative + discriminative metrics",
                        description="AMBER (Wang et al. 2023).")
-    p.add_argument("responses", type=Path, help="responses (.json list or .jsonl: id, response)")
+    p.add_argument("responses", type=Path, help="responses: JSON list or JSON Lines of {id, response}")
     p.add_argument("--amber-data", type=Path, required=True, metavar="DIR",
                    help="AMBER data/ folder (annotations.json, relation.json, safe_words.txt)")
     p.add_argument("--backend", choices=("offline", "nltk"), default="offline")
     p.add_argument("--similarity", choices=("none", "spacy"), default="none",
                    help="word matching: exact (default) or spaCy vectors > threshold (reference)")
     p.add_argument("--similarity-threshold", type=float, default=0.8)
-    p.add_argument("--strict", action="store_true", help="discriminative answers must be exactly 'Yes'/'No'")
-    _add_common(p, bootstrap=False)
+    p.add_argument("--answer-rule", choices=("official", "pope"), default="official",
+                   help="discriminative answers: official = exactly 'Yes'/'No' as inference.py (default); "
+                        "pope = parse free-form answers with the POPE rule")
+    _add_common(p)
     p.set_defaults(eval_func=_run_amber)
 
     p = sub.add_parser("objhal", help="Object-HalBench, rule-based",
                        description="Object-HalBench (RLHF-V) with rule-based object extraction.")
     p.add_argument("responses", type=Path, help="responses (.jsonl: image_id, response)")
-    p.add_argument("--response-key", default="response")
+    p.add_argument("--response-key", default=None, help="response field (default: response, caption, text or answer)")
     _add_gt(p)
     _add_common(p)
     p.set_defaults(eval_func=_run_objhal)
@@ -134,6 +145,12 @@ def _ground_truth(args, extractor):
     return build_coco_ground_truth(args.coco_annotations, extractor, cache_path=cache)
 
 
+def _check_output(args) -> None:
+    out = getattr(args, "output", None)
+    if out is not None and out.is_dir():
+        raise EvalInputError(f"-o {out}: is a directory; give a file name such as {out / 'result.json'}")
+
+
 def _write(args, payload: dict) -> None:
     if args.output is not None:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -141,58 +158,56 @@ def _write(args, payload: dict) -> None:
         print(f"wrote {args.output}")
 
 
-def _run_chair(args) -> int:
+def _dup(args) -> str:
+    return "warn" if getattr(args, "allow_duplicates", False) else "error"
+
+
+def _run_chair(args):
     from .chair import ChairEvaluator, load_captions
     from .coco_objects import ObjectExtractor
 
-    captions = load_captions(args.captions, args.image_id_key, args.caption_key)
+    captions = load_captions(args.captions, args.image_id_key, args.caption_key, on_duplicate=_dup(args))
     extractor = ObjectExtractor(args.backend)
     gt = _ground_truth(args, extractor)
     result = ChairEvaluator(gt, extractor).evaluate(captions, n_bootstrap=args.bootstrap, seed=args.seed,
                                                      show_progress=len(captions) > 2000)
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    return result
 
 
-def _run_pope(args) -> int:
+def _run_pope(args):
     from .pope import compute_pope
 
-    result = compute_pope(args.questions, args.answers, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed)
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    result = compute_pope(args.questions, args.answers, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
+                          on_duplicate=_dup(args))
+    return result
 
 
-def _run_opope(args) -> int:
+def _run_opope(args):
     from .pope import compute_opope
 
-    result = compute_opope(args.questions, args.captions, n_bootstrap=args.bootstrap, seed=args.seed)
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+    result = compute_opope(args.questions, args.captions, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
+                           on_duplicate=_dup(args))
+    return result
 
 
-def _run_amber(args) -> int:
+def _run_amber(args):
     from .amber import compute_amber
 
     result = compute_amber(args.responses, args.amber_data, backend=args.backend, similarity=args.similarity,
-                           similarity_threshold=args.similarity_threshold, strict=args.strict)
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+                           similarity_threshold=args.similarity_threshold, answer_rule=args.answer_rule,
+                           n_bootstrap=args.bootstrap, seed=args.seed,
+                           on_duplicate=_dup(args))
+    return result
 
 
-def _run_objhal(args) -> int:
+def _run_objhal(args):
     from .coco_objects import ObjectExtractor
     from .objhal import compute_objhal
 
     gt = _ground_truth(args, ObjectExtractor(args.backend))
     result = compute_objhal(args.responses, gt, backend=args.backend, response_key=args.response_key,
-                            n_bootstrap=args.bootstrap, seed=args.seed)
-    print(result.summary())
-    _write(args, result.to_dict())
-    return 0
+                            n_bootstrap=args.bootstrap, seed=args.seed, on_duplicate="keep")
+    return result
 
 
 def _run_grounded(args) -> int:
@@ -259,13 +274,36 @@ def run(args: argparse.Namespace) -> int:
 
     Input errors print ``error: <one-line reason>`` on stderr and return 2.
     """
-    from .lemmatize import NltkDataMissingError
+    import warnings
 
-    try:
-        return args.eval_func(args)
-    except (EvalInputError, NltkDataMissingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    from .lemmatize import NltkDataMissingError
+    from .records import EvalInputWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EvalInputWarning)
+        try:
+            _check_output(args)
+            result = args.eval_func(args)
+            if isinstance(result, int):  # commands that report themselves (grounded)
+                status = result
+            else:
+                print(result.summary())
+                _write(args, result.to_dict())
+                status = 0
+        except (EvalInputError, NltkDataMissingError) as exc:
+            status = 2
+            message = str(exc)
+        except OSError as exc:  # unreadable input, unwritable output
+            status = 2
+            message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    for w in caught:
+        if issubclass(w.category, EvalInputWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if status == 2:
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,9 +24,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .bootstrap import bootstrap_intervals, safe_ratio
+from .bootstrap import bootstrap_intervals, f1_score, format_summary, intervals_to_json, safe_ratio
 from .chair import ChairEvaluator, CaptionResult, load_ground_truth
-from .records import read_records, normalize_image_id
+from .records import read_captions
 
 __all__ = ["ObjHalResult", "compute_objhal", "objhal_metrics"]
 
@@ -40,18 +40,13 @@ class ObjHalResult:
     intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"overall": dict(self.overall), "ci95": {k: list(v) for k, v in self.intervals.items()},
+        return {"overall": dict(self.overall), "ci95": intervals_to_json(self.intervals),
                 "responses": [r.to_dict() for r in self.responses]}
 
     def summary(self) -> str:
-        lines = []
-        for k in OBJHAL_METRICS:
-            ci = self.intervals.get(k)
-            tail = f"  (95% CI {ci[0]:.1f}-{ci[1]:.1f})" if ci and np.isfinite(ci[0]) else ""
-            lines.append(f"{k:<10}: {self.overall[k]:6.1f}{tail}")
-        lines.append(f"{'responses':<10}: {int(self.overall['num_responses']):6d} "
-                     f"({int(self.overall['num_with_objects'])} mention objects)")
-        return "\n".join(lines)
+        return format_summary(self.overall, self.intervals, OBJHAL_METRICS,
+                              f"{'responses':<10}: {int(self.overall['num_responses']):6d} "
+                              f"({int(self.overall['num_with_objects'])} mention objects)")
 
 
 def objhal_metrics(results: list[CaptionResult]) -> dict[str, float]:
@@ -69,7 +64,7 @@ def objhal_metrics(results: list[CaptionResult]) -> dict[str, float]:
         "CHAIR_I": 100.0 * safe_ratio(hall, mentions),
         "Recall": 100.0 * recall,
         "Precision": 100.0 * precision,
-        "F1": 100.0 * safe_ratio(2 * precision * recall, precision + recall),
+        "F1": 100.0 * f1_score(precision, recall),
         "num_responses": len(results),
         "num_with_objects": len(with_obj),
     }
@@ -79,14 +74,17 @@ def compute_objhal(
     responses: str | Path | Iterable[Mapping[str, Any]],
     ground_truth: Mapping[Any, Iterable[str]] | str | Path,
     backend: str = "offline",
-    response_key: str = "response",
+    response_key: str | None = None,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    on_duplicate: str = "keep",
 ) -> ObjHalResult:
     """Score Object-HalBench ``responses`` (``image_id`` + ``response_key``) against ground truth.
 
     ``ground_truth`` is ``{image_id: [categories]}``, a JSON file of that
-    shape, or a COCO 2014 annotation directory (as for CHAIR).
+    shape, or a COCO 2014 annotation directory (as for CHAIR).  Object HalBench asks several prompts about
+    some images, so responses sharing an image id are all scored (``on_duplicate="keep"``); ``"error"`` /
+    ``"warn"`` enforce one response per image.
     """
     from .chair import build_coco_ground_truth, default_gt_cache
     from .coco_objects import ObjectExtractor
@@ -96,12 +94,9 @@ def compute_objhal(
         p = Path(ground_truth)
         ground_truth = (build_coco_ground_truth(p, extractor, cache_path=default_gt_cache(p, backend))
                         if p.is_dir() else load_ground_truth(p))
-    if isinstance(responses, (str, Path)):
-        rows = read_records(responses, required=("image_id", response_key), what="response")
-    else:
-        rows = list(responses)
+    rows = read_captions(responses, caption_key=response_key, what="response", on_duplicate=on_duplicate)
     evaluator = ChairEvaluator(ground_truth, extractor)
-    results = [evaluator.evaluate_caption(normalize_image_id(r["image_id"]), r[response_key]) for r in rows]
+    results = [evaluator.evaluate_caption(r["image_id"], r["caption"]) for r in rows]
     overall = objhal_metrics(results)
     intervals: dict[str, tuple[float, float]] = {}
     if n_bootstrap and results:
@@ -116,16 +111,11 @@ def compute_objhal(
             "gt": np.array([len(r.gt_objects) for r in results], dtype=float),
         }
 
-        def f1(s):
-            p = s["correct"] / s["distinct"]
-            rc = s["correct"] / s["gt"]
-            return 100.0 * 2 * p * rc / (p + rc)
-
         intervals = bootstrap_intervals(cols, {
             "CHAIR_S": lambda s: 100.0 * s["hall_resp"] / s["has"],
             "CHAIR_I": lambda s: 100.0 * s["hall"] / s["mentions"],
             "Recall": lambda s: 100.0 * s["correct"] / s["gt"],
             "Precision": lambda s: 100.0 * s["correct"] / s["distinct"],
-            "F1": f1,
+            "F1": lambda s: 100.0 * f1_score(s["correct"] / s["distinct"], s["correct"] / s["gt"]),
         }, n_resamples=n_bootstrap, seed=seed)
     return ObjHalResult(overall=overall, responses=results, intervals=intervals)

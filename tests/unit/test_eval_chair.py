@@ -92,7 +92,7 @@ def test_missing_ground_truth_is_an_error():
 def test_load_captions_names_line(tmp_path):
     p = tmp_path / "caps.jsonl"
     p.write_text('{"image_id": 1, "caption": "a"}\n{"image_id": 2}\n')
-    with pytest.raises(EvalInputError, match=r"line 2: missing field 'caption'"):
+    with pytest.raises(EvalInputError, match=r"caps.jsonl:2: no caption text field"):
         load_captions(p)
 
 
