@@ -5,12 +5,13 @@ Data folder: AMBER's ``data/`` folder as in github.com/junyangwang0410/AMBER (``
 the images (``--set images=``, default ``image``, relative to ``--data``).
 Options: ``task``: ``g`` (generative, ``query_generative.json``), ``d`` (discriminative,
 ``query_discriminative.json``), ``all`` (``query_all.json``), or a query file name; ``images``; ``backend``
-(noun extraction: ``offline`` or ``nltk``, the reference); ``similarity`` (``none`` or ``spacy``, the reference).
+(noun extraction: ``offline`` or ``nltk``, the reference); ``similarity`` (``none`` or ``spacy``, the reference);
+``answer_rule`` (``official``: discriminative answers must be exactly Yes/No, as AMBER's script; ``pope``).
 Items: the first ``n`` queries in file order, the query text as prompt; 512 new tokens for generative
 queries (discriminative answers are parsed from the start of the text).
 Score: :func:`kvsmooth_hooks.eval.amber.compute_amber` (CHAIR, Cover, Hal, Cog; discriminative accuracy and
-F1 with *no* positive; AMBER score when both kinds are present). The metric has no closed-form bootstrap;
-the runner resamples items (see ``runner.report``).
+F1 with *no* positive; AMBER score when both kinds are present), with bootstrap intervals for the generative
+metrics; the runner resamples items for the others (see ``runner.report``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from functools import cached_property
 from pathlib import Path
 
 from . import register_benchmark
-from .base import Benchmark, BenchmarkError, Item, read_json_or_lines
+from .base import Benchmark, BenchmarkError, Item, read_json_records
 
 TASK_FILES = {"g": "query_generative.json", "d": "query_discriminative.json", "all": "query_all.json"}
 
@@ -31,7 +32,7 @@ class Amber(Benchmark):
     max_new_tokens = 512
     metrics = ("CHAIR", "Cover", "Hal", "Cog", "Accuracy", "F1", "AMBER")
     lower_is_better = ("CHAIR", "Hal", "Cog")
-    options = {"task": "g", "images": "image", "backend": "offline", "similarity": "none"}
+    options = {"task": "g", "images": "image", "backend": "offline", "similarity": "none", "answer_rule": "official"}
 
     @property
     def root(self) -> Path:
@@ -50,7 +51,7 @@ class Amber(Benchmark):
 
     def items(self, n, seed):
         qfile = self.query_file()
-        rows = read_json_or_lines(qfile, "AMBER query")
+        rows = read_json_records(qfile, "AMBER query")
         rows = rows if n is None else rows[:n]
         n_ann = len(self.amber_data.annotations)
         items = []
@@ -75,7 +76,9 @@ class Amber(Benchmark):
         from ..eval.amber import compute_amber
 
         res = compute_amber([{"id": r["amber_id"], "response": r["output"]} for r in records], self.amber_data,
-                            backend=self.opts["backend"], similarity=self.opts["similarity"])
+                            backend=self.opts["backend"], similarity=self.opts["similarity"],
+                            answer_rule=self.opts["answer_rule"], on_duplicate="keep", n_bootstrap=n_bootstrap,
+                            seed=seed)
         out = dict(res.generative or {})
         out.pop("num", None)
         disc = res.discriminative.get("overall")
@@ -84,4 +87,5 @@ class Amber(Benchmark):
         if res.amber_score is not None:
             out["AMBER"] = res.amber_score
         out["n"] = len(records)
+        out["ci95"] = {k: list(v) for k, v in res.intervals.items() if k in self.metrics}
         return out

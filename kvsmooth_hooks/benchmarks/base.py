@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 from ..eval.records import EvalInputError
 
-__all__ = ["Item", "Benchmark", "BenchmarkError", "coco_image_index", "seeded_draw", "file_digest", "read_json_or_lines"]
+__all__ = ["Item", "Benchmark", "BenchmarkError", "coco_image_index", "seeded_draw", "file_digest", "read_json_records"]
 
 
 class BenchmarkError(EvalInputError):
@@ -146,26 +146,8 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def read_json_or_lines(path: Path, what: str) -> list[dict]:
-    """A JSON list, or JSON lines (POPE's ``.json`` question files are JSON lines), with errors naming the line."""
-    import json
+def read_json_records(path: Path, what: str) -> list[dict]:
+    """Records of a JSON Lines or JSON list file (by content), with errors naming the file and line."""
+    from ..eval.records import read_records
 
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); expected a list of {what}s")
-        rows = list(enumerate(data, 1))
-    else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((lineno, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise BenchmarkError(f"{path}:{lineno}: not valid JSON ({exc.msg}); one {what} object per line")
-    for where, obj in rows:
-        if not isinstance(obj, dict):
-            raise BenchmarkError(f"{path}:{where}: expected a JSON object per {what}, got {type(obj).__name__}")
-    return [obj for _, obj in rows]
+    return list(read_records(path, what=what))

@@ -14,7 +14,7 @@ import base64
 import binascii
 
 from . import register_benchmark
-from .base import Benchmark, BenchmarkError, Item, coco_image_index, read_json_or_lines
+from .base import Benchmark, BenchmarkError, Item, coco_image_index, read_json_records
 from .chair import CocoGroundTruth
 
 
@@ -30,7 +30,7 @@ class ObjectHalBench(CocoGroundTruth, Benchmark):
 
     def items(self, n, seed):
         qfile = self.need(self.path("questions"), "Object-HalBench question file", "questions")
-        rows = read_json_or_lines(qfile, "question")
+        rows = read_json_records(qfile, "question")
         rows = rows if n is None else rows[:n]
         out, index = [], None
         for i, r in enumerate(rows, 1):

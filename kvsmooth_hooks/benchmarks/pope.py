@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import register_benchmark
-from .base import Benchmark, BenchmarkError, Item, read_json_or_lines
+from .base import Benchmark, BenchmarkError, Item
 
 SOURCES = ("coco", "aokvqa", "gqa")
 SPLITS = ("random", "popular", "adversarial")
@@ -42,13 +42,13 @@ class PopeQuestions:
                              f"{self.data / 'output' / src} (the POPE repository's output/{src}/ folder)")
 
     def questions(self) -> list[dict]:
-        path = self.question_file()
-        rows = read_json_or_lines(path, "POPE question")
-        for i, r in enumerate(rows, 1):
-            missing = [k for k in ("question_id", "image", "text", "label") if k not in r]
-            if missing:
-                raise BenchmarkError(f"{path} line {i}: missing field {missing[0]!r}; POPE questions have "
-                                     "question_id, image, text and label")
+        """The questions as :func:`kvsmooth_hooks.eval.pope.load_pope_questions` reads them (``image`` required)."""
+        from ..eval.pope import load_pope_questions
+
+        rows = load_pope_questions(self.question_file())
+        for r in rows:
+            if not r["image"] or not r["text"]:
+                raise BenchmarkError(f"{r['where']}: a POPE question needs 'image' and 'text' to be asked")
         return rows
 
     def image_of(self, row: dict) -> Path:

@@ -35,8 +35,11 @@ def _item_bootstrap(bench, records, n_resamples: int, seed: int) -> dict:
 def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) -> dict:
     """The arm's row: metrics, ``ci95``, seconds per item, item count, the arm's fields and config."""
     scores = bench.score(records, n_bootstrap=n_bootstrap, seed=seed)
-    if not scores.get("ci95") and n_bootstrap:
-        scores["ci95"] = _item_bootstrap(bench, records, min(n_bootstrap, 200), seed)
+    ci = dict(scores.get("ci95") or {})
+    if n_bootstrap and any(m in scores and m not in ci for m in bench.metrics):
+        extra = _item_bootstrap(bench, records, min(n_bootstrap, 200), seed)
+        ci.update({m: v for m, v in extra.items() if m not in ci})
+    scores["ci95"] = ci
     secs = [r["seconds"] for r in records]
     return {"arm": arm.name, **arm.fields, "fields": list(arm.fields), **scores,
             "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
