@@ -210,3 +210,18 @@ def load_tiny_text(model_id: str, device="cpu", dtype=torch.float32):
     torch.manual_seed(0)
     model = _no_eos(T.LlamaForCausalLM(T.LlamaConfig(vocab_size=len(WORDS), **_TEXT)).eval())
     return model.to(device=device, dtype=dtype), _tokenizer()
+
+
+def record_sessions(monkeypatch) -> list:
+    """Make ``kvsmooth_hooks.smooth`` (what the runner and the lmms-eval plugin call) trace and keep its sessions."""
+    import kvsmooth_hooks
+
+    made = []
+    real = kvsmooth_hooks.smooth
+
+    def spy(model, cfg=None, **kw):
+        made.append(real(model, cfg, **{**kw, "trace": True}))
+        return made[-1]
+
+    monkeypatch.setattr(kvsmooth_hooks, "smooth", spy)
+    return made

@@ -13,6 +13,7 @@ import pytest
 
 import kvsmooth_hooks
 from benchmark_data import write_all
+from tiny_vlms import record_sessions
 from kvsmooth_hooks.runner.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -32,15 +33,7 @@ def data(tmp_path_factory):
 @pytest.fixture
 def sessions(monkeypatch):
     """Every session the runner opens, with its trace on."""
-    made = []
-    real = kvsmooth_hooks.smooth
-
-    def spy(model, cfg=None, **kw):
-        made.append(real(model, cfg, **{**kw, "trace": True}))
-        return made[-1]
-
-    monkeypatch.setattr(kvsmooth_hooks, "smooth", spy)
-    return made
+    return record_sessions(monkeypatch)
 
 
 def _argv(data, out, model, benchmark, *extra, loader="tiny_vlms:load_tiny_vlm"):

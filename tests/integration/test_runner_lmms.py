@@ -13,8 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 lmms_eval = pytest.importorskip("lmms_eval", reason="the lmms extra (lmms-eval) is not installed")
 
-import kvsmooth_hooks  # noqa: E402
-from tiny_vlms import save_tiny_vlm  # noqa: E402
+from tiny_vlms import record_sessions, save_tiny_vlm  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -85,14 +84,7 @@ def test_local_task_runs_smoothed_offline(local_task, monkeypatch):
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.tasks import TaskManager
 
-    sessions = []
-    real = kvsmooth_hooks.smooth
-
-    def spy(model, cfg=None, **kw):
-        sessions.append(real(model, cfg, **{**kw, "trace": True}))
-        return sessions[-1]
-
-    monkeypatch.setattr(kvsmooth_hooks, "smooth", spy)
+    sessions = record_sessions(monkeypatch)
     args = f"base=llava_hf,pretrained={local_task['model']},config={local_task['cfg']},device_map=cpu"
     res = simple_evaluate(model="kvsmooth", model_args=args, tasks=["kvsmooth_pope_local"], batch_size=1, device="cpu",
                           task_manager=TaskManager(include_path=str(local_task["task"])), log_samples=True)
