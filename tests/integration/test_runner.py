@@ -48,17 +48,18 @@ def _records(out, arm):
     return [json.loads(l) for l in (out / "cells" / arm / "records.jsonl").read_text().splitlines()]
 
 
-CASES = [  # (model, benchmark, extra args, expected items)
-    ("tiny-llava", "chair", ["--n", "3"], 3),
-    ("tiny-qwen2_vl", "pope", ["--set", "split=adversarial", "--n", "4"], 4),
-    ("tiny-instructblip", "amber", ["--set", "task=all"], 9),
-    ("tiny-llava", "objhal", [], 4),
-    ("tiny-qwen2_vl", "opope", ["--n", "4"], 2),
-    ("tiny-text", "grounded", ["--n", "3"], 3),
-]
+BENCH = {  # benchmark: (extra args, expected items)
+    "chair": (["--n", "3"], 3),
+    "pope": (["--set", "split=adversarial", "--n", "4"], 4),
+    "amber": (["--set", "task=all"], 9),
+    "objhal": ([], 4),
+    "opope": (["--n", "4"], 2),
+}
+CASES = [(f"tiny-{fam}", b, *BENCH[b]) for b in BENCH for fam in ("llava", "qwen2_vl", "instructblip")] + \
+    [("tiny-text", "grounded", ["--n", "3"], 3)]
 
 
-@pytest.mark.parametrize("model,benchmark,extra,n_items", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize("model,benchmark,extra,n_items", CASES, ids=[f"{c[1]}-{c[0][5:]}" for c in CASES])
 def test_every_benchmark_baseline_and_smoothed(data, tmp_path, sessions, capsys, model, benchmark, extra, n_items):
     loader = "tiny_vlms:load_tiny_text" if benchmark == "grounded" else "tiny_vlms:load_tiny_vlm"
     out = tmp_path / "run"
