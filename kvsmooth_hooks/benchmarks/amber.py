@@ -3,8 +3,9 @@
 Data folder: AMBER's ``data/`` folder as in github.com/junyangwang0410/AMBER (``annotations.json``,
 ``relation.json``, ``safe_words.txt``, ``query/query_<task>.json`` with ``{"id", "image", "query"}``) and
 the images (``--set images=``, default ``image``, relative to ``--data``).
-Options: ``task``: ``g`` (generative, ``query_generative.json``), ``d`` (discriminative,
-``query_discriminative.json``), ``all`` (``query_all.json``), or a query file name; ``images``; ``backend``
+Options: ``task``: AMBER's evaluation args, ``g`` (generative, ``query_generative.json``), ``d``
+(discriminative), ``de`` / ``da`` / ``dr`` (existence / attribute / relation), ``a`` or ``all``
+(``query_all.json``), or a query file name; ``images``; ``backend``
 (noun extraction: ``offline`` or ``nltk``, the reference); ``similarity`` (``none`` or ``spacy``, the reference);
 ``answer_rule`` (``official``: discriminative answers must be exactly Yes/No, as AMBER's script; ``pope``).
 Items: the first ``n`` queries in file order, the query text as prompt; 512 new tokens for generative
@@ -22,7 +23,10 @@ from pathlib import Path
 from . import register_benchmark
 from .base import Benchmark, BenchmarkError, Item, read_json_records
 
-TASK_FILES = {"g": "query_generative.json", "d": "query_discriminative.json", "all": "query_all.json"}
+#: AMBER's evaluation args (README) -> query file
+TASK_FILES = {"a": "query_all.json", "all": "query_all.json", "g": "query_generative.json",
+              "d": "query_discriminative.json", "de": "query_discriminative-existence.json",
+              "da": "query_discriminative-attribute.json", "dr": "query_discriminative-relation.json"}
 
 
 @register_benchmark
