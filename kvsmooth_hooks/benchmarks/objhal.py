@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 
 from . import register_benchmark
 from .base import Benchmark, BenchmarkError, Item, coco_image_index, read_json_records
@@ -59,9 +60,12 @@ class ObjectHalBench(CocoGroundTruth, Benchmark):
         path = folder / f"{i:05d}_{image_id}.jpg"
         if not path.is_file():
             try:
-                path.write_bytes(base64.b64decode(b64, validate=True))
+                data = base64.b64decode(b64, validate=True)
             except (binascii.Error, ValueError):
                 raise BenchmarkError(f"{qfile} item {i}: field 'image' is neither a file under --data nor base64")
+            tmp = path.with_suffix(f".{os.getpid()}.part")  # ranks may decode the same file at once
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
         return path
 
     def data_files(self):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from . import register_benchmark
 from .base import Benchmark, Item
 from .chair import PAPER_PROMPT
-from .pope import SOURCES, SPLITS, PopeQuestions  # noqa: F401  (documented values)
+from .pope import PopeQuestions
 
 
 @register_benchmark

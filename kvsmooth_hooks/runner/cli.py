@@ -117,9 +117,8 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
 
     from .. import smooth
     from ..benchmarks import get_benchmark
-    from . import report
     from .dist import shard, world_from_env
-    from .models import load_bundle
+    from .models import load_bundle, resolve_device_dtype
     from .store import CellStore, guard
 
     world = world_from_env()
@@ -132,8 +131,9 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
     items = bench.items(args.n, args.seed)  # inputs first: a wrong folder fails before a 7B model loads
     if not items:
         raise ConfigError(f"benchmark {bench.name!r} has no items in {args.data}")
+    _, torch_dtype = resolve_device_dtype(args.device, args.dtype, world.local_rank)
     settings = {"model": args.model, "revision": args.revision, "loader": args.loader, **bench.settings(), "n": args.n,
-                "seed": args.seed, "generation": {**gen, "batch_size": args.batch_size, "dtype": args.dtype}}
+                "seed": args.seed, "generation": {**gen, "batch_size": args.batch_size, "dtype": str(torch_dtype)[6:]}}
     out: Path = args.out
     bundle_box: list = []
 

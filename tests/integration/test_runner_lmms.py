@@ -5,7 +5,6 @@ Needs the ``lmms`` extra (lmms-eval 0.7.x; see docs/experiments.md for a CPU-onl
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 
