@@ -82,3 +82,15 @@ def test_prompt_formats():
 
     assert format_vlm_prompt(NoTemplate(), "Hi.") == "USER: <image>\nHi. ASSISTANT:"
     assert format_vlm_prompt(InstructBlipProcessor(), "Hi.") == "Hi."
+
+
+def test_chair_cost_script_smoke(tmp_path, capsys):
+    """experiments/chair_cost.py (the GPU cost measurement) on its tiny shape: the 7B path differs only in sizes."""
+    import chair_cost
+
+    assert chair_cost.run(["--shape", "tiny", "--n", "1", "--max-new-tokens", "3", "--out", str(tmp_path / "c"),
+                           "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "s/caption   500 images:" in out and "llava-1.5" in out
+    rec = json.loads((tmp_path / "c" / "run" / "cells" / "llava-1.5" / "records.jsonl").read_text())
+    assert rec["new_tokens"] == 3
