@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -68,8 +69,9 @@ def cmd_demo(args) -> int:
              "\nThe demo takes about a minute on 2 CPU cores."), flush=True)
     torch.manual_seed(0)
     model, tok = load_smollm2()
+    width = args.width or min(160, max(60, shutil.get_terminal_size((120, 24)).columns))
     run_demo(cfg, model, tok, prompt=args.prompt, n_scenes=args.scenes, scene=args.scene,
-             max_new_tokens=args.max_new_tokens, width=args.width, color=use_color(args.color),
+             max_new_tokens=args.max_new_tokens, width=width, color=use_color(args.color),
              layer_table=args.layer_table, save_trace=args.save_trace, progress=not args.no_progress)
     return 0
 
@@ -135,6 +137,7 @@ def cmd_trace(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .config import PRESETS
+    from .demo import DEMO_MAX_NEW_TOKENS, DEMO_SCENE, DEMO_SCENES
 
     p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")
     p.add_argument("--version", action="version", version=f"kvsmooth_hooks {__version__}")
@@ -152,9 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "smoothing, marks every mentioned object as grounded or invented, then scores a batch of "
                        "scenes (CHAIR_S, CHAIR_I, Recall, Rep3 with bootstrap intervals).")
     d.add_argument("--prompt", help="free text instead of a grounded scene (no object marking, no batch)")
-    d.add_argument("--scenes", type=int, default=20, help="scenes in the scored batch (default 20; 0 = none)")
-    d.add_argument("--scene", type=int, default=2, help="index of the scene shown side by side (default 2)")
-    d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--scenes", type=int, default=DEMO_SCENES, help="scenes in the scored batch (0 = none)")
+    d.add_argument("--scene", type=int, default=DEMO_SCENE, help="index of the scene shown side by side (default: "
+                   "one where the baseline invents an object; the batch's scenes are 0..N-1)")
+    d.add_argument("--max-new-tokens", type=int, default=DEMO_MAX_NEW_TOKENS)
     config_source(d, positional=False)
     d.add_argument("--lambda-ref", type=float, dest="lambda_ref")
     d.add_argument("--layers", help="e.g. 'all', '3:-1', '15:-1'")
@@ -163,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--layer-table", action="store_true", help="print the per-layer entropy / lambda table")
     d.add_argument("--color", choices=["auto", "always", "never"], default="auto",
                    help="colour the object marks (auto: on a terminal, unless NO_COLOR is set)")
-    d.add_argument("--width", type=int, default=120, help="terminal width for the side-by-side view")
+    d.add_argument("--width", type=int, help="width of the side-by-side view (default: the terminal's, 120 otherwise)")
     d.add_argument("--save-trace", help="write the shown scene's smoothing trace (.safetensors)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     d.set_defaults(func=cmd_demo)

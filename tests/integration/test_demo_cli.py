@@ -124,7 +124,7 @@ def test_demo_on_smollm2_end_to_end():
                            "32", "--no-progress"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
-    assert "baseline" in out and "KVSmooth" in out and "Scene s0-00002" in out
+    assert "baseline" in out and "KVSmooth" in out and "Scene s0-00074" in out
     assert "[+" in out  # not a TTY: plain markers; SmolLM2 names at least one scene object
     for name in ("CHAIR_S", "CHAIR_I", "Recall", "Rep3"):
         assert re.search(rf"^{name}\s+[\d.]+ \[", out, re.M), name
