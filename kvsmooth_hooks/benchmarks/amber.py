@@ -20,7 +20,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from . import register_benchmark
+from .registry import register_benchmark
 from .base import Benchmark, BenchmarkError, Item, read_json_records
 
 #: AMBER's evaluation args (README) -> query file

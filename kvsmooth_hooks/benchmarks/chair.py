@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from . import register_benchmark
+from .registry import register_benchmark
 from .base import Benchmark, BenchmarkError, Item, coco_image_index, seeded_draw
 
 PAPER_PROMPT = "Please help me describe the image in detail."

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.grounded import PROMPT, Scene, make_scenes, repetition_rate, score_description, summarize
-from . import register_benchmark
+from .registry import register_benchmark
 from .base import Benchmark, Item
 
 

@@ -14,7 +14,7 @@ import base64
 import binascii
 import os
 
-from . import register_benchmark
+from .registry import register_benchmark
 from .base import Benchmark, BenchmarkError, Item, coco_image_index, read_json_records
 from .chair import CocoGroundTruth
 

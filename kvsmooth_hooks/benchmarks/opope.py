@@ -8,7 +8,7 @@ questions. Options as for ``pope`` plus ``prompt``.
 
 from __future__ import annotations
 
-from . import register_benchmark
+from .registry import register_benchmark
 from .base import Benchmark, Item
 from .chair import PAPER_PROMPT
 from .pope import PopeQuestions

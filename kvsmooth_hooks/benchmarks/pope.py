@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import register_benchmark
+from .registry import register_benchmark
 from .base import Benchmark, BenchmarkError, Item
 
 SOURCES = ("coco", "aokvqa", "gqa")
