@@ -66,8 +66,13 @@ class Benchmark:
         if unknown:
             raise BenchmarkError(f"benchmark {self.name!r} has no option {', '.join(unknown)}; "
                                  f"its options are {', '.join(sorted(self.options)) or 'none'}")
-        self.opts = {**self.options, **{k: type(self.options[k])(v) if self.options[k] is not None else v
-                                       for k, v in options.items()}}
+        self.opts = dict(self.options)
+        for k, v in options.items():
+            try:
+                self.opts[k] = type(self.options[k])(v)
+            except ValueError:
+                raise BenchmarkError(f"benchmark {self.name!r}: --set {k}={v!r}: expected "
+                                     f"{type(self.options[k]).__name__} (default {self.options[k]!r})") from None
         self.data = Path(data) if data is not None else None
         if self.modality == "image" and self.data is None:
             raise BenchmarkError(f"benchmark {self.name!r} needs --data (the folder of its official files)")

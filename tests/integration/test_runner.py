@@ -197,6 +197,7 @@ def test_input_errors_name_the_problem(data, tmp_path, capsys, monkeypatch):
         (["--benchmark", "nope"], "unknown benchmark 'nope'; available: amber, chair"),
         (["--set", "colour=red"], "benchmark 'pope' has no option colour"),
         (["--set", "split=sideways"], "split one of random, popular, adversarial"),
+        (["--benchmark", "grounded", "--set", "min_objects=many"], "--set min_objects='many': expected int"),
         (["--arms", "baseline,sharp"], "--arms: 'sharp' is not baseline"),
         (["--grid-file", str(tmp_path / "none.yaml")], "--grid-file"),
     ]
