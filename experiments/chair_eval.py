@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvsmooth_hooks.runner.cli import main  # noqa: E402
+from kvsmooth_hooks.runner.cli import main, with_defaults  # noqa: E402
 
 DEFAULT_MODEL = "llava-hf/llava-1.5-7b-hf"
 
@@ -44,9 +44,9 @@ def translate(argv: list[str]) -> list[str]:
         if getattr(known, name):
             out += ["--set", f"{name}={getattr(known, name)}"]
     defaults = ["--model", DEFAULT_MODEL, "--n", "500", "--arms", "baseline,smoothed", "--out", "results/chair"]
-    if "--config" not in rest and "--preset" not in rest:
+    if "--config" not in rest:
         defaults += ["--preset", "llava-1.5"]
-    return defaults + out + rest
+    return with_defaults(defaults, out + rest)
 
 
 def run(argv=None) -> int:

@@ -12,14 +12,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvsmooth_hooks.runner.cli import main  # noqa: E402
+from kvsmooth_hooks.runner.cli import main, with_defaults  # noqa: E402
 
 DEFAULTS = ["--model", "smollm2", "--benchmark", "grounded", "--n", "30", "--batch-size", "10", "--grid", "scorers",
             "--out", "results/scorer_ablation"]
 
 
 def run(argv=None) -> int:
-    return main(DEFAULTS + list(sys.argv[1:] if argv is None else argv))
+    return main(with_defaults(DEFAULTS, list(sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kvsmooth_hooks.runner.cli import main  # noqa: E402
+from kvsmooth_hooks.runner.cli import main, with_defaults  # noqa: E402
 
 DEFAULTS = ["--model", "smollm2", "--benchmark", "grounded", "--n", "30", "--batch-size", "10", "--grid", "sweep",
             "--out", "results/sweep"]
@@ -35,7 +35,7 @@ def translate(argv: list[str]) -> list[str]:
 
 
 def run(argv=None) -> int:
-    return main(DEFAULTS + translate(list(sys.argv[1:] if argv is None else argv)))
+    return main(with_defaults(DEFAULTS, translate(list(sys.argv[1:] if argv is None else argv))))
 
 
 if __name__ == "__main__":

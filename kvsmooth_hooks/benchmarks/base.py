@@ -60,6 +60,8 @@ class Benchmark:
     options: ClassVar[dict[str, Any]] = {}
     #: which metrics are "lower is better" (plots and docs)
     lower_is_better: ClassVar[tuple[str, ...]] = ()
+    #: the metrics grid plots draw (default: the first two)
+    plot_metrics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, data: str | Path | None, **options: Any):
         unknown = sorted(set(options) - set(self.options))

@@ -62,6 +62,7 @@ class Chair(CocoGroundTruth, Benchmark):
     max_new_tokens = 512
     metrics = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len")
     lower_is_better = ("CHAIR_S", "CHAIR_I")
+    plot_metrics = ("CHAIR_S", "Recall")
     options = {"images": "val2014", "annotations": "annotations", "gt": "", "backend": "offline",
                "prompt": PAPER_PROMPT}
 

@@ -30,6 +30,7 @@ class Grounded(Benchmark):
     max_new_tokens = 64
     metrics = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len", "Rep3")
     lower_is_better = ("CHAIR_S", "CHAIR_I", "Rep3")
+    plot_metrics = ("CHAIR_S", "Recall")
     options = {"min_objects": 3, "max_objects": 6}
 
     def items(self, n, seed):

@@ -26,6 +26,7 @@ class ObjectHalBench(CocoGroundTruth, Benchmark):
     max_new_tokens = 512
     metrics = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1")
     lower_is_better = ("CHAIR_S", "CHAIR_I")
+    plot_metrics = ("CHAIR_S", "Recall")
     options = {"questions": "obj_halbench_300_with_image.jsonl", "images": "images", "annotations": "annotations",
                "gt": "", "backend": "offline"}
 

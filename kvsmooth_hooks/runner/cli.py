@@ -21,7 +21,7 @@ from typing import Sequence
 
 from ..config import ConfigError, KVSmoothConfig
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = ["build_parser", "main", "run", "with_defaults"]
 
 
 def build_parser(prog: str = "python -m kvsmooth_hooks.run") -> argparse.ArgumentParser:
@@ -82,6 +82,20 @@ def add_run_parser(subparsers) -> None:
                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(sp)
     sp.set_defaults(argv_after_run=lambda argv: list(argv)[list(argv).index("run") + 1:])
+
+
+_ALIASES = {"--n": ("--n", "--items"), "--items": ("--n", "--items")}
+
+
+def with_defaults(defaults: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """``defaults`` (``--flag value`` pairs) for the flags ``argv`` does not give, then ``argv`` (for scripts
+    that are the runner with other defaults; the recorded command then shows each option once)."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    out = []
+    for flag, value in zip(defaults[::2], defaults[1::2]):
+        if not given.intersection(_ALIASES.get(flag, (flag,))):
+            out += [flag, value]
+    return out + list(argv)
 
 
 def _options(pairs: list[str]) -> dict:

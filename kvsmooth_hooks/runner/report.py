@@ -114,7 +114,7 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
     import matplotlib.pyplot as plt
 
     made = []
-    head = [m for m in bench.metrics[:2] if any(m in r for r in rows)]
+    head = [m for m in (bench.plot_metrics or bench.metrics[:2]) if any(m in r for r in rows)]
     kinds = {r.get("kind") for r in rows}
     if "single" in kinds or "window" in kinds:
         fig, axes = plt.subplots(1, len(head), figsize=(6 * len(head), 4), squeeze=False)

@@ -39,7 +39,7 @@ def test_layer_ablation_defaults_and_grid(tmp_path):
     assert arms["single-3"]["config"]["layers"] == [3] and arms["single-3"]["kind"] == "single"
     assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
     cmd = (out / "command.txt").read_text()
-    assert "--grid layers" in cmd and "--model tiny-text" in cmd  # the user's options win over the defaults
+    assert "--grid layers" in cmd and "--model tiny-text" in cmd and "smollm2" not in cmd  # user options replace defaults
     before = (out / "cells" / "single-0" / "records.rank0-of1.jsonl").read_text()
     assert layer_ablation.run(argv) == 0  # rerun: resumes with nothing left to do
     assert (out / "cells" / "single-0" / "records.rank0-of1.jsonl").read_text() == before
