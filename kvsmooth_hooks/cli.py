@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         add_eval_parser(sub)
     except ImportError:  # pragma: no cover
         pass
+    from .runner.cli import add_run_parser
+
+    add_run_parser(sub)
     return p
 
 
@@ -221,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         from .eval.cli import run
 
         return run(args)
+    if args.command == "run":
+        from .runner.cli import run_cli
+
+        return run_cli(args, args.argv_after_run(sys.argv[1:] if argv is None else argv))
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -216,7 +216,7 @@ def _run_grounded(args) -> int:
     import torch
 
     from .. import KVSmoothConfig
-    from .grounded import evaluate_config
+    from ..benchmarks.grounded import evaluate_config
 
     cfg = KVSmoothConfig.from_source(args.config, args.preset)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]

@@ -11,15 +11,15 @@ and coverage of the given ones. What it does not measure: visual grounding. The 
 so the model never has to see anything; numbers from this proxy say how a setting changes the model's
 tendency to add unrequested objects, not how it changes an MLLM's perception. Treat it as a cheap signal for
 ablations, never as a CHAIR result.
+
+Generating the descriptions (the part that runs a model, with or without smoothing) is the ``grounded``
+benchmark of the experiment runner, :mod:`kvsmooth_hooks.benchmarks.grounded`: this module only scores.
 """
 
 from __future__ import annotations
 
-import json
 import random
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .chair import ChairEvaluator
@@ -84,72 +84,6 @@ def repetition_rate(text: str, n: int = 3) -> float:
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-def _chat_texts(tokenizer, prompts: list[str]) -> list[str]:
-    if getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-                for p in prompts]
-    return [p + "\n" for p in prompts]
-
-
-def _read_done(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interrupted run: redo that sample
-                continue
-            done[rec["scene_id"]] = rec
-    return done
-
-
-def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_jsonl: str | Path | None = None,
-                       batch_size: int = 10, max_new_tokens: int = 64, progress: bool = True,
-                       n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Generate a description per scene (greedy) and score it; resumable through ``out_jsonl``.
-
-    ``config`` (a :class:`~kvsmooth_hooks.KVSmoothConfig` or plan) runs generation inside
-    ``smooth(model, config)``; ``None`` is the unhooked baseline. Returns the summary (percent metrics,
-    bootstrap 95% intervals, seconds per sample).
-    """
-    import torch
-    from tqdm.auto import tqdm
-
-    from ..session import generate
-
-    out = Path(out_jsonl) if out_jsonl else None
-    done = _read_done(out) if out else {}
-    todo = [s for s in scenes if s.scene_id not in done]
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    bar = tqdm(total=len(scenes), initial=len(scenes) - len(todo), desc="grounded CHAIR", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        texts = _chat_texts(tokenizer, [s.prompt() for s in batch])
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            gen = generate(model, config, **enc, max_new_tokens=max_new_tokens, do_sample=False)
-        seconds = (time.perf_counter() - t0) / len(batch)
-        n_in = enc["input_ids"].shape[1]
-        for scene, row in zip(batch, gen):
-            text = tokenizer.decode(row[n_in:], skip_special_tokens=True).strip()
-            rec = {"scene_id": scene.scene_id, "objects": list(scene.objects), "prompt": scene.prompt(),
-                   "description": text, "seconds": round(seconds, 4), **score_description(text, scene.objects)}
-            done[scene.scene_id] = rec
-            if out:
-                with out.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
-        bar.update(len(batch))
-    bar.close()
-    return summarize([done[s.scene_id] for s in scenes], n_bootstrap=n_bootstrap, seed=seed)
-
-
 def summarize(records: list[dict], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
     """Corpus-level CHAIR over scored samples (percent), with bootstrap intervals."""
     gt = {r["scene_id"]: r["objects"] for r in records}
@@ -162,37 +96,4 @@ def summarize(records: list[dict], n_bootstrap: int = 1000, seed: int = 0) -> di
             "seconds_per_sample": sum(secs) / len(secs) if secs else 0.0}
 
 
-def _check_resume(out: Path, settings: dict) -> None:
-    """Samples already in ``out`` must come from the same generation settings, or resuming would mix runs.
-
-    ``n_scenes`` may grow (scene ``i`` does not depend on ``n``), so a larger run can extend a smaller one.
-    """
-    from .records import check_run_settings
-
-    check_run_settings(out, {k: v for k, v in settings.items() if k != "n_scenes"}, legacy_marker="samples.jsonl")
-
-
-def evaluate_config(model, tokenizer, config, n_scenes: int = 100, seed: int = 0, out_dir: str | Path | None = None,
-                    max_new_tokens: int = 64, batch_size: int = 10, progress: bool = True) -> dict[str, Any]:
-    """The ablation scripts' default metric: grounded CHAIR of one config (``None`` = baseline).
-
-    With ``out_dir``: per-sample ``samples.jsonl`` (resumable: rerun to continue; a rerun with other
-    settings is refused, see ``settings.json``) and ``summary.json`` (with the config).
-    Summary keys: CHAIR_S, CHAIR_I, Recall, Precision, F1 (percent), Len (tokens), Rep3 (percent),
-    ci95 (bootstrap 95% intervals), n, seconds_per_sample, settings.
-    """
-    scenes = make_scenes(n_scenes, seed)
-    out = Path(out_dir) if out_dir else None
-    settings = {"n_scenes": n_scenes, "seed": seed, "max_new_tokens": max_new_tokens, "prompt": PROMPT,
-                "config": config.to_dict() if hasattr(config, "to_dict") else None}
-    if out:
-        _check_resume(out, settings)
-    summary = run_grounded_chair(model, tokenizer, scenes, config, out / "samples.jsonl" if out else None,
-                                 batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
-    summary["settings"] = settings
-    if out:
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-__all__ = ["Scene", "make_scenes", "score_description", "run_grounded_chair", "summarize", "evaluate_config", "PROMPT"]
+__all__ = ["Scene", "make_scenes", "score_description", "repetition_rate", "summarize", "PROMPT"]

@@ -1,85 +1,68 @@
-"""The ablation scripts' plumbing (cells, resume, tables, plots) with a stand-in metric and a tiny model."""
+"""The ablation scripts are thin entry points over the runner: their defaults, their spellings, and that the
+grids they ask for run (tiny random text model, grounded proxy, a few scenes)."""
 
 import json
 import sys
 from pathlib import Path
 
 import pytest
-import torch
-
-from helpers import tiny_llama
 
 EXP = Path(__file__).resolve().parents[2] / "experiments"
 sys.path.insert(0, str(EXP))
 
-import ablation_common  # noqa: E402
 import layer_ablation  # noqa: E402
 import scorer_ablation  # noqa: E402
 import sweep  # noqa: E402
 
-from kvsmooth_hooks import smooth  # noqa: E402
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture
-def fake(monkeypatch):
-    """A metric that really generates with the session and reports the mean lambda as 'CHAIR_S'."""
-    calls = []
-    model = tiny_llama()
-
-    def metric(model_, tok, cfg, args, cell_dir):
-        calls.append(cfg)
-        ids = torch.randint(3, 128, (2, 6), generator=torch.Generator().manual_seed(args.seed))
-        if cfg is None:
-            model_.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
-            return {"CHAIR_S": 0.0, "Recall": 50.0}
-        with smooth(model_, cfg) as s:
-            model_.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
-        lam = s.trace.tensor("lambda") if s.trace.runs and s.trace.runs[-1].n_steps else torch.zeros(1)
-        return {"CHAIR_S": float(lam.mean() * 100), "Recall": 50.0, "CHAIR_I": 1.0, "Precision": 2.0, "F1": 3.0, "Len": 4.0}
-
-    monkeypatch.setitem(ablation_common.METRICS, "fake", metric)
-    monkeypatch.setattr(ablation_common, "load_model", lambda name, *a: (model, None))
-    return calls
+def _common(tmp_path, out):
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text('layers: "1:-1"\n')
+    return ["--model", "tiny-text", "--loader", "tiny_vlms:load_tiny_text", "--n", "2", "--max-new-tokens", "4",
+            "--config", str(cfg), "--bootstrap", "20", "--no-progress", "--out", str(out)]
 
 
-def test_layer_ablation_runs_resumes_and_plots(fake, tmp_path, capsys):
+def _arms(out):
+    return {r["arm"]: r for r in json.loads((out / "results.json").read_text())["arms"]}
+
+
+def test_layer_ablation_defaults_and_grid(tmp_path):
+    assert layer_ablation.DEFAULTS[:4] == ["--model", "smollm2", "--benchmark", "grounded"]
     out = tmp_path / "layers"
-    argv = ["--metric", "fake", "--out", str(out), "--layers-total", "6", "--window-size", "2", "--range-step", "3"]
-    assert layer_ablation.main(argv) == 0
-    recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
-    names = [r["cell"] for r in recs]
-    assert names[:3] == ["baseline", "off", "paper"]
-    assert "single-5" in names and "window-0-2" in names and "prefix-3" in names and "suffix-3" in names
-    off = next(r for r in recs if r["cell"] == "off")
-    assert off["CHAIR_S"] == 0.0  # lambda is 0 in the control arm
-    single = next(r for r in recs if r["cell"] == "single-2")
-    assert single["config"]["layers"] == [2] and single["CHAIR_S"] > 0
-    n_calls = len(fake)
-    assert layer_ablation.main(argv) == 0  # rerun: every cell is already there
-    assert len(fake) == n_calls
-    assert (out / "layer_ablation.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| cell | kind | layers | CHAIR_S" in (out / "results.md").read_text()
-    assert "reproduce with: python" in capsys.readouterr().out
+    argv = _common(tmp_path, out) + ["--window-size", "2", "--range-step", "2"]
+    assert layer_ablation.run(argv) == 0
+    arms = _arms(out)
+    assert list(arms)[:3] == ["baseline", "off", "paper"]
+    assert {"single-0", "single-3", "window-0-2", "prefix-2", "suffix-2"} <= set(arms)
+    assert arms["single-3"]["config"]["layers"] == [3] and arms["single-3"]["kind"] == "single"
+    assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    cmd = (out / "command.txt").read_text()
+    assert "--grid layers" in cmd and "--model tiny-text" in cmd and "smollm2" not in cmd  # user options replace defaults
+    before = (out / "cells" / "single-0" / "records.rank0-of1.jsonl").read_text()
+    assert layer_ablation.run(argv) == 0  # rerun: resumes with nothing left to do
+    assert (out / "cells" / "single-0" / "records.rank0-of1.jsonl").read_text() == before
 
 
-def test_scorer_ablation_and_sweep(fake, tmp_path):
+def test_scorer_ablation_grid(tmp_path):
     out = tmp_path / "scorers"
-    assert scorer_ablation.main(["--metric", "fake", "--out", str(out), "--config", str(_cfg(tmp_path)),
-                                 "--scorers", "row_entropy,random", "--sites", "cache,kv_proj"]) == 0
-    recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
-    assert [r["cell"] for r in recs] == ["baseline", "off", "row_entropy-cache", "random-cache", "row_entropy-kv_proj", "random-kv_proj"]
-    assert (out / "scorer_ablation.png").exists()
+    assert scorer_ablation.run(_common(tmp_path, out) + ["--scorers", "row_entropy,random"]) == 0
+    assert list(_arms(out)) == ["baseline", "off", "row_entropy-cache", "random-cache", "row_entropy-kv_proj",
+                                "random-kv_proj"]
+    assert (out / "scorers.png").exists()
+
+
+def test_sweep_translates_grid_axes(tmp_path):
+    assert sweep.translate(["--grid", "lambda_ref=0.3,0.9", "--grid=window=5", "--grid", "layers"]) == \
+        ["--axis", "lambda_ref=0.3,0.9", "--axis=window=5", "--grid", "layers"]
     out = tmp_path / "sweep"
-    assert sweep.main(["--metric", "fake", "--out", str(out), "--config", str(_cfg(tmp_path)),
-                       "--grid", "lambda_ref=0.3,0.9", "--grid", "targets=key,key+value"]) == 0
-    recs = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
-    assert len(recs) == 2 + 4
-    cell = next(r for r in recs if r["cell"] == "lambda_ref=0.3-targets=key+value")
+    assert sweep.run(_common(tmp_path, out) + ["--grid", "lambda_ref=0.3,0.9", "--grid", "targets=key,key+value"]) == 0
+    arms = _arms(out)
+    assert len(arms) == 2 + 4
+    cell = arms["lambda_ref=0.3-targets=key+value"]
     assert cell["config"]["targets"] == ["key", "value"] and cell["config"]["lambda_ref"] == 0.3
-    assert (out / "sweep_frontier.png").exists()
-
-
-def _cfg(tmp_path):
-    from kvsmooth_hooks import KVSmoothConfig
-
-    return KVSmoothConfig(layers="1:-1").save(tmp_path / "base.yaml")
+    assert (out / "frontier.png").exists()
+    out1 = tmp_path / "sweep1"
+    assert sweep.run(_common(tmp_path, out1) + ["--grid", "lambda_ref=0.3,0.9"]) == 0
+    assert (out1 / "sweep_lambda_ref.png").exists()

@@ -7,7 +7,8 @@ import torch
 
 from helpers import tiny_llama
 from kvsmooth_hooks import KVSmoothConfig
-from kvsmooth_hooks.eval.grounded import make_scenes, repetition_rate, run_grounded_chair, score_description
+from kvsmooth_hooks.benchmarks.grounded import run_grounded_chair
+from kvsmooth_hooks.eval.grounded import make_scenes, repetition_rate, score_description
 
 
 def test_scenes_are_deterministic_and_extend():
@@ -74,7 +75,7 @@ def test_run_is_resumable_and_uses_the_session(tmp_path):
 
 
 def test_resume_refuses_other_settings_but_grows(tmp_path):
-    from kvsmooth_hooks.eval.grounded import evaluate_config
+    from kvsmooth_hooks.benchmarks.grounded import evaluate_config
     from kvsmooth_hooks.eval.records import EvalInputError
 
     model, tok = tiny_llama(), WordTok()
@@ -95,7 +96,7 @@ def test_resume_refuses_other_settings_but_grows(tmp_path):
 @pytest.mark.slow
 def test_four_scenes_on_smollm2(smollm2, tmp_path):
     """The real model, both arms: well-formed samples and summaries (the numbers themselves are in the docs)."""
-    from kvsmooth_hooks.eval.grounded import evaluate_config
+    from kvsmooth_hooks.benchmarks.grounded import evaluate_config
 
     model, tok = smollm2
     for arm, cfg in (("baseline", None), ("smoothed", KVSmoothConfig.preset("llava-1.5"))):

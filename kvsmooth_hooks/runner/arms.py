@@ -1,0 +1,186 @@
+"""Arms (one model setting each) and grids of arms.
+
+An :class:`Arm` is a name, a config (``None`` = the unhooked baseline) and the fields it shows in tables.
+``--arms`` takes ``baseline``, ``off`` (the base config's layers with lambda 0: the control arm),
+``smoothed`` (the base config), a preset name or a config file. Grids (``--grid``, registry :data:`GRIDS`):
+
+* ``layers``: one layer at a time, sliding windows of k layers, prefixes and suffixes;
+* ``scorers``: every scorer at each site;
+* ``sweep``: the product of ``--axis FIELD=V1,V2,...`` (lambda_ref, window, clip, targets such as
+  ``key+value``, layers with ``;`` between values, ...);
+
+and grid files (``--grid-file``: YAML/JSON ``{arms: [{name, preset | config | set: {field: value}}]}``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..config import PRESETS, KVSmoothConfig
+
+__all__ = ["Arm", "GRIDS", "register_grid", "parse_arms", "off_arm", "parse_axis", "grid_file_arms", "GridError"]
+
+
+class GridError(ValueError):
+    """A bad ``--arms``, ``--grid``, ``--axis`` or grid file; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """``name`` (a folder name), ``config`` (``None``: no hooks), ``fields`` (table columns, e.g. kind / layers)."""
+
+    name: str
+    config: KVSmoothConfig | None
+    fields: dict = field(default_factory=dict)
+
+
+def off_arm(base: KVSmoothConfig) -> KVSmoothConfig:
+    """The control arm: the base config's hooks and layers with lambda = 0 (must equal the baseline)."""
+    return base.updated(policy="fixed", lambda_ref=0.0, clip=0.0)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_=.+" else "_" for c in name)
+
+
+def parse_arms(text: str, base: KVSmoothConfig) -> list[Arm]:
+    """``baseline,off,smoothed,<preset>,<config file>`` -> arms (order kept, duplicates dropped)."""
+    arms: dict[str, Arm] = {}
+    for tok in (t.strip() for t in text.split(",")):
+        if not tok:
+            continue
+        if tok == "baseline":
+            arm = Arm("baseline", None, {"kind": "baseline"})
+        elif tok == "off":
+            arm = Arm("off", off_arm(base), {"kind": "off"})
+        elif tok == "smoothed":
+            arm = Arm("smoothed", base, {"kind": "smoothed"})
+        elif tok in PRESETS:
+            arm = Arm(tok, KVSmoothConfig.preset(tok), {"kind": "preset"})
+        elif Path(tok).suffix.lower() in (".yaml", ".yml", ".json"):
+            arm = Arm(_safe(Path(tok).stem), KVSmoothConfig.from_file(tok), {"kind": "config"})
+        else:
+            raise GridError(f"--arms: {tok!r} is not baseline, off, smoothed, a preset ({', '.join(sorted(PRESETS))}) "
+                            "or a .yaml/.json config file")
+        arms.setdefault(arm.name, arm)
+    if not arms:
+        raise GridError("--arms is empty; e.g. --arms baseline,smoothed")
+    return list(arms.values())
+
+
+#: grid name -> function(base config, n_layers, options namespace) -> arms
+GRIDS: dict[str, Callable] = {}
+
+
+def register_grid(name: str):
+    def wrap(fn):
+        GRIDS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_grid("layers")
+def layer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
+    """Single layers (every ``single_step``), windows of ``window_size`` (stride default k/2), prefixes and
+    suffixes with boundaries every ``range_step``; ``parts`` picks among single, window, prefix, suffix."""
+    L, parts = n_layers, set(opts.parts.split(","))
+    arms = [Arm("paper", base, {"kind": "paper", "layers": str(base.layers)})]
+    if "single" in parts:
+        arms += [Arm(f"single-{i}", base.updated(layers=[i]), {"kind": "single", "layers": str(i)})
+                 for i in range(0, L, opts.single_step)]
+    if "window" in parts:
+        k = opts.window_size
+        stride = opts.stride or max(1, k // 2)
+        arms += [Arm(f"window-{i}-{i + k}", base.updated(layers=f"{i}:{i + k}"),
+                     {"kind": "window", "layers": f"{i}..{i + k - 1}"}) for i in range(0, L - k + 1, stride)]
+    if "prefix" in parts:
+        arms += [Arm(f"prefix-{j}", base.updated(layers=f"0:{j}"), {"kind": "prefix", "layers": f"0..{j - 1}"})
+                 for j in range(opts.range_step, L + 1, opts.range_step)]
+    if "suffix" in parts:
+        arms += [Arm(f"suffix-{j}", base.updated(layers=f"{j}:"), {"kind": "suffix", "layers": f"{j}..{L - 1}"})
+                 for j in range(0, L, opts.range_step)]
+    return arms
+
+
+@register_grid("scorers")
+def scorer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
+    """Every scorer of ``opts.scorers`` at every site of ``opts.sites``."""
+    from ..scorers import SCORERS
+
+    scorers = opts.scorers.split(",") if opts.scorers else sorted(SCORERS)
+    return [Arm(f"{sc}-{site}", base.updated(scorer=sc, site=site), {"kind": "scorer", "scorer": sc, "site": site})
+            for site in opts.sites.split(",") for sc in scorers]
+
+
+_NUMERIC = {"lambda_ref": float, "clip": float, "window": int}
+
+
+def parse_axis(spec: str) -> tuple[str, list]:
+    """``FIELD=V1,V2`` -> (field, values); targets as ``key+value``, layers separated by ``;``."""
+    if "=" not in spec:
+        raise GridError(f"--axis {spec!r}: use FIELD=V1,V2,...")
+    name, values = spec.split("=", 1)
+    vals = [v.strip() for v in values.split(";" if name == "layers" else ",") if v.strip()]
+    if not vals:
+        raise GridError(f"--axis {spec!r}: no values")
+    if name == "targets":
+        return name, [v.split("+") for v in vals]
+    if name in _NUMERIC:
+        try:
+            return name, [_NUMERIC[name](v) for v in vals]
+        except ValueError:
+            raise GridError(f"--axis {spec!r}: {name} takes numbers") from None
+    return name, vals
+
+
+def _label(v) -> str:
+    return "+".join(v) if isinstance(v, list) else str(v)
+
+
+@register_grid("sweep")
+def sweep_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
+    """The product of the ``--axis`` values (default ``lambda_ref=0.3,0.5,0.7,0.9``)."""
+    axes = [parse_axis(a) for a in (opts.axis or ["lambda_ref=0.3,0.5,0.7,0.9"])]
+    fields = [f for f, _ in axes]
+    arms = []
+    for combo in itertools.product(*[v for _, v in axes]):
+        changes = dict(zip(fields, combo))
+        name = _safe("-".join(f"{f}={_label(v)}" for f, v in changes.items()))
+        arms.append(Arm(name, base.updated(**changes), {"kind": "sweep", **{f: _label(v) for f, v in changes.items()}}))
+    return arms
+
+
+def grid_file_arms(path: str | Path) -> list[Arm]:
+    """Arms of a grid file: ``arms: [{name, preset | config | base + set}]`` (YAML or JSON, safe loaders)."""
+    import json
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise GridError(f"--grid-file {p}: file not found")
+    data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("arms"), list):
+        raise GridError(f"--grid-file {p}: expected a mapping with a list 'arms'")
+    arms = []
+    for i, a in enumerate(data["arms"], 1):
+        if not isinstance(a, dict) or "name" not in a:
+            raise GridError(f"--grid-file {p}: arm {i} needs a 'name'")
+        extra = set(a) - {"name", "preset", "config", "set", "baseline"}
+        if extra:
+            raise GridError(f"--grid-file {p}: arm {a['name']!r} has unknown key(s) {', '.join(sorted(extra))}")
+        if a.get("baseline"):
+            arms.append(Arm(_safe(str(a["name"])), None, {"kind": "baseline"}))
+            continue
+        cfg_path = a.get("config")
+        if cfg_path is not None and not Path(cfg_path).is_absolute():
+            cfg_path = p.parent / cfg_path
+        cfg = KVSmoothConfig.from_source(cfg_path, a.get("preset"))
+        if a.get("set"):
+            cfg = cfg.updated(**a["set"])
+        arms.append(Arm(_safe(str(a["name"])), cfg, {"kind": "grid-file", **{k: _label(v) for k, v in (a.get("set") or {}).items()}}))
+    return arms

@@ -1,0 +1,256 @@
+"""``kvsmooth run`` / ``python -m kvsmooth_hooks.run``: any benchmark x any model x arms or grids, resumable,
+data parallel under ``torchrun`` / ``accelerate launch``.
+
+    kvsmooth run --model llava-hf/llava-1.5-7b-hf --benchmark chair --data coco/ --arms baseline,llava-1.5 --n 500
+    kvsmooth run --model Qwen/Qwen2-VL-7B-Instruct --benchmark pope --data pope/ --set split=adversarial \\
+        --grid layers --out runs/qwen-pope
+    torchrun --nproc-per-node 8 -m kvsmooth_hooks.run --model ... --benchmark chair --data coco/ --out runs/x
+
+Outputs in ``--out``: ``results.md`` / ``results.csv`` / ``results.json`` (one row per arm, 95% bootstrap
+intervals, seconds per item), plots for grids, ``command.txt``, ``machine.json``, ``run.json`` and
+``cells/<arm>/records.jsonl`` (one line per item). See docs/experiments.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..config import ConfigError, KVSmoothConfig
+
+__all__ = ["build_parser", "main", "run", "with_defaults"]
+
+
+def build_parser(prog: str = "python -m kvsmooth_hooks.run") -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    return ap
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    from ..benchmarks import BENCHMARKS
+    from .arms import GRIDS
+
+    m = ap.add_argument_group("model")
+    m.add_argument("--model", required=True, help="HF hub id or local folder (VLM or causal LM), or 'smollm2'")
+    m.add_argument("--revision", default=None, help="hub revision (part of the run's key)")
+    m.add_argument("--loader", default=None, metavar="MODULE:FUNCTION",
+                   help="user loader for models outside transformers (e.g. MiniGPT-4); see docs/experiments.md")
+    m.add_argument("--device", default="auto", help="auto (cuda:<LOCAL_RANK> when available), cpu, cuda:1, ...")
+    m.add_argument("--dtype", default="auto", help="auto (float16 on GPU, float32 on CPU), float32, float16, bfloat16")
+    m.add_argument("--device-map", default=None, help="transformers device_map (e.g. auto) for models over several GPUs")
+    b = ap.add_argument_group("benchmark")
+    b.add_argument("--benchmark", required=True, help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin)")
+    b.add_argument("--data", default=None, help="folder of the benchmark's official files")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="benchmark option (repeatable)")
+    b.add_argument("--n", "--items", dest="n", type=int, default=None,
+                   help="items (default: the whole benchmark; grounded: 100); under torchrun write --items (torchrun "
+                        "reads --n as its own abbreviated option)")
+    b.add_argument("--seed", type=int, default=0, help="seed of draws and bootstrap (default 0)")
+    b.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (CHAIR 512)")
+    b.add_argument("--batch-size", type=int, default=1,
+                   help="items per generate call (default 1: padding-free, seconds per item comparable)")
+    a = ap.add_argument_group("arms")
+    src = a.add_mutually_exclusive_group()
+    src.add_argument("--preset", default=None, help="base config of smoothed / off / grid arms (default: the paper's)")
+    src.add_argument("--config", default=None, help="base config file (.yaml/.json)")
+    a.add_argument("--arms", default=None,
+                   help="comma list of baseline, off, smoothed, preset names, config files (default baseline,smoothed; "
+                        "with a grid: baseline,off)")
+    a.add_argument("--grid", default=None, choices=sorted(GRIDS), help="add a grid of arms")
+    a.add_argument("--grid-file", default=None, help="YAML/JSON file listing arms (see docs/experiments.md)")
+    a.add_argument("--axis", action="append", default=[], metavar="FIELD=V1,V2", help="sweep axis (repeatable)")
+    a.add_argument("--window-size", type=int, default=4, help="layers grid: window size k (default 4)")
+    a.add_argument("--stride", type=int, default=None, help="layers grid: window stride (default k/2)")
+    a.add_argument("--single-step", type=int, default=1, help="layers grid: every n-th layer alone (default 1)")
+    a.add_argument("--range-step", type=int, default=5, help="layers grid: prefix/suffix boundary step (default 5)")
+    a.add_argument("--parts", default="single,window,prefix,suffix", help="layers grid parts")
+    a.add_argument("--scorers", default=None, help="scorers grid: comma list (default all registered)")
+    a.add_argument("--sites", default="cache,kv_proj", help="scorers grid: sites (default cache,kv_proj)")
+    o = ap.add_argument_group("output")
+    o.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (resumable; default runs/run)")
+    o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
+    o.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_run_parser(subparsers) -> None:
+    """Register ``kvsmooth run`` on the ``kvsmooth`` command's subparsers."""
+    sp = subparsers.add_parser("run", help="run benchmarks x arms / grids on a model (resumable, data parallel)",
+                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(sp)
+    sp.set_defaults(argv_after_run=lambda argv: list(argv)[list(argv).index("run") + 1:])
+
+
+_ALIASES = {"--n": ("--n", "--items"), "--items": ("--n", "--items")}
+
+
+def with_defaults(defaults: Sequence[str], argv: Sequence[str]) -> list[str]:
+    """``defaults`` (``--flag value`` pairs) for the flags ``argv`` does not give, then ``argv`` (for scripts
+    that are the runner with other defaults; the recorded command then shows each option once)."""
+    given = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    out = []
+    for flag, value in zip(defaults[::2], defaults[1::2]):
+        if not given.intersection(_ALIASES.get(flag, (flag,))):
+            out += [flag, value]
+    return out + list(argv)
+
+
+def _options(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set {p!r}: use KEY=VALUE")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v
+    return out
+
+
+def _arms(args, n_layers_of):
+    from .arms import GRIDS, grid_file_arms, parse_arms
+
+    base = KVSmoothConfig.from_source(args.config, args.preset)
+    grid = args.grid or args.grid_file
+    arms = parse_arms(args.arms or ("baseline,off" if grid else "baseline,smoothed"), base)
+    if args.grid:
+        arms += GRIDS[args.grid](base, n_layers_of(), args)
+    if args.grid_file:
+        arms += grid_file_arms(args.grid_file)
+    names = [a.name for a in arms]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ConfigError(f"two arms are named {dup[0]!r}; rename one (arm names are folder names)")
+    return arms
+
+
+def run(args, argv: Sequence[str] = ()) -> dict | None:
+    """The whole run on this rank; rank 0 returns the results (also in ``<out>/results.json``)."""
+    from tqdm.auto import tqdm
+
+    from .. import smooth
+    from ..benchmarks import get_benchmark
+    from .dist import shard, world_from_env
+    from .models import load_bundle, resolve_device_dtype
+    from .store import CellStore, guard
+
+    world = world_from_env()
+    bench = get_benchmark(args.benchmark)(args.data, **_options(args.set))
+    if args.batch_size < 1 or (args.n is not None and args.n < 1):
+        raise ConfigError("--n and --batch-size must be at least 1")
+    gen = {"max_new_tokens": args.max_new_tokens or bench.max_new_tokens, "do_sample": False}
+    if gen["max_new_tokens"] < 1:
+        raise ConfigError("--max-new-tokens must be at least 1")
+    items = bench.items(args.n, args.seed)  # inputs first: a wrong folder fails before a 7B model loads
+    if not items:
+        raise ConfigError(f"benchmark {bench.name!r} has no items in {args.data}")
+    _, torch_dtype = resolve_device_dtype(args.device, args.dtype, world.local_rank)
+    settings = {"model": args.model, "revision": args.revision, "loader": args.loader, **bench.settings(), "n": args.n,
+                "seed": args.seed, "generation": {**gen, "batch_size": args.batch_size, "dtype": str(torch_dtype)[6:]}}
+    out: Path = args.out
+    bundle_box: list = []
+
+    def bundle():
+        if not bundle_box:
+            bundle_box.append(load_bundle(args.model, args.device, args.dtype, args.loader, args.revision,
+                                          args.device_map, world.local_rank))
+        return bundle_box[0]
+
+    def n_layers():
+        from ..adapters import get_adapter
+
+        return get_adapter(bundle().model).n_layers
+
+    arms = _arms(args, n_layers)
+    if world.main:
+        guard(out / "run.json", settings, "a run")
+    world.start()
+    try:
+        world.barrier()  # rank 0 has checked (or written) run.json
+        if not world.main:
+            guard(out / "run.json", settings, "a run")
+        mine = shard(items, world.rank, world.size)
+        stores = {a.name: CellStore(out, a.name, world.rank, world.size) for a in arms}
+        for a in arms:
+            if world.main:
+                stores[a.name].check(settings, a.config.to_dict() if a.config else None)
+        world.barrier()
+        for a in arms:
+            store = stores[a.name]
+            store.check(settings, a.config.to_dict() if a.config else None)
+            done = store.done()
+            todo = [it for it in mine if it.id not in done]
+            if not todo:
+                continue
+            b = bundle()
+            if b.modality != bench.modality:
+                raise ConfigError(f"benchmark {bench.name!r} needs a {bench.modality} model; {args.model!r} is a "
+                                  f"{b.modality} model")
+            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"[rank {world.rank}/{world.size}] {a.name}",
+                       position=world.rank, disable=args.no_progress, file=sys.stderr, leave=world.main)
+            for start in range(0, len(todo), args.batch_size):
+                batch = todo[start:start + args.batch_size]
+                t0 = time.perf_counter()
+                if a.config is None:
+                    answers = b.generate(batch, gen)
+                else:
+                    with smooth(b.model, a.config, trace=False):
+                        answers = b.generate(batch, gen)
+                secs = (time.perf_counter() - t0) / len(batch)
+                store.append([{"id": it.id, **it.meta, "output": text, "new_tokens": ntok, "seconds": round(secs, 4)}
+                              for it, (text, ntok) in zip(batch, answers)])
+                bar.update(len(batch))
+            bar.close()
+        world.barrier()  # every rank's records are written
+        if not world.main:
+            return None
+        return _finish(args, argv, bench, arms, stores, items, settings, world,
+                       bundle_box[0].info if bundle_box else {}, n_layers if args.grid == "layers" else None)
+    finally:
+        world.stop()
+
+
+def _finish(args, argv, bench, arms, stores, items, settings, world, model_info, n_layers_fn):
+    from . import report
+
+    out: Path = args.out
+    ids = [it.id for it in items]
+    rows = []
+    for a in arms:
+        recs = stores[a.name].merge(ids)
+        rows.append(report.summarize_arm(bench, a, recs, args.bootstrap, args.seed))
+    md = report.write_tables(rows, bench.metrics, out)
+    plots = report.write_plots(rows, bench, out, n_layers_fn() if n_layers_fn else None)
+    cmd = report.command_line(argv, world.size)
+    (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
+    machine = report.machine_info(world.size)
+    report.write_json(out / "machine.json", machine)
+    results = {"settings": settings, "model_info": model_info, "arms": rows, "command": cmd, "machine": machine,
+               "plots": [p.name for p in plots]}
+    report.write_json(out / "results.json", results)
+    print(md)
+    print(f"results: {out}/results.md, results.csv, results.json, cells/<arm>/records.jsonl"
+          + (f", {', '.join(p.name for p in plots)}" if plots else ""))
+    print(f"reproduce with: {cmd}")
+    return results
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m kvsmooth_hooks.run") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(argv)
+    return run_cli(args, argv)
+
+
+def run_cli(args, argv) -> int:
+    """Run and turn expected errors into ``error: ...`` on stderr and exit status 2."""
+    from ..eval.records import EvalInputError
+    from .arms import GridError
+    from .models import LoaderError
+
+    try:
+        run(args, argv)
+    except (EvalInputError, ConfigError, GridError, LoaderError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,224 @@
+"""Outputs of a run: results.json, Markdown/CSV tables with 95% bootstrap intervals, plots with error bars,
+the command, the machine and the package versions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import platform
+import random
+import shlex
+from pathlib import Path
+
+__all__ = ["summarize_arm", "write_tables", "write_plots", "machine_info", "command_line", "write_json"]
+
+
+def _item_bootstrap(bench, records, n_resamples: int, seed: int) -> dict:
+    """Percentile intervals by resampling items, for metrics without a closed-form bootstrap (e.g. AMBER)."""
+    if not records or n_resamples <= 0:
+        return {}
+    rng = random.Random(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        sample = [records[rng.randrange(len(records))] for _ in records]
+        for k, v in bench.score(sample, n_bootstrap=0, seed=seed).items():
+            if isinstance(v, (int, float)) and k in bench.metrics:
+                draws.setdefault(k, []).append(float(v))
+    out = {}
+    for k, vals in draws.items():
+        vals.sort()
+        out[k] = [vals[int(0.025 * (len(vals) - 1))], vals[int(0.975 * (len(vals) - 1))]]
+    return out
+
+
+def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) -> dict:
+    """The arm's row: metrics, ``ci95``, seconds per item, item count, the arm's fields and config."""
+    scores = bench.score(records, n_bootstrap=n_bootstrap, seed=seed)
+    ci = dict(scores.get("ci95") or {})
+    if n_bootstrap and any(m in scores and m not in ci for m in bench.metrics):
+        extra = _item_bootstrap(bench, records, min(n_bootstrap, 200), seed)
+        ci.update({m: v for m, v in extra.items() if m not in ci})
+    scores["ci95"] = ci
+    secs = [r["seconds"] for r in records]
+    return {"arm": arm.name, **arm.fields, "fields": list(arm.fields), **scores,
+            "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
+            "new_tokens_per_item": sum(r["new_tokens"] for r in records) / max(1, len(records)),
+            "config": arm.config.to_dict() if arm.config is not None else None}
+
+
+def _cell(row: dict, metric: str) -> str:
+    v = row.get(metric)
+    if v is None:
+        return ""
+    ci = (row.get("ci95") or {}).get(metric)
+    if ci and all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci):
+        return f"{v:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]"
+    return f"{v:.1f}"
+
+
+def _field_columns(rows) -> list[str]:
+    """The arms' descriptive fields (kind, layers, scorer, site, sweep axes), in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r.get("fields", ())))
+
+
+def write_tables(rows: list[dict], metrics, out: Path) -> str:
+    """``results.md`` (values with [95% interval]) and ``results.csv`` (value, low, high columns)."""
+    metrics = [m for m in metrics if any(m in r for r in rows)]
+    fields = [c for c in _field_columns(rows) if c not in metrics]
+    head = ["arm"] + fields + metrics + ["s/item", "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * (1 + len(fields)) + "---:|" * (len(metrics) + 2)]
+    for r in rows:
+        vals = [r["arm"]] + [str(r.get(f, "")) for f in fields] + [_cell(r, m) for m in metrics] + \
+               [f"{r['seconds_per_item']:.3f}", str(r.get("n", ""))]
+        lines.append("| " + " | ".join(vals) + " |")
+    md = "\n".join(lines) + "\n\nValues in percent (Len in tokens); [low, high]: 95% bootstrap interval over items.\n"
+    (out / "results.md").write_text(md, encoding="utf-8")
+    with (out / "results.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["arm"] + fields + [x for m in metrics for x in (m, f"{m}_lo", f"{m}_hi")] + ["seconds_per_item", "n"])
+        for r in rows:
+            ci = r.get("ci95") or {}
+            w.writerow([r["arm"]] + [r.get(f, "") for f in fields] +
+                       [x for m in metrics for x in (r.get(m, ""), *(ci.get(m) or ["", ""]))] +
+                       [r["seconds_per_item"], r.get("n", "")])
+    return md
+
+
+def _err(rows, metric):
+    lo, hi = [], []
+    for r in rows:
+        v, ci = r[metric], (r.get("ci95") or {}).get(metric)
+        ok = ci and all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci)
+        lo.append(max(0.0, v - ci[0]) if ok else 0.0)
+        hi.append(max(0.0, ci[1] - v) if ok else 0.0)
+    return [lo, hi]
+
+
+def _reference_lines(ax, rows, metric):
+    for name, color in (("baseline", "k"), ("off", "#dd8452"), ("paper", "r")):
+        r = next((x for x in rows if x["arm"] == name and metric in x), None)
+        if r is not None:
+            ax.axhline(r[metric], color=color, linestyle="-" if name == "baseline" else ":", label=name)
+            ci = (r.get("ci95") or {}).get(metric)
+            if ci and all(math.isfinite(c) for c in ci):
+                ax.axhspan(ci[0], ci[1], color=color, alpha=0.08)
+
+
+def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None) -> list[Path]:
+    """Plots for grids, every point with its 95% interval as an error bar: metric vs layer (layer grid),
+    metric vs value (one numeric sweep axis), scorer bars, and the CHAIR_S vs Recall frontier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    head = [m for m in (bench.plot_metrics or bench.metrics[:2]) if any(m in r for r in rows)]
+    kinds = {r.get("kind") for r in rows}
+    if "single" in kinds or "window" in kinds:
+        fig, axes = plt.subplots(1, len(head), figsize=(6 * len(head), 4), squeeze=False)
+        for ax, m in zip(axes[0], head):
+            single = [r for r in rows if r.get("kind") == "single"]
+            if single:
+                ax.errorbar([int(r["layers"]) for r in single], [r[m] for r in single], yerr=_err(single, m),
+                            fmt="o-", capsize=3, label="single layer")
+            window = [r for r in rows if r.get("kind") == "window"]
+            if window:
+                x = [sum(map(int, r["layers"].split(".."))) / 2 for r in window]
+                ax.errorbar(x, [r[m] for r in window], yerr=_err(window, m), fmt="s--", capsize=3, label="window (center)")
+            _reference_lines(ax, rows, m)
+            ax.set_xlabel("layer")
+            ax.set_ylabel(f"{m} (%)")
+            if n_layers:
+                ax.set_xlim(-0.5, n_layers - 0.5)
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{bench.name}: smoothing one layer / a window of layers (error bars: 95% bootstrap)")
+        made.append(_save(fig, out / "layers.png", plt))
+    sweep = [r for r in rows if r.get("kind") == "sweep"]
+    axes_fields = [k for k in _field_columns(sweep) if k != "kind"]
+    if sweep and len(axes_fields) == 1 and _numeric([r[axes_fields[0]] for r in sweep]):
+        f = axes_fields[0]
+        fig, axes = plt.subplots(1, len(head), figsize=(6 * len(head), 4), squeeze=False)
+        for ax, m in zip(axes[0], head):
+            ax.errorbar([float(r[f]) for r in sweep], [r[m] for r in sweep], yerr=_err(sweep, m), fmt="o-", capsize=3)
+            _reference_lines(ax, rows, m)
+            ax.set_xlabel(f)
+            ax.set_ylabel(f"{m} (%)")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{bench.name}: sweep over {f} (error bars: 95% bootstrap)")
+        made.append(_save(fig, out / f"sweep_{f}.png", plt))
+    scorer = [r for r in rows if r.get("kind") == "scorer"]
+    if scorer:
+        fig, axes = plt.subplots(1, len(head), figsize=(6 * len(head), 4), squeeze=False)
+        for ax, m in zip(axes[0], head):
+            ax.bar(range(len(scorer)), [r[m] for r in scorer], yerr=_err(scorer, m), capsize=3)
+            ax.set_xticks(range(len(scorer)), [r["arm"] for r in scorer], rotation=30, fontsize=7)
+            _reference_lines(ax, rows, m)
+            ax.set_ylabel(f"{m} (%)")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{bench.name}: scorers x sites (error bars: 95% bootstrap)")
+        made.append(_save(fig, out / "scorers.png", plt))
+    if len(rows) > 2 and all(k in bench.metrics for k in ("CHAIR_S", "Recall")):
+        fig, ax = plt.subplots(figsize=(6.5, 5))
+        pts = [r for r in rows if "CHAIR_S" in r and "Recall" in r]
+        for r in pts:
+            ref = r["arm"] in ("baseline", "off")
+            ax.errorbar(r["CHAIR_S"], r["Recall"], xerr=_err([r], "CHAIR_S"), yerr=_err([r], "Recall"),
+                        fmt="*" if ref else "o", color="k" if r["arm"] == "baseline" else None, capsize=2,
+                        markersize=12 if ref else 5)
+            ax.annotate(r["arm"], (r["CHAIR_S"], r["Recall"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("CHAIR_S (%)  <- less hallucination")
+        ax.set_ylabel("Recall (%)  ^ more objects covered")
+        ax.set_title(f"{bench.name}: hallucination vs recall (error bars: 95% bootstrap)", fontsize=9)
+        made.append(_save(fig, out / "frontier.png", plt))
+    return made
+
+
+def _numeric(vals) -> bool:
+    try:
+        [float(v) for v in vals]
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def machine_info(world_size: int = 1) -> dict:
+    import socket
+
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    info = {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
+            "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "kvsmooth_hooks": __version__, "world_size": world_size}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def command_line(argv, world_size: int = 1) -> str:
+    """The command that reproduces the run (with the launcher when it ran on several processes)."""
+    import os
+
+    launcher = "python -m kvsmooth_hooks.run"
+    if world_size > 1:
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        nodes = f" --nnodes {world_size // per_node}" if per_node != world_size else ""
+        launcher = f"torchrun{nodes} --nproc-per-node {per_node} -m kvsmooth_hooks.run"
+    return launcher + " " + " ".join(shlex.quote(a) for a in argv)
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n", encoding="utf-8")
+

@@ -1,0 +1,223 @@
+"""The experiment runner end to end on CPU: tiny random LLaVA / Qwen2-VL / InstructBLIP / MiniGPT-4-shaped /
+text models, synthetic data in each benchmark's official layout, baseline + smoothed arms, a layer grid,
+refusal of mixed settings, resume, and two processes under torchrun."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kvsmooth_hooks
+from benchmark_data import write_all
+from tiny_vlms import record_sessions
+from kvsmooth_hooks.runner.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TESTS = Path(__file__).resolve().parents[1]
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    paths = write_all(root)
+    cfg = root / "cfg.yaml"
+    cfg.write_text('layers: "1:-1"\nlambda_ref: 0.9\n')  # the tiny models have 4 layers
+    return {**paths, "cfg": cfg}
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """Every session the runner opens, with its trace on."""
+    return record_sessions(monkeypatch)
+
+
+def _argv(data, out, model, benchmark, *extra, loader="tiny_vlms:load_tiny_vlm"):
+    d = {"chair": data["coco"], "pope": data["coco"], "opope": data["coco"], "objhal": data["coco"],
+         "amber": data["amber"], "grounded": None}[benchmark]
+    return ["--model", model, "--loader", loader, "--benchmark", benchmark, *(["--data", str(d)] if d else []),
+            "--config", str(data["cfg"]), "--max-new-tokens", "5", "--bootstrap", "30", "--no-progress",
+            "--out", str(out), *extra]
+
+
+def _records(out, arm):
+    return [json.loads(l) for l in (out / "cells" / arm / "records.jsonl").read_text().splitlines()]
+
+
+BENCH = {  # benchmark: (extra args, expected items)
+    "chair": (["--n", "3"], 3),
+    "pope": (["--set", "split=adversarial", "--n", "4"], 4),
+    "amber": (["--set", "task=all"], 9),
+    "objhal": ([], 4),
+    "opope": (["--n", "4"], 2),
+}
+CASES = [(f"tiny-{fam}", b, *BENCH[b]) for b in BENCH for fam in ("llava", "qwen2_vl", "instructblip")] + \
+    [("tiny-text", "grounded", ["--n", "3"], 3)]
+
+
+@pytest.mark.parametrize("model,benchmark,extra,n_items", CASES, ids=[f"{c[1]}-{c[0][5:]}" for c in CASES])
+def test_every_benchmark_baseline_and_smoothed(data, tmp_path, sessions, capsys, model, benchmark, extra, n_items):
+    loader = "tiny_vlms:load_tiny_text" if benchmark == "grounded" else "tiny_vlms:load_tiny_vlm"
+    out = tmp_path / "run"
+    assert main(_argv(data, out, model, benchmark, *extra, loader=loader)) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    bench = kvsmooth_hooks.benchmarks.get_benchmark(benchmark)
+    assert [r["arm"] for r in res["arms"]] == ["baseline", "smoothed"]
+    for row in res["arms"]:
+        assert row["n"] >= 1
+        shown = [m for m in bench.metrics if m in row]
+        assert shown and all(isinstance(row[m], float) for m in shown), row
+        assert row["ci95"], "every row carries bootstrap intervals"
+        recs = _records(out, row["arm"])
+        assert len(recs) == n_items and all(isinstance(r["output"], str) and r["new_tokens"] == 5 for r in recs)
+    assert res["arms"][1]["config"]["layers"] == "1:-1" and res["arms"][0]["config"] is None
+    # the smoothed arm ran inside sessions that smoothed (lambda > 0) and removed their hooks
+    assert len(sessions) == n_items
+    assert all(not s.attached and float(s.trace.tensor("lambda").max()) > 0 for s in sessions)
+    md = (out / "results.md").read_text()
+    assert "| baseline |" in md and "[" in md
+    assert (out / "command.txt").read_text().startswith("python -m kvsmooth_hooks.run --model " + model)
+    assert json.loads((out / "machine.json").read_text())["torch"]
+
+
+def test_layer_grid_with_intervals_and_plot(data, tmp_path):
+    out = tmp_path / "grid"
+    argv = _argv(data, out, "tiny-llava", "pope", "--n", "4", "--grid", "layers", "--window-size", "2",
+                 "--range-step", "2")
+    assert main(argv) == 0
+    rows = {r["arm"]: r for r in json.loads((out / "results.json").read_text())["arms"]}
+    assert list(rows)[:3] == ["baseline", "off", "paper"]
+    assert {"single-0", "single-3", "window-0-2", "window-2-4", "prefix-2", "suffix-2"} <= set(rows)
+    assert rows["single-2"]["config"]["layers"] == [2] and rows["window-2-4"]["config"]["layers"] == "2:4"
+    # lambda = 0 control arm is token-identical to the baseline
+    assert [r["output"] for r in _records(out, "off")] == [r["output"] for r in _records(out, "baseline")]
+    assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
+    csv_head = (out / "results.csv").read_text().splitlines()[0]
+    assert "Accuracy_lo" in csv_head and "layers" in csv_head
+
+
+def test_refuses_other_settings_and_resumes_item_by_item(data, tmp_path, capsys, monkeypatch):
+    from kvsmooth_hooks.runner import models
+
+    asked = []
+    real = models.hf_bundle
+
+    def counting(model, processor):
+        b = real(model, processor)
+        inner = b.generate
+
+        def generate(items, gen):
+            asked.extend(it.id for it in items)
+            return inner(items, gen)
+
+        b.generate = generate
+        return b
+
+    monkeypatch.setattr(models, "hf_bundle", counting)
+    out = tmp_path / "run"
+    argv = _argv(data, out, "tiny-llava", "chair", "--n", "3")
+    assert main(argv) == 0
+    first = {arm: _records(out, arm) for arm in ("baseline", "smoothed")}
+    assert len(asked) == 6
+    # other --n into the same folder: refused, naming the setting and both values
+    capsys.readouterr()
+    assert main(_argv(data, out, "tiny-llava", "chair", "--n", "4")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "n: 3 there, 4 now" in err and "another --out" in err
+    # a changed arm config is refused too, naming the field
+    other = tmp_path / "other.yaml"
+    other.write_text('layers: "1:-1"\nlambda_ref: 0.5\n')
+    bad = _argv(data, out, "tiny-llava", "chair", "--n", "3")
+    bad[bad.index("--config") + 1] = str(other)
+    assert main(bad) == 2
+    assert "config.lambda_ref: 0.9 there, 0.5 now" in capsys.readouterr().err
+    # an interrupted run: the smoothed arm lost its last record and half a line; only that item is redone
+    rank_file = out / "cells" / "smoothed" / "records.rank0-of1.jsonl"
+    lines = rank_file.read_text().splitlines(keepends=True)
+    rank_file.write_text("".join(lines[:2]) + lines[2][:10])
+    asked.clear()
+    assert main(argv) == 0
+    assert asked == [first["smoothed"][2]["id"]]
+    again = _records(out, "smoothed")
+    assert [(r["id"], r["output"]) for r in again] == [(r["id"], r["output"]) for r in first["smoothed"]]
+    asked.clear()
+    assert main(argv) == 0 and asked == []  # everything done: nothing generated
+
+
+def _strip(recs):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in recs]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None and
+                    shutil.which("torchrun") is None, reason="torchrun not installed")
+def test_torchrun_two_processes_equal_one_process(data, tmp_path):
+    args = ["--model", "tiny-llava", "--loader", "tiny_vlms:load_tiny_vlm", "--benchmark", "pope", "--data",
+            str(data["coco"]), "--config", str(data["cfg"]), "--items", "5", "--max-new-tokens", "4", "--grid", "layers",
+            "--parts", "single", "--single-step", "2", "--bootstrap", "20", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(args + ["--out", str(one)]) == 0
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    proc = subprocess.run([torchrun, "--nproc-per-node", "2", "--master-port", "29531", "-m", "kvsmooth_hooks.run",
+                           *args, "--out", str(two)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    arms = sorted(p.name for p in (one / "cells").iterdir())
+    assert arms == sorted(p.name for p in (two / "cells").iterdir()) and "single-2" in arms
+    for arm in arms:
+        assert sorted(p.name for p in (two / "cells" / arm).glob("records.rank*")) == \
+            ["records.rank0-of2.jsonl", "records.rank1-of2.jsonl"]
+        assert _strip(_records(two, arm)) == _strip(_records(one, arm)), arm
+    assert (two / "command.txt").read_text().startswith("torchrun --nproc-per-node 2 -m kvsmooth_hooks.run")
+
+
+def test_minigpt4_shaped_loader_smooths_the_inner_llama(data, tmp_path, sessions):
+    out = tmp_path / "mg"
+    assert main(_argv(data, out, "minigpt4-like", "chair", "--n", "2", loader="tiny_vlms:load_minigpt4_like")) == 0
+    assert len(sessions) == 2
+    assert all(type(s.model).__name__ == "LlamaForCausalLM" for s in sessions)
+    lam = sessions[0].trace.tensor("lambda")  # [steps, batch, layers, kv heads]
+    assert lam.shape[0] >= 3 and float(lam.max()) > 0  # decode steps after an inputs_embeds prompt were smoothed
+    assert json.loads((out / "results.json").read_text())["model_info"]["class"] == "MiniGPT4Like"
+
+
+def _no_model(*a, **k):
+    raise AssertionError("the model must not be loaded when the inputs are bad")
+
+
+def test_input_errors_name_the_problem(data, tmp_path, capsys, monkeypatch):
+    import tiny_vlms
+
+    monkeypatch.setattr(tiny_vlms, "load_tiny_vlm", _no_model)
+    out = tmp_path / "x"
+    cases = [
+        (["--benchmark", "nope"], "unknown benchmark 'nope'; available: amber, chair"),
+        (["--set", "colour=red"], "benchmark 'pope' has no option colour"),
+        (["--set", "split=sideways"], "split one of random, popular, adversarial"),
+        (["--benchmark", "grounded", "--set", "min_objects=many"], "--set min_objects='many': expected int"),
+        (["--arms", "baseline,sharp"], "--arms: 'sharp' is not baseline"),
+        (["--grid-file", str(tmp_path / "none.yaml")], "--grid-file"),
+    ]
+    for extra, msg in cases:
+        argv = _argv(data, out, "tiny-llava", "pope", *extra)
+        assert main(argv) == 2
+        assert msg in capsys.readouterr().err, extra
+    argv = _argv(data, out, "tiny-llava", "chair")
+    argv[argv.index("--data") + 1] = str(tmp_path / "missing")
+    assert main(argv) == 2
+    assert "--data" in capsys.readouterr().err
+    assert main(_argv(data, out, "m", "pope", loader="no_such_module:load")) == 2
+    assert "cannot import module 'no_such_module'" in capsys.readouterr().err
+
+
+def test_kvsmooth_run_subcommand(data, tmp_path):
+    from kvsmooth_hooks.cli import main as kvsmooth
+
+    out = tmp_path / "cli"
+    assert kvsmooth(["run", *_argv(data, out, "tiny-text", "grounded", "--n", "2", "--arms", "baseline,off",
+                                   loader="tiny_vlms:load_tiny_text")]) == 0
+    assert _strip(_records(out, "off")) == _strip(_records(out, "baseline"))
+    assert (out / "command.txt").read_text().startswith("python -m kvsmooth_hooks.run --model tiny-text")
