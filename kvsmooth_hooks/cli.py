@@ -203,13 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("-o", "--output", required=True, help="output directory")
     t.set_defaults(func=cmd_trace)
 
-    try:
-        from .eval.cli import add_eval_parser
-
-        add_eval_parser(sub)
-    except ImportError:  # pragma: no cover
-        pass
+    from .benchmarks.grounded_cli import add_grounded_parser
+    from .eval.cli import add_eval_parser
     from .runner.cli import add_run_parser
+
+    add_eval_parser(sub, extra=(add_grounded_parser,))
 
     add_run_parser(sub)
     return p

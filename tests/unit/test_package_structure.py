@@ -78,3 +78,31 @@ def test_core_modules_are_small():
     big = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py")
            if not str(p.relative_to(PKG)).startswith(EXEMPT) and (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not big, f"modules over {MAX_LINES} lines: {big}"
+
+
+#: evaluation and application layers; the core (config, plan, session, sites, scorers, adapters, probe, ...) never
+#: imports them, and ``eval/`` (metrics on files) never imports the core's runtime or the layers that run models
+APP = ("kvsmooth_hooks.eval", "kvsmooth_hooks.benchmarks", "kvsmooth_hooks.runner", "kvsmooth_hooks.integrations",
+       "kvsmooth_hooks.demo", "kvsmooth_hooks.cli", "kvsmooth_hooks.run")
+RUNTIME = ("kvsmooth_hooks.session", "kvsmooth_hooks.sites", "kvsmooth_hooks.probe", "kvsmooth_hooks.adapters",
+           "kvsmooth_hooks.state", "kvsmooth_hooks.groups", "kvsmooth_hooks.rowbatch", "kvsmooth_hooks.lens",
+           "kvsmooth_hooks.modes")
+
+
+def _graph():
+    mods = _modules()
+    return {name: _imports(name, path, set(mods)) for name, path in mods.items()}
+
+
+def _under(name: str, prefixes) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def test_layering():
+    graph = _graph()
+    core_to_app = {n: sorted(m for m in deps if _under(m, APP)) for n, deps in graph.items()
+                   if not _under(n, APP) and n != "kvsmooth_hooks"}
+    assert not {n: d for n, d in core_to_app.items() if d}, "the core imports evaluation/application code"
+    eval_up = {n: sorted(m for m in deps if _under(m, RUNTIME + APP[1:]))
+               for n, deps in graph.items() if _under(n, ("kvsmooth_hooks.eval",))}
+    assert not {n: d for n, d in eval_up.items() if d}, "eval/ imports the session or the model-running layers"
