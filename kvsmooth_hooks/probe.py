@@ -8,6 +8,12 @@ flex...) unchanged and then recomputes *one* row per head, ``softmax(q_t K^T * s
 from the same query, keys and mask: ``O(H * T)`` extra work per layer and step. The matching
 mask function is registered under the same name, so padding masks still reach the attention.
 On exit both registry entries are deleted and each config's implementation is restored.
+
+Decode steps take a cheaper path (:class:`RowBatch`): each layer's attention call writes the new
+query's scaled logits ``q_t K^T * scale`` into its slot of one buffer ``[La, B, Hq, T]`` (one
+``baddbmm`` per layer), and the session turns all slots into probabilities at once (mask, softmax:
+a fixed handful of ops per step instead of several per layer). At batch 1 a GPU decode step is bound
+by kernel launches, so ops per layer are what smoothing costs there.
 """
 
 from __future__ import annotations
@@ -76,6 +82,82 @@ def query_probs(
     return torch.softmax(scores, dim=-1)
 
 
+class RowBatch:
+    """Newest-query attention logits of several layers in one decode step, normalised together.
+
+    ``slots``: ``{id(attention_module): slot}``. While :attr:`active`, :meth:`write` puts one layer's
+    logits into ``logits[slot]`` (``[La, B, Hq, T]``, the model's dtype); :meth:`probs` masks and
+    normalises every slot at once. A call that cannot be batched (softcap, position bias, attention
+    sinks, a key length or dtype other than the first layer's) returns False and the caller falls back
+    to :func:`query_probs`; :attr:`filled` says which slots were written.
+    """
+
+    def __init__(self, slots: dict[int, int]):
+        self.slots = slots
+        self.active = False
+        self.clear()
+
+    def clear(self) -> None:
+        self.logits: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.filled = [False] * len(self.slots)
+
+    def begin(self) -> None:
+        """Start a decode step: forget the previous step's logits and accept writes."""
+        self.clear()
+        self.active = True
+
+    def complete(self) -> bool:
+        return all(self.filled)
+
+    def write(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> bool:
+        """Logits of the single new query ``query [B, Hq, 1, D]`` over ``key [B, Hkv, T, D]`` into the
+        module's slot (GQA without repeating the keys). Returns False if this call cannot be batched."""
+        slot = self.slots.get(id(module))
+        if slot is None or not self.active or query.shape[2] != 1:
+            return False
+        if kwargs.get("softcap") or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
+            return False
+        b, hq, _, d = query.shape
+        hkv, t = key.shape[1], key.shape[2]
+        if self.logits is None:
+            self.logits = query.new_empty((len(self.slots), b, hq, t))
+            self.mask = mask
+        elif self.logits.shape[1:] != (b, hq, t) or self.logits.dtype != query.dtype:
+            return False
+        out = self.logits[slot].view(b * hkv, hq // hkv, t)
+        scaling = kwargs.get("scaling")
+        out.baddbmm_(
+            query.reshape(b * hkv, hq // hkv, d),
+            key.reshape(b * hkv, t, d).transpose(1, 2),
+            beta=0.0,
+            alpha=d**-0.5 if scaling is None else scaling,
+        )
+        if mask is not self.mask:  # a layer with its own mask (sliding window next to global): mask it now
+            _mask_logits(self.logits[slot], mask, t)
+        self.filled[slot] = True
+        return True
+
+    def probs(self) -> torch.Tensor:
+        """Float32 ``[La, B, Hq, T]`` attention probabilities of every slot (unfilled slots hold garbage)."""
+        logits = self.logits.float()  # the buffer is this step's own: masked in place
+        if self.mask is not None:
+            _mask_logits(logits, self.mask, logits.shape[-1])
+        self.active = False
+        return torch.softmax(logits, -1)
+
+
+def _mask_logits(logits: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Apply an attention mask of the newest query in place. logits ``[..., B, Hq, T]``; mask bool
+    (True = attend) or additive ``[B|1, 1|Hq, Q, T']``, or a 2-D padding mask ``[B, T']``."""
+    if mask.dim() == 2:
+        return logits.masked_fill_(~mask[:, None, -t:].to(torch.bool), float("-inf"))
+    m = mask[:, :, -1, :t]  # [B|1, 1|Hq, T]
+    if m.dtype == torch.bool:
+        return logits.masked_fill_(~m, float("-inf"))
+    return logits.add_(m)
+
+
 class AttentionProbe:
     """A session-scoped attention implementation that reports rows to listeners.
 
@@ -91,6 +173,7 @@ class AttentionProbe:
         self._saved: list[tuple[object, str | None]] = []
         self._eager_cache: dict[type, Callable] = {}
         self._base: Callable | None = None
+        self.rows: RowBatch | None = None  # decode-step batching, set by the session
 
     # ------------------------------------------------------------------ registry
     def install(self) -> None:
@@ -133,6 +216,8 @@ class AttentionProbe:
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         out, weights = self._base_fn(module)(module, query, key, value, attention_mask, **kwargs)
+        if self.rows is not None and weights is None and self.rows.write(module, query, key, attention_mask, kwargs):
+            return out, weights
         listener = self.listeners.get(id(module))
         if listener is not None:
             listener(module, query, key, attention_mask, kwargs, weights)

@@ -24,9 +24,9 @@ import torch
 from .adapters import Adapter, get_adapter
 from .config import KVSmoothConfig
 from .plan import SmoothingPlan, resolve
-from .probe import AttentionProbe, query_probs
+from .probe import AttentionProbe, RowBatch, query_probs
 from .scorers import ScoreInputs, build_scorer
-from .smoothing import coefficient_bounds
+from .smoothing import coefficient_bounds, head_units
 from .state import CoefficientGroup, LayerState, build_groups
 from .trace import Trace
 
@@ -63,6 +63,9 @@ class Session:
         self.record_deltas = record_deltas
         self.handles: list = []
         self.probe: AttentionProbe | None = None
+        self.rows: RowBatch | None = None  # decode-step rows of all layers whose scorer takes stacked rows
+        self._row_scorer = None
+        self._row_slices: dict[int, tuple[int, int]] = {}  # id(group) -> (first slot, layers)
         self.kind = NOCACHE
         self.step = 0
         self.batch = 0
@@ -167,7 +170,26 @@ class Session:
             self.probe = AttentionProbe(configs, configs[0]._attn_implementation if configs else "sdpa")
             for rt in self.layers.values():
                 self.probe.listeners[id(rt.attn)] = self._row_listener(rt)
+            self._setup_row_batch()
             self.probe.install()
+
+    def _setup_row_batch(self) -> None:
+        """Decode-step rows in one buffer for the layers whose scorer takes stacked rows (same scorer and
+        device as the first such layer), slots in group order so that a group is one slice."""
+        first = next((rt for g in self.groups for rt in g.layers if rt.scorer.stacked_rows), None)
+        if first is None:
+            return
+        spec = self.plan.scorer[first.index]
+        slots: dict[int, int] = {}
+        for group in self.groups:
+            start = len(slots)
+            for rt in group.layers:
+                if rt.scorer.stacked_rows and self.plan.scorer[rt.index] == spec and rt.device == first.device:
+                    rt.row_slot = slots[id(rt.attn)] = len(slots)
+            if len(slots) - start == len(group.layers):
+                self._row_slices[id(group)] = (start, len(group.layers))
+        self.rows = self.probe.rows = RowBatch(slots)
+        self._row_scorer = first.scorer
 
     # ------------------------------------------------------------------ decoder hooks
     def _pre_forward(self, module, args, kwargs):
@@ -193,6 +215,8 @@ class Session:
             )
         elif q_len == 1:
             self.kind = DECODE
+            if self.rows is not None:
+                self.rows.begin()
             if self.site == "kv_proj":  # coefficients from the rows of the previous forward, all layers at once
                 for group in self.groups:
                     if not self._immediate(group.layers[0]):
@@ -207,9 +231,12 @@ class Session:
     def _post_forward(self, module, args, output):
         try:
             if self.kind == DECODE:
+                units = self._score_rows()
                 if self.site == "cache":
                     for group in self.groups:
-                        self._edit_cache(group, group.step(tracing=self.tracing), -1, -2)
+                        part = self._row_slices.get(id(group)) if units is not None else None
+                        lam = group.step(tracing=self.tracing, units=None if part is None else units.narrow(1, *part))
+                        self._edit_cache(group, lam, -1, -2)
                 if self.tracing and self.layers:
                     self._record()
                 self.step += 1
@@ -217,7 +244,24 @@ class Session:
                 self._smooth_prompt_cache()
         finally:
             self.kind, self.cache = NOCACHE, None
+            if self.rows is not None:
+                self.rows.active = False
         return None
+
+    def _score_rows(self) -> torch.Tensor | None:
+        """Score this decode step's batched rows: every batched layer's :attr:`LayerState.unit` is set.
+        Returns the units ``[B, La, U]`` of all slots if every slot was written, else None."""
+        rows = self.rows
+        if rows is None or not any(rows.filled):
+            return None
+        raw = self._row_scorer.score({}, ScoreInputs(row=rows.probs(), first_index=self.first_index))  # [La, B, Hq]
+        per_head = self.plan.granularity == "head"
+        units = head_units(raw, self.adapter.n_kv_heads, per_head, self._row_scorer.head_axis).transpose(0, 1)
+        for rt in self.layers.values():
+            slot = rt.row_slot
+            if slot is not None and rows.filled[slot]:
+                rt.unit = units[:, slot]
+        return units if rows.complete() else None
 
     def _record(self) -> None:
         names = ("score", "rank", "lambda") + (("dk", "dv") if self.record_deltas else ())
@@ -323,19 +367,32 @@ class Session:
         if layers[0].keys.shape[2] < 2:
             return
         c = group.consts(lam.device)
+        deltas = self.record_deltas and self.tracing
+        currents, previous, weights, lam_w = [], [], [], None
         with torch.no_grad():
-            for name, attr, on in (("dk", "keys", group.smooth_key), ("dv", "values", group.smooth_value)):
+            for name, attr, on, same in (("dk", "keys", group.smooth_key, group.key_is_lam),
+                                         ("dv", "values", group.smooth_value, group.value_is_lam)):
                 if not on:
-                    if self.record_deltas and self.tracing:
+                    if deltas:
                         group.record[name] = torch.zeros_like(lam)
                     continue
                 tensors = [getattr(layer, attr) for layer in layers]
-                current = [t[:, :, pos] for t in tensors]
-                weights = (lam * c["kmask" if attr == "keys" else "vmask"]).unsqueeze(-1).to(tensors[0].dtype)
-                before = torch.stack(current, 1).float() if self.record_deltas and self.tracing else None
-                torch._foreach_lerp_(current, [t[:, :, prev] for t in tensors], list(weights.unbind(1)))
-                if before is not None:
-                    group.record[name] = (torch.stack(current, 1).float() - before).norm(dim=-1)
+                w = lam if same else lam * c["kmask" if attr == "keys" else "vmask"]
+                currents.append([t[:, :, pos] for t in tensors])
+                previous += [t[:, :, prev] for t in tensors]
+                if not same or lam_w is None:
+                    w = w.unsqueeze(-1).to(tensors[0].dtype)  # [B, La, H, 1]
+                    lam_w = w if same else lam_w
+                weights += (lam_w if same else w).unbind(1)
+            if deltas:
+                before = [torch.stack(cur, 1).float() for cur in currents]
+            flat = [t for cur in currents for t in cur]
+            if flat:  # keys and values of every layer of the group in one fused op
+                torch._foreach_lerp_(flat, previous, weights)
+            if deltas:
+                names = [n for n, on in (("dk", group.smooth_key), ("dv", group.smooth_value)) if on]
+                for name, cur, b in zip(names, currents, before):
+                    group.record[name] = (torch.stack(cur, 1).float() - b).norm(dim=-1)
 
     def _smooth_prompt_cache(self) -> None:
         """smooth_prefill at the cache site: walk the prompt positions in order, like decode steps."""

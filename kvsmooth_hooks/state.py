@@ -13,7 +13,7 @@ import torch
 
 from .plan import SmoothingPlan
 from .scorers import ScoreInputs, Scorer, build_scorer
-from .smoothing import coefficient, coefficient_bounds, fifo_rank, linear_position, new_window, push_window
+from .smoothing import coefficient, coefficient_bounds, fifo_rank, head_units, linear_position, new_window, push_window
 
 
 class LayerState:
@@ -31,6 +31,7 @@ class LayerState:
         self.group: CoefficientGroup | None = None
         self.slot = 0  # position inside its group
         self.key_slot = self.value_slot = None
+        self.row_slot: int | None = None  # slot in the session's RowBatch (decode-step rows batched)
         self.reset(0, None)
 
     def reset(self, batch: int, device) -> None:
@@ -48,13 +49,7 @@ class LayerState:
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         """Scorer output reduced to the granularity's units: ``[B, U]`` float32; stored as :attr:`unit`."""
         raw = self.scorer.score(self.scorer_state, inputs)  # [B, Hq] or [B, Hkv]
-        if not self.per_head:
-            unit = raw.mean(-1, keepdim=True)
-        elif self.scorer.head_axis == "query":
-            unit = raw.view(raw.shape[0], self.n_kv, -1).mean(-1)
-        else:
-            unit = raw
-        self.unit = unit.to(torch.float32)
+        self.unit = head_units(raw, self.n_kv, self.per_head, self.scorer.head_axis)
         return self.unit
 
 
@@ -71,18 +66,22 @@ class CoefficientGroup:
         self.window_len = int(self.lengths.max())
         self.uniform = bool((self.lengths == self.window_len).all())
         enabled = plan.enabled[idx]
+        on = enabled.to(torch.float32)
         lo, hi = coefficient_bounds(plan.lambda_ref[idx], plan.clip[idx])
+        # disabled heads get the band [0, 0]: lambda is 0 there without a separate masking op per step
         self._cpu = {
-            "lo": lo,
-            "hi": hi,
-            "lambda_ref": plan.lambda_ref[idx].clamp(0.0, 1.0),
-            "on": enabled.to(torch.float32),
+            "lo": lo * on,
+            "hi": hi * on,
+            "lambda_ref": plan.lambda_ref[idx].clamp(0.0, 1.0) * on,
             "kmask": (enabled & plan.key[idx]).to(torch.float32),
             "vmask": (enabled & plan.value[idx]).to(torch.float32),
             "lengths": self.lengths,
         }
         self.smooth_key = bool(self._cpu["kmask"].any())
         self.smooth_value = bool(self._cpu["vmask"].any())
+        # a target mask equal to the enabled mask is the identity on lambda: skip the multiply
+        self.key_is_lam = bool(torch.equal(self._cpu["kmask"], on))
+        self.value_is_lam = bool(torch.equal(self._cpu["vmask"], on))
         self.n_kv = enabled.shape[1]
         self._dev: dict = {}
         for slot, layer in enumerate(layers):
@@ -110,13 +109,21 @@ class CoefficientGroup:
         self.window = _select(self.window, idx)
         self.lam = _select(self.lam, idx)
 
-    def step(self, valid: torch.Tensor | None = None, tracing: bool = True) -> torch.Tensor:
+    def step(self, valid: torch.Tensor | None = None, tracing: bool = True, units: torch.Tensor | None = None
+             ) -> torch.Tensor:
         """Coefficients from the layers' newest unit scores. Returns ``lam [B, La, H]``.
 
         valid: ``[B]`` bool; sequences marked False (padding positions in a smoothed prompt)
         leave their windows unchanged and get lambda 0.
+        units: ``[B, La, U]``, the layers' scores already stacked (batched row scoring); default: stack
+        each layer's :attr:`LayerState.unit`.
         """
-        unit = torch.stack([l.unit for l in self.layers], 1) if len(self.layers) > 1 else self.layers[0].unit[:, None]
+        if units is not None:
+            unit = units
+        elif len(self.layers) > 1:
+            unit = torch.stack([l.unit for l in self.layers], 1)
+        else:
+            unit = self.layers[0].unit[:, None]
         b = unit.shape[0]
         c = self.consts(unit.device)
         if self.policy == "fixed":
@@ -133,7 +140,6 @@ class CoefficientGroup:
             else:  # linear: position between the window's min and max, scaled into the clip band
                 rank = linear_position(window, unit)
                 lam = c["lo"] + rank * (c["hi"] - c["lo"])
-        lam = lam * c["on"]
         if valid is not None:
             lam = lam * valid.to(lam.device)[:, None, None]
         self.lam = lam
