@@ -12,6 +12,10 @@ of the machine. Arms:
   per-layer Python hooks reading the returned probabilities and editing the cache.
 
     python experiments/bench_overhead.py --pairs 5 --new-tokens 128
+    python experiments/bench_overhead.py --pairs 5 --new-tokens 128 --prompt-tokens 600   # LLaVA-like context
+
+Within a pair the order alternates (baseline first in even pairs, the arm first in odd ones), so a
+machine that speeds up or slows down within a pair does not favour one side.
 """
 
 from __future__ import annotations
@@ -56,12 +60,32 @@ def naive_hooks(model, layers, lambda_ref=0.9, window=15, clip=0.2):
     return handles
 
 
+def long_prompt(tok, question: str, n_tokens: int):
+    """A chat prompt of exactly ``n_tokens`` tokens: a long scene description (as a LLaVA prompt carries
+    576 image tokens) followed by the question, cut from the front of the description."""
+    from kvsmooth_hooks.models import chat_inputs
+
+    scene = ("The picture shows a kitchen in the morning light. A grey cat sits on the wooden counter next to "
+             "a bowl of apples, a kettle and a cutting board with bread. Behind it, a window looks out on a "
+             "garden with a bicycle leaning on the fence. ")
+    text = scene * (n_tokens // 30 + 2)
+    inputs = chat_inputs(tok, text + question)
+    ids = inputs["input_ids"]
+    if ids.shape[1] < n_tokens:
+        raise ValueError(f"could not build a {n_tokens}-token prompt (got {ids.shape[1]})")
+    head = ids[:, :3]  # keep the chat template's opening tokens
+    ids = torch.cat((head, ids[:, ids.shape[1] - (n_tokens - 3):]), 1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--prompt", default="Describe a photo of a kitchen with a cat sitting on the counter.")
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="lengthen the prompt to exactly this many tokens (a scene description repeated)")
     ap.add_argument("--arms", default="kvsmooth,kvsmooth-kv_proj,naive")
     args = ap.parse_args(argv)
     if args.threads:
@@ -73,7 +97,7 @@ def main(argv=None) -> int:
     from kvsmooth_hooks.models import chat_inputs, load_smollm2
 
     model, tok = load_smollm2()
-    inputs = chat_inputs(tok, args.prompt)
+    inputs = long_prompt(tok, args.prompt, args.prompt_tokens) if args.prompt_tokens else chat_inputs(tok, args.prompt)
     n_layers = model.config.num_hidden_layers
     layers = list(range(3, n_layers - 1))
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
@@ -115,25 +139,30 @@ def main(argv=None) -> int:
         arm_fn(a)()
     results = {a: [] for a in arms}
     base_times = []
-    for _ in tqdm(range(args.pairs), desc="pairs", file=sys.stderr):
+    for pair in tqdm(range(args.pairs), desc="pairs", file=sys.stderr):
         for a in arms:
-            b = timed(baseline)
-            s = timed(arm_fn(a))
+            if pair % 2 == 0:
+                b = timed(baseline)
+                s = timed(arm_fn(a))
+            else:
+                s = timed(arm_fn(a))
+                b = timed(baseline)
             base_times.append(b)
             results[a].append((b, s))
 
-    print(f"\nSmolLM2-135M-Instruct, greedy, {args.new_tokens} new tokens, batch 1, {args.pairs} pairs per arm")
+    print(f"\nSmolLM2-135M-Instruct, greedy, {args.new_tokens} new tokens, batch 1, prompt "
+          f"{inputs['input_ids'].shape[1]} tokens, {args.pairs} pairs per arm")
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, smoothed layers {layers[0]}..{layers[-1]}")
-    print(f"\n| arm | median s/run (arm) | median s/run (baseline) | median ratio arm/baseline | tok/s (arm) |")
-    print("|---|---|---|---|---|")
+    print(f"\n| arm | median s/run (arm) | median s/run (baseline) | median ratio arm/baseline | ratio min-max | tok/s (arm) |")
+    print("|---|---|---|---|---|---|")
     for a in arms:
         ratios = [s / b for b, s in results[a]]
         arm_t = statistics.median(s for _, s in results[a])
         base_t = statistics.median(b for b, _ in results[a])
-        print(f"| {a} | {arm_t:.3f} | {base_t:.3f} | {statistics.median(ratios):.3f} | {args.new_tokens / arm_t:.1f} |")
-    print(f"\ncommand: python experiments/bench_overhead.py --pairs {args.pairs} --new-tokens {args.new_tokens}"
-          + (f" --threads {args.threads}" if args.threads else ""))
+        print(f"| {a} | {arm_t:.3f} | {base_t:.3f} | {statistics.median(ratios):.3f} | "
+              f"{min(ratios):.3f}-{max(ratios):.3f} | {args.new_tokens / arm_t:.1f} |")
+    print("\ncommand: python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
     return 0
 
 

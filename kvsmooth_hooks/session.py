@@ -22,6 +22,7 @@ import weakref
 import torch
 
 from .adapters import Adapter, get_adapter
+from .adapters.base import is_static_layer
 from .config import KVSmoothConfig
 from .plan import SmoothingPlan, resolve
 from .probe import AttentionProbe, RowBatch, query_probs
@@ -70,6 +71,9 @@ class Session:
         self.step = 0
         self.batch = 0
         self.cache = None
+        self.past = 0  # cache length before the current forward
+        self.static = False  # the generation's cache is a static one (entries at absolute positions)
+        self.prompt_len = 0
         self.first_index: torch.Tensor | None = None
         self.valid: torch.Tensor | None = None
         self._caches: list = []
@@ -149,8 +153,11 @@ class Session:
         ad = self.adapter
         ad.check_session(self.site, self.needs_row)
         decoder = ad.decoder()
-        self.handles.append(decoder.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
-        self.handles.append(decoder.register_forward_hook(self._post_forward))
+        # Under torch.compile the decoder hooks run eagerly (graph breaks at the decoder's edges): they hold the
+        # per-step Python bookkeeping (forward kind, positions, trace), which would otherwise be guarded on and
+        # recompiled at every step; the layers in between, with the probe's logits op, compile as one graph.
+        self.handles.append(decoder.register_forward_pre_hook(_eager(self._pre_forward), with_kwargs=True))
+        self.handles.append(decoder.register_forward_hook(_eager(self._post_forward)))
         self.layers = {i: LayerState(self.plan, i, ad) for i in self.plan.active_layers()}
         self.groups = build_groups(self.plan, self.layers, self._immediate)
         order = [l.index for g in self.groups for l in g.layers]
@@ -204,7 +211,7 @@ class Session:
         if cache is None:
             self.kind = NOCACHE
             return None
-        past = int(cache.get_seq_length())
+        past = self.past = int(cache.get_seq_length())
         if past == 0:
             self.kind = PREFILL
             self._new_run(cache, batch, q_len, kwargs.get("attention_mask"), x.device)
@@ -236,7 +243,7 @@ class Session:
                     for group in self.groups:
                         part = self._row_slices.get(id(group)) if units is not None else None
                         lam = group.step(tracing=self.tracing, units=None if part is None else units.narrow(1, *part))
-                        self._edit_cache(group, lam, -1, -2)
+                        self._edit_cache(group, lam, *self._decode_positions())
                 if self.tracing and self.layers:
                     self._record()
                 self.step += 1
@@ -275,10 +282,14 @@ class Session:
             out[n] = t if self._trace_perm is None else t.index_select(1, self._trace_perm.to(t.device))
         self.trace.record(**out)
 
-    def _new_run(self, cache, batch, q_len, mask2d, device) -> None:
-        self.batch, self.step = batch, 0
-        if mask2d is not None and mask2d.dim() == 2:
-            valid = mask2d.to(device=device, dtype=torch.bool)[:, -q_len:]
+    def _new_run(self, cache, batch, q_len, mask, device) -> None:
+        self.batch, self.step, self.prompt_len = batch, 0, q_len
+        self.static = any(is_static_layer(layer) for layer in getattr(cache, "layers", ()))
+        if isinstance(mask, torch.Tensor) and mask.dim() == 4:  # prepared by generate (static caches)
+            last = mask[:, 0, -1, :q_len]  # what the last prompt position attends to: the real prompt tokens
+            mask = last if last.dtype == torch.bool else last == 0
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            valid = mask.to(device=device, dtype=torch.bool)[:, -q_len:]
             if not bool(valid[:, -1].all()):
                 raise SessionError(
                     "kvsmooth: a prompt ends with padding (right padding); smoothing needs each prompt's last "
@@ -324,6 +335,8 @@ class Session:
                     rt.stash = (query, key, mask, kwargs)
                 return
             row = weights[:, :, -1].float() if weights is not None else query_probs(module, query, key, mask, kwargs)[:, :, -1]
+            if self.static:  # a static cache holds max_cache_len positions: keep the written ones
+                row = row[..., : self.past + query.shape[2]]
             # cache site: this token's score; kv_proj: the newest row, used at the next decode step
             rt.score(ScoreInputs(row=row, first_index=self.first_index))
 
@@ -341,10 +354,11 @@ class Session:
             with torch.no_grad():
                 if kind == PREFILL:
                     if rt.scorer.needs_key:
-                        rt.scorer.observe_prompt(rt.scorer_state, layer.keys, self.valid[:, -layer.keys.shape[2]:])
+                        keys = layer.keys[:, :, : self.prompt_len] if self.static else layer.keys
+                        rt.scorer.observe_prompt(rt.scorer_state, keys, self.valid[:, -keys.shape[2]:])
                 else:
-                    rt.score(ScoreInputs(key=layer.keys[:, :, -1] if rt.scorer.needs_key else None,
-                                         first_index=self.first_index))
+                    rt.score(ScoreInputs(key=layer.keys[:, :, self._decode_positions()[0]] if rt.scorer.needs_key
+                                         else None, first_index=self.first_index))
             return None
 
         return hook
@@ -361,10 +375,16 @@ class Session:
             self._cache_layers[index] = weakref.ref(layer)
         return layer
 
+    def _decode_positions(self) -> tuple[int, int]:
+        """Cache positions of this decode step's token and of the one before it: the last two entries of a
+        dynamic cache; in a static cache, the absolute positions (left padding keeps every sequence's newest
+        token at the same position)."""
+        return (self.past, self.past - 1) if self.static else (-1, -2)
+
     def _edit_cache(self, group: CoefficientGroup, lam: torch.Tensor, pos: int, prev: int) -> None:
         """Blend cache position ``pos`` with ``prev`` for every layer of ``group``; lam ``[B, La, H]``."""
         layers = [self._cache_layer(rt.cache_index) for rt in group.layers]
-        if layers[0].keys.shape[2] < 2:
+        if layers[0].keys.shape[2] < 2 or (self.static and prev < 0):
             return
         c = group.consts(lam.device)
         deltas = self.record_deltas and self.tracing
@@ -398,8 +418,8 @@ class Session:
         """smooth_prefill at the cache site: walk the prompt positions in order, like decode steps."""
         for group in self.groups:
             layers = [self._cache_layer(rt.cache_index) for rt in group.layers]
-            t = layers[0].keys.shape[2]
-            if any(layer.keys.shape[2] != t for layer in layers):  # sliding-window layers next to global ones
+            t = self.prompt_len if self.static else layers[0].keys.shape[2]
+            if not self.static and any(layer.keys.shape[2] != t for layer in layers):  # sliding-window layers next to global ones
                 raise SessionError(
                     "smooth_prefill at the cache site needs the smoothed layers' caches to hold the same prompt "
                     "positions, but sliding-window and global layers differ (Gemma 2/3 style): use site 'kv_proj', "
@@ -412,7 +432,7 @@ class Session:
                     if rt.stash is not None:
                         query, key, mask, kwargs = rt.stash
                         qi = pos - (t - query.shape[2])
-                        row = query_probs(rt.attn, query, key, mask, kwargs, rows=slice(qi, qi + 1))[:, :, 0]
+                        row = query_probs(rt.attn, query, key, mask, kwargs, rows=slice(qi, qi + 1))[:, :, 0, :t]
                     rt.score(ScoreInputs(row=row, key=layer.keys[:, :, pos] if rt.scorer.needs_key else None,
                                          first_index=self.first_index))
                 real = valid[:, pos]
@@ -504,6 +524,11 @@ class Session:
             slot.heads(out, rt.n_kv, rt.head_dim)[:, pos] = prev
         rt.prev[name] = prev.clone()
         return out
+
+
+def _eager(fn):
+    """``fn`` excluded from torch.compile tracing (a plain call when not compiling)."""
+    return torch.compiler.disable(fn, recursive=True)
 
 
 def smooth(model, config: KVSmoothConfig | SmoothingPlan | None = None, **options) -> Session:

@@ -197,13 +197,23 @@ class Adapter:
                 "'kv_proj' for this model"
             )
         keys = getattr(layer, "keys", None)
-        if not isinstance(keys, torch.Tensor) or type(layer).__name__.startswith(("Static", "Quant", "Quanto", "HQQ", "Fp8")):
+        static = is_static_layer(layer)
+        if not isinstance(keys, torch.Tensor) or (
+            not static and type(layer).__name__.startswith(("Static", "Quant", "Quanto", "HQQ", "Fp8"))
+        ):
             raise UnsupportedModelError(
-                f"cache layer type {type(layer).__name__} is not supported by the 'cache' site (static, "
+                f"cache layer type {type(layer).__name__} is not supported by the 'cache' site (sliding static, "
                 "quantized and offloaded caches re-index or re-encode entries); generate with the default "
-                "DynamicCache, or use site 'kv_proj'"
+                "DynamicCache or cache_implementation='static', or use site 'kv_proj'"
             )
         return layer
+
+
+def is_static_layer(layer) -> bool:
+    """A full-length static cache layer (``[B, H, max_cache_len, D]``, entries written at absolute positions)."""
+    from transformers.cache_utils import StaticLayer
+
+    return isinstance(layer, StaticLayer) and not layer.is_sliding and type(layer).__name__ == "StaticLayer"
 
 
 def _get(obj, path: str):

@@ -83,3 +83,78 @@ def test_kernel_budget_default_config():
     assert base > 100
     assert (all_layers - base) / 8 <= 3, ops
     assert all_layers - half == 4  # the marginal cost of a smoothed layer: its one logits op (baddbmm)
+
+
+def _generate(model, cfg, cache_implementation=None, n=8):
+    ids, mask = _batch()
+    with smooth(model, cfg) as s:
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             cache_implementation=cache_implementation, return_dict_in_generate=True)
+    return out, s.trace
+
+
+@pytest.mark.parametrize(
+    "scorer,site,smooth_prefill",
+    [("row_entropy", "cache", False), ("row_entropy", "cache", True), ("column_mass", "cache", False),
+     ("key_similarity", "cache", True), ("first_token_mass", "kv_proj", False)],
+)
+def test_static_cache_equals_dynamic_cache(scorer, site, smooth_prefill):
+    """A static cache (entries at absolute positions, left padding read from generate's 4-D mask) gives the
+    same tokens, lambdas and smoothed cache entries as the dynamic cache."""
+    model = tiny_llama(layers=5)
+    cfg = KVSmoothConfig(site=site, scorer=scorer, layers="1:-1", lambda_ref=0.5, clip=0.5,
+                         smooth_prefill=smooth_prefill)
+    dyn, tr_d = _generate(model, cfg)
+    sta, tr_s = _generate(model, cfg, "static")
+    assert torch.equal(dyn.sequences, sta.sequences)
+    torch.testing.assert_close(tr_d.tensor("lambda"), tr_s.tensor("lambda"))
+    torch.testing.assert_close(tr_d.tensor("score"), tr_s.tensor("score"), atol=1e-5, rtol=1e-5)
+    assert tr_d.tensor("lambda").abs().sum() > 0
+    for layer in (1, 2):  # the last token's entry is never written (generate stops first)
+        length = dyn.past_key_values.layers[layer].keys.shape[2]
+        for name in ("keys", "values"):
+            d = getattr(dyn.past_key_values.layers[layer], name)
+            s = getattr(sta.past_key_values.layers[layer], name)[:, :, :length]
+            torch.testing.assert_close(d, s, atol=1e-5, rtol=1e-4)  # sdpa over 16 vs T keys: rounding
+
+
+def test_sliding_static_cache_is_refused_at_cache_site():
+    from transformers.cache_utils import StaticSlidingWindowLayer
+
+    from kvsmooth_hooks import UnsupportedModelError
+    from kvsmooth_hooks.adapters.base import Adapter
+
+    class Cache:
+        layers = [StaticSlidingWindowLayer(max_cache_len=16, sliding_window=8)]
+
+    Cache.layers[0].keys = torch.zeros(1, 1, 8, 4)
+    with pytest.raises(UnsupportedModelError, match="StaticSlidingWindowLayer.*cache_implementation='static'"):
+        Adapter.check_cache_layer(Cache(), 0)
+
+
+def _compiled_equals_eager(backend, n=5):
+    model = tiny_llama(layers=3)
+    cfg = KVSmoothConfig(layers="1:", lambda_ref=0.5, clip=0.5)
+    eager, tr_e = _generate(model, cfg, "static", n=n)
+    model.forward = torch.compile(model.forward, backend=backend)
+    try:
+        compiled, tr_c = _generate(model, cfg, "static", n=n)
+    finally:
+        del model.forward
+        torch._dynamo.reset()
+    assert torch.equal(eager.sequences, compiled.sequences)
+    torch.testing.assert_close(tr_e.tensor("lambda"), tr_c.tensor("lambda"))
+    torch.testing.assert_close(tr_e.tensor("score"), tr_c.tensor("score"))
+    assert tr_c.tensor("lambda").abs().sum() > 0 and tr_c.tensor("lambda").shape[0] == n - 1
+
+
+def test_torch_compile_static_cache_equals_eager():
+    """torch.compile (dynamo graph capture; the 'eager' backend skips code generation to keep the test fast)
+    on a static cache gives the tokens and lambdas of eager smoothing."""
+    _compiled_equals_eager("eager")
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_static_cache_equals_eager():
+    """The same with inductor (generated C++ kernels on the CPU; tens of seconds)."""
+    _compiled_equals_eager("inductor")
