@@ -7,7 +7,8 @@ multimodal models). To add an architecture, write ``adapters/<family>.py`` with 
 
 from __future__ import annotations
 
-from .base import CACHE_KWARGS, Adapter, ProjSlot, UnsupportedModelError
+from .base import CACHE_KWARGS, Adapter, ProjSlot
+from .runtime import ForwardInfo, UnsupportedModelError
 from .falcon import FalconAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
@@ -61,4 +62,4 @@ def get_adapter(model) -> Adapter:
     )
 
 
-__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "ProjSlot", "UnsupportedModelError", "get_adapter", "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "ForwardInfo", "ProjSlot", "UnsupportedModelError", "get_adapter", "supported_model_types"]

@@ -39,6 +39,7 @@ class FalconAdapter(Adapter):
         return self._slot(layer, 1)
 
     def check_session(self, site: str, needs_row: bool) -> None:
+        super().check_session(site, needs_row)
         if needs_row:
             raise UnsupportedModelError(
                 "Falcon computes attention inline (not through transformers' attention interface), so attention rows "

@@ -20,6 +20,7 @@ class GPT2Adapter(Adapter):
         return ProjSlot(self.attention(layer).c_attn, 2 * e, 3 * e)
 
     def check_session(self, site: str, needs_row: bool) -> None:
+        super().check_session(site, needs_row)
         if needs_row and getattr(self.config, "reorder_and_upcast_attn", False) and self.config._attn_implementation == "eager":
             from .base import UnsupportedModelError
 

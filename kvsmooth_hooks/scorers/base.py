@@ -6,19 +6,14 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..registry import registrar
 
 SCORERS: dict[str, type["Scorer"]] = {}
 
 
-def register_scorer(name: str):
-    """Class decorator adding a :class:`Scorer` subclass to :data:`SCORERS` under ``name``."""
-
-    def wrap(cls):
-        cls.name = name
-        SCORERS[name] = cls
-        return cls
-
-    return wrap
+register_scorer = registrar(SCORERS, "scorer")
 
 
 @dataclass
@@ -37,6 +32,26 @@ class ScoreInputs:
     first_index: torch.Tensor | None = None
 
 
+class ScorerParams(BaseModel):
+    """A scorer's parameters (none by default). Subclass it inside a scorer as ``Params``, with pydantic
+    fields (types, bounds, descriptions): configs validate ``scorer.params`` with it, and the published
+    JSON Schema lists it under the scorer's name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def params_error(name: str, exc: ValidationError) -> str:
+    """One line per bad parameter: ``scorer 'name' parameter 'p': message (got value)``."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"scorer '{name}' has no parameter '{field}'")
+        else:
+            parts.append(f"scorer '{name}' parameter '{field}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
 class Scorer:
     """Base class. Subclasses set the class attributes and implement :meth:`score`.
 
@@ -47,6 +62,7 @@ class Scorer:
     fixed_coefficient: the coefficient is lambda_ref whatever the policy (``constant``).
     stacked_rows: :meth:`score` keeps no state and accepts rows with leading layer dims
         (``[La, B, Hq, T] -> [La, B, Hq]``), so a decode step scores all layers in one call.
+    Params: the :class:`ScorerParams` model of its parameters; :attr:`p` holds the validated instance.
     """
 
     name: ClassVar[str] = "?"
@@ -56,17 +72,14 @@ class Scorer:
     head_axis: ClassVar[Literal["query", "kv"]] = "query"
     fixed_coefficient: ClassVar[bool] = False
     stacked_rows: ClassVar[bool] = False
-    params_allowed: ClassVar[dict[str, type]] = {}
+    Params: ClassVar[type[ScorerParams]] = ScorerParams
 
     def __init__(self, **params: Any):
-        for key, value in params.items():
-            if key not in self.params_allowed:
-                allowed = sorted(self.params_allowed) or "none"
-                raise ValueError(f"scorer '{self.name}' has no parameter '{key}' (parameters: {allowed})")
-            if not isinstance(value, self.params_allowed[key]) or isinstance(value, bool):
-                raise ValueError(
-                    f"scorer '{self.name}' parameter '{key}' must be {self.params_allowed[key].__name__}, got {value!r}"
-                )
+        try:
+            self.p = self.Params.model_validate(params)
+        except ValidationError as exc:
+            allowed = sorted(self.Params.model_fields) or "none"
+            raise ValueError(f"{params_error(self.name, exc)} (parameters: {allowed})") from None
         self.params = params
 
     def init_state(self, batch: int, n_heads: int, n_kv_heads: int, device, layer: int = 0) -> dict[str, torch.Tensor]:

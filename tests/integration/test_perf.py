@@ -22,12 +22,16 @@ def _batch():
 
 
 def _run(model, cfg, batched: bool, n=10):
+    """Generate; returns tokens, trace and, per decode step, whether every smoothed layer's row was batched."""
     ids, mask = _batch()
+    complete = []
     with smooth(model, cfg) as s:
-        if not batched:  # the per-layer path: the probe hands every row to its layer's listener
-            s.rows = s.probe.rows = None
+        if not batched:  # the per-layer path: every row goes to its layer's scorer on its own
+            s.rows = None
+        else:
+            score = s.rows.score
+            s.rows.score = lambda *a: (complete.append(s.rows.complete()), score(*a))
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
-        complete = s.rows.complete() if s.rows is not None else None
     return out, s.trace, complete
 
 
@@ -38,7 +42,7 @@ def test_batched_rows_equal_per_layer_rows(site, granularity):
     cfg = KVSmoothConfig(site=site, granularity=granularity, layers="1:-1", lambda_ref=0.5, clip=0.5)
     out_b, tr_b, complete = _run(model, cfg, batched=True)
     out_l, tr_l, _ = _run(model, cfg, batched=False)
-    assert complete  # the batched path really ran: every smoothed layer wrote its slot in the last step
+    assert complete == [True] * 9  # the batched path ran at every decode step, for every smoothed layer
     assert torch.equal(out_b, out_l)
     torch.testing.assert_close(tr_b.tensor("score"), tr_l.tensor("score"), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(tr_b.tensor("lambda"), tr_l.tensor("lambda"))
@@ -52,8 +56,8 @@ def test_mixed_scorers_batch_only_stacked_row_scorers():
     ids, mask = _batch()
     with smooth(model, cfg) as s:
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
-        assert sorted(rt.index for rt in s.layers.values() if rt.row_slot is not None) == [1, 4]
-        assert s.rows.complete()
+        assert sorted(layer.index for layer in s.rows.layers) == [1, 4]
+        assert len(s.rows.groups) == 0  # the one coefficient group mixes batched and per-layer scores
     assert torch.isfinite(s.trace.tensor("score")).all()
 
 
@@ -122,14 +126,14 @@ def test_sliding_static_cache_is_refused_at_cache_site():
     from transformers.cache_utils import StaticSlidingWindowLayer
 
     from kvsmooth_hooks import UnsupportedModelError
-    from kvsmooth_hooks.adapters.base import Adapter
+    from kvsmooth_hooks.adapters.runtime import check_cache_layer
 
     class Cache:
         layers = [StaticSlidingWindowLayer(max_cache_len=16, sliding_window=8)]
 
     Cache.layers[0].keys = torch.zeros(1, 1, 8, 4)
     with pytest.raises(UnsupportedModelError, match="StaticSlidingWindowLayer.*cache_implementation='static'"):
-        Adapter.check_cache_layer(Cache(), 0)
+        check_cache_layer(Cache(), 0)
 
 
 def _compiled_equals_eager(backend, n=5):

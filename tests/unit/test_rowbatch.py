@@ -1,13 +1,20 @@
 """RowBatch: decode-step attention rows of several layers, normalised together, equal the per-layer rows."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from kvsmooth_hooks.probe import RowBatch, query_probs
+from kvsmooth_hooks.probe import query_probs
+from kvsmooth_hooks.rowbatch import RowBatch
 
 
 class Attn(torch.nn.Module):
     """Stand-in attention module (the batch keys slots by module identity)."""
+
+
+def _batch(mods):
+    return RowBatch([SimpleNamespace(attn=m) for m in mods], [])
 
 
 def _inputs(b=2, hq=4, hkv=2, t=7, d=8, dtype=torch.float32, seed=0):
@@ -29,8 +36,7 @@ def _masks(b=2, t=7):
 def test_batched_rows_equal_per_layer_rows(kind):
     mask = _masks()[kind]
     mods = [Attn() for _ in range(3)]
-    rows = RowBatch({id(m): i for i, m in enumerate(mods)})
-    rows.begin()
+    rows = _batch(mods)
     expected = []
     for i, m in enumerate(mods):
         q, k = _inputs(seed=i)
@@ -44,7 +50,6 @@ def test_batched_rows_equal_per_layer_rows(kind):
         torch.testing.assert_close(probs[i], expected[i], atol=1e-6, rtol=1e-5)
     if kind != "none":
         assert probs[:, 0, :, :3].abs().max() == 0  # padding gets no probability
-    assert not rows.active  # one probs() per step
 
 
 def test_layer_with_its_own_mask_and_bf16():
@@ -52,8 +57,7 @@ def test_layer_with_its_own_mask_and_bf16():
     logits are normalised in float32."""
     masks = _masks()
     mods = [Attn(), Attn()]
-    rows = RowBatch({id(m): i for i, m in enumerate(mods)})
-    rows.begin()
+    rows = _batch(mods)
     window = masks["bool4d"].clone()
     window[..., :5] = False  # layer 1 only sees the last two positions
     expected = []
@@ -69,10 +73,8 @@ def test_layer_with_its_own_mask_and_bf16():
 
 def test_unbatchable_calls_are_refused():
     m, other = Attn(), Attn()
-    rows = RowBatch({id(m): 0, id(other): 1})
+    rows = _batch([m, other])
     q, k = _inputs()
-    assert not rows.write(m, q, k, None, {})  # not active (no decode step begun)
-    rows.begin()
     assert not rows.write(Attn(), q, k, None, {})  # module without a slot
     assert not rows.write(m, q, k, None, {"softcap": 30.0})
     assert not rows.write(m, q, k, None, {"s_aux": torch.zeros(4)})

@@ -1,0 +1,152 @@
+"""Site ``cache``: edit the newest cache entry after the attention ran (the paper's formulation).
+
+Hooks: one forward hook per smoothed layer's attention module. It finds the cache in the module's
+arguments (through the adapter) and keeps that layer's ``[B, Hkv, T, D]`` keys / values for the end of
+the forward. At the end of a decode forward, per coefficient group: stack the layers' scores, push
+windows, rank, clip -> ``lam [B, La, H]``, and one ``torch._foreach_lerp_`` rewrites position -1 of
+every layer's keys and values from position -2 (``K[-1] <- (1 - lam) K[-1] + lam K[-2]``). A static
+cache (``cache_implementation="static"``: ``[B, H, max_cache_len, D]``) is edited at the absolute
+positions ``past`` and ``past - 1``; left padding keeps every sequence's newest token at the same one.
+
+``smooth_prefill``: the prompt positions are walked in order at the end of the prefill, like decode steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..groups import CoefficientGroup
+from ..scorers import ScoreInputs
+from .base import DECODE, PREFILL, Site, SiteError, register_site
+
+
+@register_site("cache")
+class CacheSite(Site):
+    def register(self) -> list:
+        self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        return [layer.attn.register_forward_hook(self._hook(layer), with_kwargs=True)
+                for layer in self.state.layers.values()]
+
+    def begin(self, kind, info) -> None:
+        self.kv = {}
+        # the newest entry and the one before it; the prompt's length (smooth_prefill) in a static cache
+        self.pos = (info.past, info.past - 1) if info.static else (-1, -2)
+        self.static_len = info.past + info.q_len if info.static else None
+        if kind == PREFILL and self.config.smooth_prefill and info.past:
+            raise SiteError(
+                f"kvsmooth: smooth_prefill cannot smooth a prompt that continues a cache of {info.past} positions made "
+                "before this generation (its earlier positions were never seen); start from an empty cache"
+            )
+
+    def _hook(self, layer):
+        adapter, state = self.adapter, self.state
+
+        def hook(module, args, kwargs, output):
+            kind = self.session.kind
+            if kind is None:
+                return None
+            cache = adapter.find_cache(args, kwargs)
+            if cache is None:
+                return None
+            keys, values = adapter.layer_kv(cache, layer.index)
+            self.kv[layer.index] = (keys, values)
+            scorer = layer.scorer
+            with torch.no_grad():
+                if scorer.needs_key and self.static_len is not None:  # the written positions of a static cache
+                    keys = keys[:, :, : self.static_len]
+                if kind == PREFILL and scorer.needs_key:
+                    scorer.observe_prompt(layer.scorer_state, keys, state.valid[:, -keys.shape[2]:])
+                elif kind == DECODE and not scorer.needs_row:
+                    if scorer.needs_key and state.step == 0 and state.mid_stream:  # the history it never saw
+                        scorer.observe_prompt(layer.scorer_state, keys[:, :, :-1], state.valid[:, -keys.shape[2]:-1])
+                    layer.score(ScoreInputs(key=keys[:, :, -1] if scorer.needs_key else None,
+                                            first_index=state.first_index))
+            return None
+
+        return hook
+
+    def on_row(self, layer, kind, row_fn) -> None:
+        if kind == DECODE:
+            layer.score(ScoreInputs(row=row_fn()[:, :, -1], first_index=self.state.first_index))
+        elif kind == PREFILL and self.config.smooth_prefill:
+            layer.stash = row_fn
+
+    def end(self, kind) -> None:
+        if kind == DECODE:
+            for group in self.state.groups:
+                lam = group.step(tracing=self.state.tracing)
+                self._blend(group, lam, *self.pos, record=self.state.tracing and self.session.record_deltas)
+        elif kind == PREFILL and self.config.smooth_prefill:
+            self._smooth_prompt()
+        self.kv = {}
+
+    def _tensors(self, group: CoefficientGroup, attr: int) -> list[torch.Tensor]:
+        try:
+            return [self.kv[layer.index][attr] for layer in group.layers]
+        except KeyError as exc:
+            raise SiteError(
+                f"kvsmooth: layer {exc.args[0]}'s attention ran without a cache it could find in its arguments; "
+                "the 'cache' site needs the model's cache to reach each attention module"
+            ) from None
+
+    def _blend(self, group: CoefficientGroup, lam: torch.Tensor, pos: int, prev: int, record: bool) -> None:
+        """Blend cache position ``pos`` with ``prev`` for every layer of ``group``; lam ``[B, La, H]``."""
+        first = self._tensors(group, 0)
+        if first[0].shape[2] < 2:
+            return
+        if first[0].requires_grad and torch.is_grad_enabled():
+            raise SiteError(
+                "kvsmooth: the 'cache' site edits the cache in place, which autograd cannot differentiate through; "
+                "run the forward under torch.no_grad() / torch.inference_mode(), or use site 'kv_proj' "
+                "(it supports gradients)"
+            )
+        c = group.consts(lam.device)
+        current, previous, weights, lam_w = [], [], [], None
+        with torch.no_grad():
+            for name, attr, on, same, mask in (("dk", 0, group.smooth_key, group.key_is_lam, "kmask"),
+                                               ("dv", 1, group.smooth_value, group.value_is_lam, "vmask")):
+                if not on:
+                    if record:
+                        group.record[name] = torch.zeros_like(lam)
+                    continue
+                tensors = first if attr == 0 else self._tensors(group, 1)
+                current.append([t[:, :, pos] for t in tensors])
+                previous += [t[:, :, prev] for t in tensors]
+                if same:  # the target mask is the enabled mask: lambda itself, converted once for K and V
+                    lam_w = lam.unsqueeze(-1).to(tensors[0].dtype) if lam_w is None else lam_w
+                weights += (lam_w if same else (lam * c[mask]).unsqueeze(-1).to(tensors[0].dtype)).unbind(1)
+            before = [torch.stack(cur, 1).float() for cur in current] if record else None
+            if current:  # keys and values of every layer of the group: one fused op
+                torch._foreach_lerp_([t for cur in current for t in cur], previous, weights)
+            if record:
+                names = [n for n, on in (("dk", group.smooth_key), ("dv", group.smooth_value)) if on]
+                for name, cur, b in zip(names, current, before):
+                    group.record[name] = (torch.stack(cur, 1).float() - b).norm(dim=-1)
+
+    def _smooth_prompt(self) -> None:
+        """smooth_prefill: walk the prompt positions in order, like decode steps."""
+        state = self.state
+        for group in state.groups:
+            keys = self._tensors(group, 0)
+            t = self.static_len or keys[0].shape[2]
+            if self.static_len is None and any(k.shape[2] != t for k in keys):  # sliding-window layers next to global ones
+                raise SiteError(
+                    "smooth_prefill at the cache site needs the smoothed layers' caches to hold the same prompt "
+                    "positions, but sliding-window and global layers differ (Gemma 2/3 style): use site 'kv_proj', "
+                    "or select only sliding or only global layers"
+                )
+            valid = state.valid[:, -t:].to(keys[0].device)
+            for pos in range(t):
+                for layer, k in zip(group.layers, keys):
+                    row = None
+                    if layer.stash is not None:
+                        row = layer.stash(rows=slice(pos - t, pos - t + 1 if pos + 1 < t else None))[:, :, 0]
+                    layer.score(ScoreInputs(row=row, key=k[:, :, pos] if layer.scorer.needs_key else None,
+                                            first_index=state.first_index))
+                real = valid[:, pos]
+                has_prev = real & (valid[:, pos - 1] if pos > 0 else torch.zeros_like(real))
+                lam = group.step(valid=real, tracing=False) * has_prev[:, None, None]
+                if pos > 0:
+                    self._blend(group, lam, pos, pos - 1, record=False)
+            for layer in group.layers:
+                layer.stash = None
