@@ -12,9 +12,9 @@ of the machine. Arms:
   per-layer Python hooks reading the returned probabilities and editing the cache.
 
 ``--compile``: both sides decode with a static cache and ``torch.compile`` (inductor) on ``model.forward``;
-the smoothed side is a second copy of the model with one session attached for the whole run (a new
-session registers a new attention implementation, which recompiles), so the timed runs reuse the
-compiled graphs. Only the ``kvsmooth`` (cache site) arm is offered.
+the smoothed side is a second copy of the model with one session attached for the whole run, so each
+side keeps its own compiled graphs and the timed runs measure decoding, not compilation. Only the
+``kvsmooth`` (cache site) arm is offered.
 
     python experiments/bench_overhead.py --pairs 5 --new-tokens 128
     python experiments/bench_overhead.py --pairs 5 --new-tokens 128 --prompt-tokens 600   # LLaVA-like context
