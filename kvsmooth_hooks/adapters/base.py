@@ -81,6 +81,7 @@ class Adapter:
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = self.text_config()
+        self._cache_index: dict[int, int] = {}  # layer_kv runs per layer and step: resolve the index once
 
     # -------------------------------------------------------------- structure
     def text_config(self):
@@ -108,8 +109,10 @@ class Adapter:
 
     def cache_index(self, layer: int) -> int:
         """Index of this layer in the cache object (``attn.layer_idx`` in HF models)."""
-        idx = getattr(self.attention(layer), "layer_idx", None)
-        return layer if idx is None else int(idx)
+        if layer not in self._cache_index:
+            idx = getattr(self.attention(layer), "layer_idx", None)
+            self._cache_index[layer] = layer if idx is None else int(idx)
+        return self._cache_index[layer]
 
     def key_slot(self, layer: int) -> ProjSlot:
         return ProjSlot(getattr(self.attention(layer), self.key_attr))

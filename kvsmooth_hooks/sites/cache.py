@@ -51,6 +51,8 @@ class CacheSite(Site):
             keys, values = adapter.layer_kv(cache, layer.index)
             self.kv[layer.index] = (keys, values)
             scorer = layer.scorer
+            if scorer.needs_row and not (kind == PREFILL and scorer.needs_key):  # nothing else to do per layer
+                return None
             with torch.no_grad():
                 if scorer.needs_key and self.static_len is not None:  # the written positions of a static cache
                     keys = keys[:, :, : self.static_len]
