@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import types
 import warnings
-import weakref
 
 import torch
 
@@ -66,10 +65,9 @@ class Session:
         self.record_deltas = record_deltas
         self.handles: list = []
         self.probe: AttentionProbe | None = None
-        self.rows: RowBatch | None = None
+        self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.rowbatch)
         self.kind, self.total = None, 0  # the running forward's kind; positions its cache holds after it
-        self.attached = False
-        self._depth = 0
+        self.attached, self._depth = False, 0
         self._generating = self._fresh_generate = False
         self._undo_reorder = None
         self._original_generate = None
@@ -208,14 +206,21 @@ class Session:
             )
         elif info.q_len == 1:
             kind = DECODE
-        elif self._generating:
+        elif self._generating and st.step > 0:
             raise SessionError(
-                f"kvsmooth: generate() ran a forward of {info.q_len} new tokens on a running generation (assisted, "
+                f"kvsmooth: generate() ran a forward of {info.q_len} new tokens after decoding began (assisted, "
                 "prompt-lookup or speculative decoding verify several draft tokens at once); smoothing needs one "
                 "token per forward: use greedy, sampling or beam search"
             )
-        else:
-            kind = EXTEND  # a manual loop fed several tokens: not smoothed, the state follows
+        else:  # more prompt (chunked prefill) or a manual loop feeding several tokens: not smoothed, the state follows
+            if self.config.smooth_prefill:
+                raise SessionError("kvsmooth: smooth_prefill needs the whole prompt in one forward; this one adds "
+                                   f"{info.q_len} tokens to a cache of {info.past} (chunked prefill?): set "
+                                   "prefill_chunk_size=None or smooth_prefill: false")
+            kind = EXTEND
+            st.extend(info.mask, info.q_len)
+        if kind == DECODE and st.step == 0:
+            check_prompt_mask(st.valid)  # the whole prompt is known now (also after a chunked prefill)
         self.kind, self.total = kind, info.past + info.q_len
         self.site.begin(kind, info)
         return None
@@ -224,16 +229,11 @@ class Session:
         total = info.past + info.q_len
         valid = info.mask if info.mask is not None else torch.ones(info.batch, total, dtype=torch.bool)
         valid = valid.to(info.device)
-        check_prompt_mask(valid)
         self._fresh_generate = False
-        try:
-            ref = weakref.ref(info.cache)
-        except TypeError:
-            ref = (lambda c=info.cache: c)
         # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
         # holds the rest of the prompt, which is never smoothed
         kind = DECODE if info.past > 0 and info.q_len == 1 and not self._generating else PREFILL
-        self.state.reset(ref, info.batch, valid, prompt_len=total, mid_stream=kind == DECODE)
+        self.state.reset(info.cache, info.batch, valid, prompt_len=total, mid_stream=kind == DECODE)
         if self._undo_reorder is not None:
             self._undo_reorder()
         self._undo_reorder = self.adapter.watch_reorder(info.cache, self._on_reorder)
@@ -247,7 +247,7 @@ class Session:
         kind, self.kind = self.kind, None
         if kind is None:
             return None
-        if kind == DECODE and self.rows is not None:
+        if kind == DECODE and self.rows is not None:  # every batched layer's score, before the site's step
             self.rows.score(self.state.first_index)
         self.site.end(kind)
         if kind == DECODE:

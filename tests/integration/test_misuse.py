@@ -349,3 +349,26 @@ def test_gemma3_multimodal_dict_masks(site):
         m.generate(**inputs, max_new_tokens=5, do_sample=False)
     assert s.state.first_index.tolist() == [0, 4]  # padding read from Gemma 3's mask dict
     assert s.trace.tensor("lambda").shape[:2] == (4, 2) and float(s.trace.tensor("lambda").max()) > 0
+
+
+@pytest.mark.parametrize("site", ["cache", "kv_proj"])
+def test_chunked_prefill_is_prompt_not_draft_verification(model, site):
+    """generate(prefill_chunk_size=...) feeds the prompt in chunks: more prompt, not an error, same tokens;
+    a left padding longer than the first chunk is still read right."""
+    ids, mask = _prompt(batch=2, n=9)
+    ids[1, :4], mask[1, :4] = 0, 0
+    cfg = KVSmoothConfig(site=site, scorer="first_token_mass", **CFG)
+    with smooth(model, cfg) as whole:
+        ref = gen(model, ids, mask, n=6)
+    with smooth(model, cfg) as chunked:
+        out = gen(model, ids, mask, n=6, prefill_chunk_size=3)
+    assert torch.equal(out, ref)
+    assert chunked.state.first_index.tolist() == [0, 4]
+    torch.testing.assert_close(chunked.trace.tensor("lambda"), whole.trace.tensor("lambda"))
+
+
+def test_smooth_prefill_refuses_a_chunked_prompt(model):
+    ids, mask = _prompt(n=9)
+    with smooth(model, KVSmoothConfig(smooth_prefill=True, **CFG)):
+        with pytest.raises(SessionError, match="smooth_prefill needs the whole prompt in one forward"):
+            gen(model, ids, mask, n=3, prefill_chunk_size=4)

@@ -6,8 +6,9 @@ import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "kvsmooth_hooks"
-#: evaluation code (issue 13's metrics) is measured by its own owners; the core is held to 300 lines
-MAX_LINES, EXEMPT = 300, ("eval/",)
+#: the core is held to 300 lines a module; evaluation code and the demo app sit beside it (nothing in the core
+#: imports them) and are sized by their own owners
+MAX_LINES, EXEMPT = 300, ("eval/", "demo.py")
 
 
 def _modules() -> dict[str, Path]:
