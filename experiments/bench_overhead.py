@@ -118,6 +118,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds of every arm first (compilation, caches)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--prompt", default="Describe a photo of a kitchen with a cat sitting on the counter.")
     ap.add_argument("--prompt-tokens", type=int, default=0,
@@ -210,9 +211,10 @@ def main(argv=None) -> int:
         return run_naive
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    baseline()  # warm-up
-    for a in arms:
-        arm_fn(a)()
+    for _ in range(args.warmup):
+        baseline()
+        for a in arms:
+            arm_fn(a)()
     results = {a: [] for a in arms}
     for pair in tqdm(range(args.pairs), desc="pairs", file=sys.stderr):
         for a in arms:
