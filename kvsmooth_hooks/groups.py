@@ -79,8 +79,10 @@ class CoefficientGroup:
         RowBatch set it for this step (no stacking op), else their ``unit`` s stacked.
         """
         unit, self.stacked = self.stacked, None
-        if unit is None:
-            unit = torch.stack([l.unit for l in self.layers], 1) if len(self.layers) > 1 else self.layers[0].unit[:, None]
+        if unit is None and len(self.layers) > 1:
+            unit = torch.stack([l.unit for l in self.layers], 1)
+        elif unit is None:
+            unit = self.layers[0].unit[:, None]
         b = unit.shape[0]
         c = self.consts(unit.device)
         if self.policy == "fixed":

@@ -263,9 +263,9 @@ class Session:
                                 and self.rows.write(module, query, key, mask, kwargs)):  # scored at the end
                 return
 
-            def rows(rows=slice(-1, None)):  # a static cache holds max_cache_len positions: keep the written ones
-                p = weights[:, :, rows].float() if weights is not None else query_probs(module, query, key, mask, kwargs, rows=rows)
-                return p[..., : self.total]
+            def rows(rows=slice(-1, None)):  # [..., :total]: a static cache also holds unwritten positions
+                p = query_probs(module, query, key, mask, kwargs, rows=rows) if weights is None else weights[:, :, rows]
+                return p.float()[..., : self.total]
 
             self.site.on_row(layer, kind, rows)
 
@@ -281,8 +281,8 @@ class Session:
 
 def smooth(model, config: KVSmoothConfig | SmoothingPlan | None = None, **options) -> Session:
     """Context manager: ``with smooth(model, cfg) as session: model.generate(...)``. Hooks are registered on
-    entry and removed on exit, also when the block raises. Options: ``trace`` (default True), ``trace_runs`` (keep the last N runs), ``record_deltas`` (default False).
-    """
+    entry and removed on exit, also when the block raises. Options: ``trace`` (default True), ``trace_runs``
+    (keep the last N runs), ``record_deltas`` (default False)."""
     return Session(model, config, **options)
 
 

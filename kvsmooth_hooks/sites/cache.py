@@ -131,7 +131,8 @@ class CacheSite(Site):
         for group in state.groups:
             keys = self._tensors(group, 0)
             t = self.static_len or keys[0].shape[2]
-            if self.static_len is None and any(k.shape[2] != t for k in keys):  # sliding-window layers next to global ones
+            # sliding-window layers next to global ones hold other prompt positions
+            if self.static_len is None and any(k.shape[2] != t for k in keys):
                 raise SiteError(
                     "smooth_prefill at the cache site needs the smoothed layers' caches to hold the same prompt "
                     "positions, but sliding-window and global layers differ (Gemma 2/3 style): use site 'kv_proj', "
