@@ -1,4 +1,4 @@
-"""Decode-step cost: rows of all layers batched into one normalisation, and the kernel-op budget."""
+"""Decode-step cost (issue 12): batched rows, kernel-op budget, fused kv_proj blends, static caches, torch.compile."""
 
 import sys
 from pathlib import Path
