@@ -11,18 +11,41 @@ of the machine. Arms:
 * ``naive``: what one would hack without the toolkit: eager attention forced, ``output_attentions=True``,
   per-layer Python hooks reading the returned probabilities and editing the cache.
 
+``--compile``: both sides decode with a static cache and ``torch.compile`` (inductor) on ``model.forward``;
+the smoothed side is a second copy of the model with one session attached for the whole run, so each
+side keeps its own compiled graphs and the timed runs measure decoding, not compilation. Only the
+``kvsmooth`` (cache site) arm is offered.
+
     python experiments/bench_overhead.py --pairs 5 --new-tokens 128
+    python experiments/bench_overhead.py --pairs 5 --new-tokens 128 --prompt-tokens 600   # LLaVA-like context
+    # a GPU: the language model of LLaVA-1.5-7B (Vicuna-7B shape) with random weights, bf16, no download
+    python experiments/bench_overhead.py --random-shape llava7b --device cuda --dtype bfloat16 \
+        --prompt-tokens 600 --arms kvsmooth,naive        # then the same with --arms kvsmooth --compile
+
+Within a pair the order alternates (baseline first in even pairs, the arm first in odd ones), so a
+machine that speeds up or slows down within a pair does not favour one side.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import platform
 import statistics
 import sys
 import time
 
 import torch
+
+#: decoder shapes for ``--random-shape`` (random weights built from a config: nothing is downloaded)
+SHAPES = {
+    # the language model of LLaVA-1.5-7B (Vicuna-7B v1.5: Llama 2 7B), vocabulary with LLaVA's added tokens
+    "llava7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5),
+    # a CPU smoke test of the same code path
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048),
+}
 
 
 def naive_hooks(model, layers, lambda_ref=0.9, window=15, clip=0.2):
@@ -56,37 +79,115 @@ def naive_hooks(model, layers, lambda_ref=0.9, window=15, clip=0.2):
     return handles
 
 
+def random_model(shape: str, device, dtype):
+    """A Llama of ``SHAPES[shape]`` with random weights, built on ``device`` in ``dtype`` (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[shape], attn_implementation="sdpa")
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(default)
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # random weights: exactly --new-tokens tokens
+    return model
+
+
+def long_prompt(tok, question: str, n_tokens: int):
+    """A chat prompt of exactly ``n_tokens`` tokens: a long scene description (as a LLaVA prompt carries
+    576 image tokens) followed by the question, cut from the front of the description."""
+    from kvsmooth_hooks.models import chat_inputs
+
+    scene = ("The picture shows a kitchen in the morning light. A grey cat sits on the wooden counter next to "
+             "a bowl of apples, a kettle and a cutting board with bread. Behind it, a window looks out on a "
+             "garden with a bicycle leaning on the fence. ")
+    text = scene * (n_tokens // 30 + 2)
+    inputs = chat_inputs(tok, text + question)
+    ids = inputs["input_ids"]
+    if ids.shape[1] < n_tokens:
+        raise ValueError(f"could not build a {n_tokens}-token prompt (got {ids.shape[1]})")
+    head = ids[:, :3]  # keep the chat template's opening tokens
+    ids = torch.cat((head, ids[:, ids.shape[1] - (n_tokens - 3):]), 1)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed rounds of every arm first (compilation, caches)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--prompt", default="Describe a photo of a kitchen with a cat sitting on the counter.")
+    ap.add_argument("--prompt-tokens", type=int, default=0,
+                    help="lengthen the prompt to exactly this many tokens (a scene description repeated)")
     ap.add_argument("--arms", default="kvsmooth,kvsmooth-kv_proj,naive")
+    ap.add_argument("--compile", action="store_true", help="static cache + torch.compile on both sides")
+    ap.add_argument("--random-shape", choices=sorted(SHAPES), help="a Llama of this shape with random weights "
+                    "instead of SmolLM2; the prompt is --prompt-tokens (default 600) random token ids")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     from tqdm import tqdm
 
-    from kvsmooth_hooks import KVSmoothConfig, smooth
+    from kvsmooth_hooks import KVSmoothConfig, attach, smooth
     from kvsmooth_hooks.models import chat_inputs, load_smollm2
 
-    model, tok = load_smollm2()
-    inputs = chat_inputs(tok, args.prompt)
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+
+    def load():
+        if args.random_shape:
+            return random_model(args.random_shape, device, dtype), None
+        model, tok = load_smollm2()
+        return model.to(device, dtype), tok
+
+    model, tok = load()
+    if args.random_shape:
+        ids = torch.randint(3, model.config.vocab_size, (1, args.prompt_tokens or 600),
+                            generator=torch.Generator().manual_seed(0)).to(device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    else:
+        inputs = long_prompt(tok, args.prompt, args.prompt_tokens) if args.prompt_tokens else chat_inputs(tok, args.prompt)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
     n_layers = model.config.num_hidden_layers
     layers = list(range(3, n_layers - 1))
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    compiled_arm = None
+    if args.compile:
+        if args.arms != "kvsmooth":
+            ap.error("--compile measures the kvsmooth arm only: pass --arms kvsmooth")
+        gen["cache_implementation"] = "static"
+        smoothed_model = copy.deepcopy(model)
+        attach(smoothed_model, KVSmoothConfig())  # one session for the whole benchmark
+        model.forward = torch.compile(model.forward)
+        smoothed_model.forward = torch.compile(smoothed_model.forward)
+
+        def compiled_arm():
+            smoothed_model.generate(**inputs, **gen)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def timed(fn):
-        t0 = time.perf_counter()
+        """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the steadier one."""
+        sync()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        return time.perf_counter() - t0
+        sync()
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def baseline():
         model.generate(**inputs, **gen)
 
     def arm_fn(name):
+        if compiled_arm is not None:
+            return compiled_arm
         if name.startswith("kvsmooth"):
             site = "kv_proj" if name.endswith("kv_proj") else "cache"
             cfg = KVSmoothConfig(site=site)
@@ -110,30 +211,39 @@ def main(argv=None) -> int:
         return run_naive
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    baseline()  # warm-up
-    for a in arms:
-        arm_fn(a)()
-    results = {a: [] for a in arms}
-    base_times = []
-    for _ in tqdm(range(args.pairs), desc="pairs", file=sys.stderr):
+    for _ in range(args.warmup):
+        baseline()
         for a in arms:
-            b = timed(baseline)
-            s = timed(arm_fn(a))
-            base_times.append(b)
+            arm_fn(a)()
+    results = {a: [] for a in arms}
+    for pair in tqdm(range(args.pairs), desc="pairs", file=sys.stderr):
+        for a in arms:
+            if pair % 2 == 0:
+                b = timed(baseline)
+                s = timed(arm_fn(a))
+            else:
+                s = timed(arm_fn(a))
+                b = timed(baseline)
             results[a].append((b, s))
 
-    print(f"\nSmolLM2-135M-Instruct, greedy, {args.new_tokens} new tokens, batch 1, {args.pairs} pairs per arm")
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+    name = f"random-weight {args.random_shape}-shaped Llama" if args.random_shape else "SmolLM2-135M-Instruct"
+    print(f"\n{name} ({args.dtype}, {device}), greedy, {args.new_tokens} new tokens, batch 1, "
+          + ("static cache + torch.compile (inductor), " if args.compile else "dynamic cache, eager, ") + "prompt "
+          f"{inputs['input_ids'].shape[1]} tokens, {args.pairs} pairs per arm")
+    card = f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    print(f"machine: {platform.processor() or platform.machine()}{card}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, smoothed layers {layers[0]}..{layers[-1]}")
-    print(f"\n| arm | median s/run (arm) | median s/run (baseline) | median ratio arm/baseline | tok/s (arm) |")
-    print("|---|---|---|---|---|")
+    print("\n| arm | median wall s (arm / baseline) | median wall ratio | wall ratio min-max | "
+          "median CPU-time ratio | CPU ratio min-max | tok/s (arm) |")
+    print("|---|---|---|---|---|---|---|")
     for a in arms:
-        ratios = [s / b for b, s in results[a]]
-        arm_t = statistics.median(s for _, s in results[a])
-        base_t = statistics.median(b for b, _ in results[a])
-        print(f"| {a} | {arm_t:.3f} | {base_t:.3f} | {statistics.median(ratios):.3f} | {args.new_tokens / arm_t:.1f} |")
-    print(f"\ncommand: python experiments/bench_overhead.py --pairs {args.pairs} --new-tokens {args.new_tokens}"
-          + (f" --threads {args.threads}" if args.threads else ""))
+        wall = [s[0] / b[0] for b, s in results[a]]
+        cpu = [s[1] / b[1] for b, s in results[a]]
+        arm_t = statistics.median(s[0] for _, s in results[a])
+        base_t = statistics.median(b[0] for b, _ in results[a])
+        print(f"| {a} | {arm_t:.2f} / {base_t:.2f} | {statistics.median(wall):.3f} | {min(wall):.3f}-{max(wall):.3f} | "
+              f"{statistics.median(cpu):.3f} | {min(cpu):.3f}-{max(cpu):.3f} | {args.new_tokens / arm_t:.1f} |")
+    print("\ncommand: python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
     return 0
 
 

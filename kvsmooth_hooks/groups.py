@@ -26,18 +26,22 @@ class CoefficientGroup:
         self.window_len = int(self.lengths.max())
         self.uniform = bool((self.lengths == self.window_len).all())
         enabled = plan.enabled[idx]
+        on = enabled.to(torch.float32)
         lo, hi = coefficient_bounds(plan.lambda_ref[idx], plan.clip[idx])
+        # disabled heads get the band [0, 0]: lambda is 0 there without a masking op per step
         self._cpu = {
-            "lo": lo,
-            "hi": hi,
-            "lambda_ref": plan.lambda_ref[idx].clamp(0.0, 1.0),
-            "on": enabled.to(torch.float32),
+            "lo": lo * on,
+            "hi": hi * on,
+            "lambda_ref": plan.lambda_ref[idx].clamp(0.0, 1.0) * on,
             "kmask": (enabled & plan.key[idx]).to(torch.float32),
             "vmask": (enabled & plan.value[idx]).to(torch.float32),
             "lengths": self.lengths,
         }
         self.smooth_key = bool(self._cpu["kmask"].any())
         self.smooth_value = bool(self._cpu["vmask"].any())
+        # a target mask equal to the enabled mask leaves lambda as it is: no multiply per step
+        self.key_is_lam = bool(torch.equal(self._cpu["kmask"], on))
+        self.value_is_lam = bool(torch.equal(self._cpu["vmask"], on))
         self.n_kv = enabled.shape[1]
         self._dev: dict = {}
         for slot, layer in enumerate(layers):
@@ -60,18 +64,25 @@ class CoefficientGroup:
         self.lam: torch.Tensor | None = None  # [B, La, H] of the current step
         self.lam_step = -1
         self.record: dict[str, torch.Tensor] | None = None
+        self.stacked: torch.Tensor | None = None  # [B, La, U] scores of this step, stacked by a RowBatch
 
     def reorder(self, idx: torch.Tensor) -> None:
         self.window = _select(self.window, idx)
         self.lam = _select(self.lam, idx)
+        self.stacked = _select(self.stacked, idx)
 
     def step(self, valid: torch.Tensor | None = None, tracing: bool = True) -> torch.Tensor:
         """Coefficients from the layers' newest unit scores. Returns ``lam [B, La, H]``.
 
         valid: ``[B]`` bool; sequences marked False (padding positions in a smoothed prompt)
-        leave their windows unchanged and get lambda 0.
+        leave their windows unchanged and get lambda 0. The layers' scores are :attr:`stacked` when a
+        RowBatch set it for this step (no stacking op), else their ``unit`` s stacked.
         """
-        unit = torch.stack([l.unit for l in self.layers], 1) if len(self.layers) > 1 else self.layers[0].unit[:, None]
+        unit, self.stacked = self.stacked, None
+        if unit is None and len(self.layers) > 1:
+            unit = torch.stack([l.unit for l in self.layers], 1)
+        elif unit is None:
+            unit = self.layers[0].unit[:, None]
         b = unit.shape[0]
         c = self.consts(unit.device)
         if self.policy == "fixed":
@@ -88,7 +99,6 @@ class CoefficientGroup:
             else:  # linear: position between the window's min and max, scaled into the clip band
                 rank = linear_position(window, unit)
                 lam = c["lo"] + rank * (c["hi"] - c["lo"])
-        lam = lam * c["on"]
         if valid is not None:
             lam = lam * valid.to(lam.device)[:, None, None]
         self.lam = lam

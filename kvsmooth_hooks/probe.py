@@ -8,6 +8,7 @@ flex...) unchanged and then recomputes *one* row per head, ``softmax(q_t K^T * s
 from the same query, keys and mask: ``O(H * T)`` extra work per layer and step. The matching
 mask function is registered under the same name, so padding masks still reach the attention.
 On exit both registry entries are deleted and each config's implementation is restored.
+At decode steps the session batches the rows of all layers instead (:mod:`kvsmooth_hooks.rowbatch`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,13 @@ import sys
 from typing import Callable
 
 import torch
+
+
+def eager_only(fn: Callable) -> Callable:
+    """``fn`` kept out of ``torch.compile`` graphs: the session's per-forward bookkeeping (forward kind,
+    positions, trace) would otherwise be guarded on and recompiled at every step. A plain call otherwise."""
+    return torch.compiler.disable(fn, recursive=True)
+
 
 def _interfaces():
     from transformers.masking_utils import AttentionMaskInterface

@@ -6,13 +6,13 @@
   classifies each forward as prefill / decode / extend and starts a new run when a generation starts,
   and a forward hook on its exit module that ends the forward;
 * the site's hooks (:mod:`kvsmooth_hooks.sites`: ``cache`` or ``kv_proj``);
-* if a scorer needs attention rows: the session-scoped attention probe (:mod:`kvsmooth_hooks.probe`),
-  or the adapter's row hook points;
+* if a scorer needs attention rows: the session-scoped attention probe (:mod:`kvsmooth_hooks.probe`; decode
+  steps score all layers' rows in one step, :mod:`kvsmooth_hooks.rowbatch`), or the adapter's row hooks;
 * a ``generate`` wrapper that refuses generation modes smoothing cannot serve (assisted and
   prompt-lookup decoding) and starts one trace run per call.
 
-Per-sequence state lives in one :class:`~kvsmooth_hooks.state.GenerationState`. Everything is removed on
-exit, also when generation raises.
+Per-sequence state lives in one :class:`~kvsmooth_hooks.state.GenerationState`. Everything is removed on exit,
+also when generation raises. Under ``torch.compile`` the entry/exit hooks run eagerly (``eager_only``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from .config import KVSmoothConfig
 from .errors import SessionError
 from .modes import _generate
 from .plan import SmoothingPlan, resolve
-from .probe import AttentionProbe, query_probs
+from .rowbatch import RowBatch
+from .probe import AttentionProbe, eager_only, query_probs
 from .scorers import build_scorer
 from .sites import DECODE, EXTEND, PREFILL, build_site
 from .sites.base import SITES
@@ -64,9 +65,9 @@ class Session:
         self.record_deltas = record_deltas
         self.handles: list = []
         self.probe: AttentionProbe | None = None
-        self.kind: str | None = None
-        self.attached = False
-        self._depth = 0
+        self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.rowbatch)
+        self.kind, self.total = None, 0  # the running forward's kind; positions its cache holds after it
+        self.attached, self._depth = False, 0
         self._generating = self._fresh_generate = False
         self._undo_reorder = None
         self._original_generate = None
@@ -163,8 +164,8 @@ class Session:
     def _register(self) -> None:
         ad = self.adapter
         ad.check_session(self.plan.site, self.needs_row)
-        self.handles.append(ad.entry_module().register_forward_pre_hook(self._pre_forward, with_kwargs=True))
-        self.handles.append(ad.exit_module().register_forward_hook(self._post_forward))
+        self.handles.append(ad.entry_module().register_forward_pre_hook(eager_only(self._pre_forward), with_kwargs=True))
+        self.handles.append(ad.exit_module().register_forward_hook(eager_only(self._post_forward)))
         self.handles.extend(self.site.register())
         if self.needs_row:
             for layer in self.state.layers.values():
@@ -176,6 +177,7 @@ class Session:
                 self.probe = AttentionProbe(configs, configs[0]._attn_implementation if configs else "sdpa")
                 for layer in self.state.layers.values():
                     self.probe.listen(layer.attn, self._row_listener(layer))
+                self.rows = RowBatch.for_groups(self.state.groups)
                 self.probe.install()
         if callable(getattr(self.model, "generate", None)):
             self._original_generate = vars(self.model).get("generate")  # None: the class's own method
@@ -219,7 +221,7 @@ class Session:
             st.extend(info.mask, info.q_len)
         if kind == DECODE and st.step == 0:
             check_prompt_mask(st.valid)  # the whole prompt is known now (also after a chunked prefill)
-        self.kind = kind
+        self.kind, self.total = kind, info.past + info.q_len
         self.site.begin(kind, info)
         return None
 
@@ -245,6 +247,8 @@ class Session:
         kind, self.kind = self.kind, None
         if kind is None:
             return None
+        if kind == DECODE and self.rows is not None:  # every batched layer's score, before the site's step
+            self.rows.score(self.state.first_index)
         self.site.end(kind)
         if kind == DECODE:
             self.state.record()
@@ -255,13 +259,13 @@ class Session:
     def _row_listener(self, layer):
         def listener(module, query, key, mask, kwargs, weights):
             kind = self.kind
-            if kind is None:
+            if kind is None or (kind == DECODE and weights is None and self.rows is not None
+                                and self.rows.write(module, query, key, mask, kwargs)):  # scored at the end
                 return
 
-            def rows(rows=slice(-1, None)):
-                if weights is not None:
-                    return weights[:, :, rows].float()
-                return query_probs(module, query, key, mask, kwargs, rows=rows)
+            def rows(rows=slice(-1, None)):  # [..., :total]: a static cache also holds unwritten positions
+                p = query_probs(module, query, key, mask, kwargs, rows=rows) if weights is None else weights[:, :, rows]
+                return p.float()[..., : self.total]
 
             self.site.on_row(layer, kind, rows)
 
@@ -276,11 +280,9 @@ class Session:
 
 
 def smooth(model, config: KVSmoothConfig | SmoothingPlan | None = None, **options) -> Session:
-    """Context manager: ``with smooth(model, cfg) as session: model.generate(...)``.
-
-    Hooks are registered on entry and removed on exit, also when the block raises.
-    Options: ``trace`` (default True), ``trace_runs`` (keep the last N runs), ``record_deltas`` (default False).
-    """
+    """Context manager: ``with smooth(model, cfg) as session: model.generate(...)``. Hooks are registered on
+    entry and removed on exit, also when the block raises. Options: ``trace`` (default True), ``trace_runs``
+    (keep the last N runs), ``record_deltas`` (default False)."""
     return Session(model, config, **options)
 
 
@@ -290,10 +292,8 @@ def attach(model, config: KVSmoothConfig | SmoothingPlan | None = None, **option
 
 
 def generate(model, config: KVSmoothConfig | SmoothingPlan | None = None, **generate_kwargs):
-    """``model.generate(**generate_kwargs)``, inside ``smooth(model, config, trace=False)`` unless ``config`` is None.
-
-    The one-liner evaluation runners use to run a baseline arm (``None``) and a smoothed arm the same way.
-    """
+    """``model.generate(**generate_kwargs)``, inside ``smooth(model, config, trace=False)`` unless ``config`` is None:
+    how evaluation runners run a baseline arm (``None``) and a smoothed arm the same way."""
     if config is None:
         return model.generate(**generate_kwargs)
     with smooth(model, config, trace=False):

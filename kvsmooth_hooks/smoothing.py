@@ -23,6 +23,7 @@ __all__ = [
     "coefficient",
     "ema_update",
     "attention_entropy",
+    "head_units",
 ]
 
 
@@ -49,11 +50,11 @@ def fifo_rank(window: torch.Tensor, score: torch.Tensor, length: torch.Tensor | 
     """
     below = window < score.unsqueeze(-1)
     if length is None:
-        return below.sum(-1).to(torch.float32) / window.shape[-1]
+        return below.sum(-1, dtype=torch.float32) / window.shape[-1]
     if isinstance(length, int):
         if length != window.shape[-1]:
             below = below[..., -length:]
-        return below.sum(-1).to(torch.float32) / length
+        return below.sum(-1, dtype=torch.float32) / length
     m = window.shape[-1]
     inside = torch.arange(m, device=window.device) >= (m - length.to(window.device)).unsqueeze(-1)  # [U, M]
     return (below & inside).sum(-1).to(torch.float32) / length.to(window.device, torch.float32)
@@ -77,8 +78,9 @@ def coefficient_bounds(lambda_ref: torch.Tensor, clip: torch.Tensor) -> tuple[to
 
 
 def coefficient(rank: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
-    """``lambda = clip(rank, lower, upper)``; rank ``[B, H]``, bounds broadcastable to it."""
-    return torch.minimum(torch.maximum(rank, lower), upper)
+    """``lambda = clip(rank, lower, upper)`` (``min(max(rank, lower), upper)``); rank ``[B, H]``, bounds
+    broadcastable to it."""
+    return torch.clamp(rank, lower, upper)
 
 
 def ema_update(current: torch.Tensor, previous: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -97,3 +99,17 @@ def attention_entropy(probs: torch.Tensor) -> torch.Tensor:
     probs: ``[..., T]`` (rows summing to 1; masked positions 0) -> ``[...]`` float32.
     """
     return torch.special.entr(probs.to(torch.float32)).sum(-1)
+
+
+def head_units(raw: torch.Tensor, n_kv: int, per_head: bool, head_axis: str = "query") -> torch.Tensor:
+    """Per-head scores reduced to score units: the mean over all heads (``per_head`` False, one unit), or
+    per KV head (query heads of one KV head averaged when ``head_axis`` is ``"query"``).
+
+    raw: ``[..., Hq]`` or ``[..., Hkv]`` -> float32 ``[..., U]`` (U = 1 or Hkv); leading dims are kept,
+    so one call reduces every layer of a stacked ``[La, B, Hq]``.
+    """
+    if not per_head:
+        return raw.mean(-1, keepdim=True, dtype=torch.float32)
+    if head_axis == "query":
+        return raw.unflatten(-1, (n_kv, -1)).mean(-1, dtype=torch.float32)
+    return raw.to(torch.float32)

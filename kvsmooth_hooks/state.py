@@ -16,6 +16,7 @@ import torch
 from .groups import CoefficientGroup, _select, build_groups
 from .plan import SmoothingPlan
 from .scorers import ScoreInputs, Scorer
+from .smoothing import head_units
 from .errors import SessionError
 from .trace import Trace
 
@@ -69,13 +70,7 @@ class LayerState:
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         """Scorer output reduced to the granularity's units: ``[B, U]`` float32; stored as :attr:`unit`."""
         raw = self.scorer.score(self.scorer_state, inputs)  # [B, Hq] or [B, Hkv]
-        if not self.per_head:
-            unit = raw.mean(-1, keepdim=True)
-        elif self.scorer.head_axis == "query":
-            unit = raw.view(raw.shape[0], self.n_kv, -1).mean(-1)
-        else:
-            unit = raw
-        self.unit = unit.to(torch.float32)
+        self.unit = head_units(raw, self.n_kv, self.per_head, self.scorer.head_axis)
         return self.unit
 
 

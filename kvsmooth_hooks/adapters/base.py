@@ -29,7 +29,7 @@ from typing import Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from .runtime import ForwardInfo, UnsupportedModelError, check_cache_layer, mask_2d
+from .runtime import ForwardInfo, UnsupportedModelError, check_cache_layer, is_static_cache, mask_2d
 
 #: Keyword names under which attention modules and decoders receive the KV cache.
 CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
@@ -81,6 +81,7 @@ class Adapter:
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = self.text_config()
+        self._cache_index: dict[int, int] = {}  # layer_kv runs per layer and step: resolve the index once
 
     # -------------------------------------------------------------- structure
     def text_config(self):
@@ -108,8 +109,10 @@ class Adapter:
 
     def cache_index(self, layer: int) -> int:
         """Index of this layer in the cache object (``attn.layer_idx`` in HF models)."""
-        idx = getattr(self.attention(layer), "layer_idx", None)
-        return layer if idx is None else int(idx)
+        if layer not in self._cache_index:
+            idx = getattr(self.attention(layer), "layer_idx", None)
+            self._cache_index[layer] = layer if idx is None else int(idx)
+        return self._cache_index[layer]
 
     def key_slot(self, layer: int) -> ProjSlot:
         return ProjSlot(getattr(self.attention(layer), self.key_attr))
@@ -204,9 +207,9 @@ class Adapter:
         if cache is None:
             return None
         batch, q_len = int(x.shape[0]), int(x.shape[1])
-        past = int(cache.get_seq_length())
-        return ForwardInfo(batch, q_len, past, cache, mask_2d(kwargs.get("attention_mask"), batch, past + q_len),
-                           x.device)
+        past, static = int(cache.get_seq_length()), is_static_cache(cache)
+        return ForwardInfo(batch, q_len, past, cache,
+                           mask_2d(kwargs.get("attention_mask"), batch, past + q_len, static), x.device, static)
 
     def row_module(self, layer: int) -> nn.Module | None:
         """A module whose forward output is layer ``layer``'s attention pattern ``[B, Hq, Q, T]``, or None:

@@ -60,6 +60,8 @@ class Scorer:
         lagged (e.g. attention rows at ``kv_proj`` are the previous token's).
     head_axis: whether :meth:`score` returns one value per query head or per KV head.
     fixed_coefficient: the coefficient is lambda_ref whatever the policy (``constant``).
+    stacked_rows: :meth:`score` keeps no state and accepts rows with leading layer dims
+        (``[La, B, Hq, T] -> [La, B, Hq]``), so a decode step scores all layers in one call.
     Params: the :class:`ScorerParams` model of its parameters; :attr:`p` holds the validated instance.
     """
 
@@ -69,6 +71,7 @@ class Scorer:
     exact_at: ClassVar[frozenset[str]] = frozenset({"cache", "kv_proj"})
     head_axis: ClassVar[Literal["query", "kv"]] = "query"
     fixed_coefficient: ClassVar[bool] = False
+    stacked_rows: ClassVar[bool] = False
     Params: ClassVar[type[ScorerParams]] = ScorerParams
 
     def __init__(self, **params: Any):

@@ -13,6 +13,7 @@ class RowEntropy(Scorer):
 
     needs_row = True
     exact_at = frozenset({"cache"})
+    stacked_rows = True
 
     def score(self, state, inputs: ScoreInputs):
-        return attention_entropy(inputs.row)  # [B, Hq]
+        return attention_entropy(inputs.row)  # [..., B, Hq]

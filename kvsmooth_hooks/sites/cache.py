@@ -4,7 +4,9 @@ Hooks: one forward hook per smoothed layer's attention module. It finds the cach
 arguments (through the adapter) and keeps that layer's ``[B, Hkv, T, D]`` keys / values for the end of
 the forward. At the end of a decode forward, per coefficient group: stack the layers' scores, push
 windows, rank, clip -> ``lam [B, La, H]``, and one ``torch._foreach_lerp_`` rewrites position -1 of
-every layer's keys / values from position -2 (``K[-1] <- (1 - lam) K[-1] + lam K[-2]``).
+every layer's keys and values from position -2 (``K[-1] <- (1 - lam) K[-1] + lam K[-2]``). A static
+cache (``cache_implementation="static"``: ``[B, H, max_cache_len, D]``) is edited at the absolute
+positions ``past`` and ``past - 1``; left padding keeps every sequence's newest token at the same one.
 
 ``smooth_prefill``: the prompt positions are walked in order at the end of the prefill, like decode steps.
 """
@@ -27,6 +29,9 @@ class CacheSite(Site):
 
     def begin(self, kind, info) -> None:
         self.kv = {}
+        # the newest entry and the one before it; the prompt's length (smooth_prefill) in a static cache
+        self.pos = (info.past, info.past - 1) if info.static else (-1, -2)
+        self.static_len = info.past + info.q_len if info.static else None
         if kind == PREFILL and self.config.smooth_prefill and info.past:
             raise SiteError(
                 f"kvsmooth: smooth_prefill cannot smooth a prompt that continues a cache of {info.past} positions made "
@@ -46,7 +51,11 @@ class CacheSite(Site):
             keys, values = adapter.layer_kv(cache, layer.index)
             self.kv[layer.index] = (keys, values)
             scorer = layer.scorer
+            if scorer.needs_row and not (kind == PREFILL and scorer.needs_key):  # nothing else to do per layer
+                return None
             with torch.no_grad():
+                if scorer.needs_key and self.static_len is not None:  # the written positions of a static cache
+                    keys = keys[:, :, : self.static_len]
                 if kind == PREFILL and scorer.needs_key:
                     scorer.observe_prompt(layer.scorer_state, keys, state.valid[:, -keys.shape[2]:])
                 elif kind == DECODE and not scorer.needs_row:
@@ -68,7 +77,7 @@ class CacheSite(Site):
         if kind == DECODE:
             for group in self.state.groups:
                 lam = group.step(tracing=self.state.tracing)
-                self._blend(group, lam, -1, -2, record=self.state.tracing and self.session.record_deltas)
+                self._blend(group, lam, *self.pos, record=self.state.tracing and self.session.record_deltas)
         elif kind == PREFILL and self.config.smooth_prefill:
             self._smooth_prompt()
         self.kv = {}
@@ -94,27 +103,36 @@ class CacheSite(Site):
                 "(it supports gradients)"
             )
         c = group.consts(lam.device)
+        current, previous, weights, lam_w = [], [], [], None
         with torch.no_grad():
-            for name, attr, on, mask in (("dk", 0, group.smooth_key, "kmask"), ("dv", 1, group.smooth_value, "vmask")):
+            for name, attr, on, same, mask in (("dk", 0, group.smooth_key, group.key_is_lam, "kmask"),
+                                               ("dv", 1, group.smooth_value, group.value_is_lam, "vmask")):
                 if not on:
                     if record:
                         group.record[name] = torch.zeros_like(lam)
                     continue
                 tensors = first if attr == 0 else self._tensors(group, 1)
-                current = [t[:, :, pos] for t in tensors]
-                weights = (lam * c[mask]).unsqueeze(-1).to(tensors[0].dtype)
-                before = torch.stack(current, 1).float() if record else None
-                torch._foreach_lerp_(current, [t[:, :, prev] for t in tensors], list(weights.unbind(1)))
-                if before is not None:
-                    group.record[name] = (torch.stack(current, 1).float() - before).norm(dim=-1)
+                current.append([t[:, :, pos] for t in tensors])
+                previous += [t[:, :, prev] for t in tensors]
+                if same:  # the target mask is the enabled mask: lambda itself, converted once for K and V
+                    lam_w = lam.unsqueeze(-1).to(tensors[0].dtype) if lam_w is None else lam_w
+                weights += (lam_w if same else (lam * c[mask]).unsqueeze(-1).to(tensors[0].dtype)).unbind(1)
+            before = [torch.stack(cur, 1).float() for cur in current] if record else None
+            if current:  # keys and values of every layer of the group: one fused op
+                torch._foreach_lerp_([t for cur in current for t in cur], previous, weights)
+            if record:
+                names = [n for n, on in (("dk", group.smooth_key), ("dv", group.smooth_value)) if on]
+                for name, cur, b in zip(names, current, before):
+                    group.record[name] = (torch.stack(cur, 1).float() - b).norm(dim=-1)
 
     def _smooth_prompt(self) -> None:
         """smooth_prefill: walk the prompt positions in order, like decode steps."""
         state = self.state
         for group in state.groups:
             keys = self._tensors(group, 0)
-            t = keys[0].shape[2]
-            if any(k.shape[2] != t for k in keys):  # sliding-window layers next to global ones
+            t = self.static_len or keys[0].shape[2]
+            # sliding-window layers next to global ones hold other prompt positions
+            if self.static_len is None and any(k.shape[2] != t for k in keys):
                 raise SiteError(
                     "smooth_prefill at the cache site needs the smoothed layers' caches to hold the same prompt "
                     "positions, but sliding-window and global layers differ (Gemma 2/3 style): use site 'kv_proj', "

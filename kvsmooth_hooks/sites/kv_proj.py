@@ -5,6 +5,10 @@ fused QKV module), found through the adapter's :class:`~kvsmooth_hooks.adapters.
 steps the hook blends the new token's projection ``x_t`` with the previous *smoothed* projection kept in
 the layer state: ``x_t <- (1 - lam) x_t + lam x'_{t-1}``.
 
+Separate key and value modules still cost one kernel op per layer and step: when the prefill showed that
+the key hook runs first, the key hook only keeps its view and the value hook blends both in one
+``torch._foreach_lerp_`` (not with ``record_deltas`` or gradients, which take one op per projection).
+
 Coefficients that depend only on earlier forwards (attention rows are the previous token's) are
 computed for all layers at the start of the decode forward; layers whose scorer needs the new key (or
 ``smooth_prefill``) compute theirs inside their key hook (their own coefficient group).
@@ -34,6 +38,9 @@ class KVProjSite(Site):
     def register(self) -> list:
         self.mode = None
         self.weights: dict[int, dict] = {}
+        self.fuse: dict[int, bool] = {}  # layer -> its key hook runs before its value hook (seen at prefill)
+        self.pending: dict[int, tuple] = {}  # layer -> (name, key view, weight) for the value hook to blend
+        self._key_ran: set[int] = set()
         handles = []
         for i, layer in self.state.layers.items():
             ks, vs = self.adapter.key_slot(i), self.adapter.value_slot(i)
@@ -46,6 +53,7 @@ class KVProjSite(Site):
 
     def begin(self, kind, info) -> None:
         state = self.state
+        self._key_ran.clear()
         # a run that starts mid-stream has no previous smoothed projection: its first forward only remembers
         self.mode = PREFILL if kind == DECODE and state.step == 0 and state.mid_stream else kind
         if self.mode != DECODE:
@@ -60,11 +68,36 @@ class KVProjSite(Site):
     def on_row(self, layer, kind, row_fn) -> None:  # the newest row, used at the next decode step
         layer.score(ScoreInputs(row=row_fn()[:, :, -1], first_index=self.state.first_index))
 
+    def end(self, kind) -> None:
+        if self.pending:
+            layers = sorted(self.pending)
+            self.pending.clear()
+            raise SiteError(f"kvsmooth: layer(s) {layers}: the key projection ran but the value projection did not "
+                            "in this forward, so the new key was not smoothed; use site 'cache' for this model")
+
     def _weights(self, group, lam: torch.Tensor) -> None:
-        """This step's blend weights per layer of ``group`` (``[B, Hkv, 1]`` each) for keys and values."""
+        """This step's blend weights of ``group``'s layers, ``[B, La, Hkv, 1]`` for keys and for values."""
         c = group.consts(lam.device)
-        self.weights[id(group)] = {"key": (lam * c["kmask"]).unsqueeze(-1).unbind(1),
-                                   "value": (lam * c["vmask"]).unsqueeze(-1).unbind(1), "step": self.state.step}
+        self.weights[id(group)] = {
+            "key": (lam if group.key_is_lam else lam * c["kmask"]).unsqueeze(-1),
+            "value": (lam if group.value_is_lam else lam * c["vmask"]).unsqueeze(-1), "step": self.state.step}
+
+    def _weight(self, w: dict, name: str, dtype, slot: int) -> torch.Tensor:
+        """One layer's ``[B, Hkv, 1]`` weight, converted to the projection's dtype once per group and step."""
+        if w[name].dtype != dtype:
+            w[name] = w[name].to(dtype)
+        return w[name][:, slot]
+
+    def _blend(self, layer, todo: list[tuple]) -> None:
+        """``x_t <- lerp(x_t, x'_{t-1}, w)`` in place for each ``(name, view, weight)``: one fused op."""
+        names, current, weights = zip(*todo)
+        previous = [layer.prev[n] for n in names]
+        if len(todo) == 1:
+            current[0].lerp_(previous[0], weights[0])
+        else:
+            torch._foreach_lerp_(list(current), previous, list(weights))
+        for name, new in zip(names, current):
+            layer.prev[name] = new
 
     def _hook(self, layer, slots):
         state = self.state
@@ -75,10 +108,16 @@ class KVProjSite(Site):
                 return None
             out = output
             group = layer.group
+            todo = []
             with torch.no_grad():
                 for name, slot in slots:
                     heads = slot.heads(out, layer.n_kv, layer.head_dim)  # [B, T, Hkv, D] view of the output
                     if kind != DECODE:
+                        if len(slots) == 1:  # which of the layer's two projection hooks runs first
+                            if name == "key":
+                                self._key_ran.add(layer.index)
+                            else:
+                                self.fuse[layer.index] = layer.index in self._key_ran
                         if kind == PREFILL and name == "key" and layer.scorer.needs_key:
                             layer.scorer.observe_prompt(layer.scorer_state, heads.transpose(1, 2),
                                                         state.valid[:, -heads.shape[1]:])
@@ -96,14 +135,15 @@ class KVProjSite(Site):
                         layer.score(ScoreInputs(key=heads[:, -1], first_index=state.first_index))
                         self._weights(group, group.step(tracing=state.tracing))
                         w = self.weights[id(group)]
-                    weight = w[name][layer.slot]  # [B, Hkv, 1]
-                    if weight.dtype != heads.dtype:
-                        weight = weight.to(heads.dtype)
+                    weight = self._weight(w, name, heads.dtype, layer.slot)  # [B, Hkv, 1]
                     if out.requires_grad:
                         out = out.clone()
                         heads = slot.heads(out, layer.n_kv, layer.head_dim)
                     current = heads[:, -1]
                     record = state.tracing and self.session.record_deltas
+                    if not (record or out.requires_grad):
+                        todo.append((name, current, weight))
+                        continue
                     before = current.float() if record else None
                     new = current.lerp_(layer.prev[name], weight)  # in place: heads is a view of the module output
                     layer.prev[name] = new
@@ -112,6 +152,10 @@ class KVProjSite(Site):
                         if key not in rec or rec[key].shape[1] != len(group.layers):
                             rec[key] = torch.zeros_like(group.lam)
                         rec[key][:, layer.slot] = (new.float() - before).norm(dim=-1)
+                if todo and todo[0][0] == "key" and len(slots) == 1 and self.fuse.get(layer.index):
+                    self.pending[layer.index] = todo[0]  # blended together with the value
+                elif todo:
+                    self._blend(layer, [self.pending.pop(layer.index)] + todo if layer.index in self.pending else todo)
             return out
 
         return hook

@@ -1,0 +1,124 @@
+"""Decode-step attention rows of every smoothed layer, normalised and scored in one step.
+
+At batch 1 a GPU decode step is bound by kernel launches, so the ops smoothing adds per layer and
+step are what it costs there. Recomputing each layer's row with :func:`~kvsmooth_hooks.probe.query_probs`
+and scoring it takes about six small ops per layer (logits, scale, softmax, entropy, sum, mean).
+Here each layer's attention call writes only the new query's scaled logits ``q_t K^T * scale`` into
+its slot of one buffer ``[La, B, Hq, T]`` (one ``baddbmm_`` per layer); at the end of the forward one
+mask, one softmax and one scorer call cover all layers, and each coefficient group receives its
+layers' scores already stacked. Replacing the model's attention by one that also returns the row
+would save the logits op but add a softmax and a matmul per layer in place of a fused sdpa kernel, and
+would change the model's own outputs (λ = 0 would no longer be bit-identical), so the row is recomputed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .scorers.base import ScoreInputs
+from .smoothing import head_units
+
+
+class RowBatch:
+    """Newest-query attention logits of several layers in one decode step, scored together.
+
+    layers: the smoothed layers (``.attn``, ``.scorer``, ``.unit``) whose scorer takes stacked rows, in
+    slot order; groups: ``[(group, first slot, n layers)]`` for coefficient groups made only of them.
+    During a decode forward each layer's attention call :meth:`write` s its logits into ``logits[slot]``
+    (``[La, B, Hq, T]``, the model's dtype); :meth:`score` then masks, normalises and scores every slot
+    at once, sets each layer's ``unit`` and hands each complete group its stacked units. A call that
+    cannot be batched (softcap, position bias, attention sinks, another key length or dtype than the
+    first layer's) returns False and the caller falls back to :func:`query_probs`.
+    """
+
+    def __init__(self, layers: list, groups: list[tuple]):
+        self.layers, self.groups = layers, groups
+        self.slots = {id(layer.attn): i for i, layer in enumerate(layers)}
+        self.clear()
+
+    @classmethod
+    def for_groups(cls, groups: list) -> "RowBatch | None":
+        """Batch the layers whose scorer takes stacked rows (the first such layer's scorer and device), slots
+        in group order so that a group is one slice; None if no layer qualifies."""
+        cand = [layer for g in groups for layer in g.layers if layer.scorer.stacked_rows]
+        if not cand:
+            return None
+        first = cand[0]
+        same = {id(l) for l in cand if type(l.scorer) is type(first.scorer) and l.scorer.params == first.scorer.params
+                and l.device == first.device and (l.n_heads, l.n_kv) == (first.n_heads, first.n_kv)}
+        layers, spans = [], []
+        for g in groups:
+            start = len(layers)
+            layers += [l for l in g.layers if id(l) in same]
+            if len(layers) - start == len(g.layers):
+                spans.append((g, start, len(g.layers)))
+        return cls(layers, spans)
+
+    def clear(self) -> None:
+        self.logits: torch.Tensor | None = None
+        self.mask: torch.Tensor | None = None
+        self.filled = [False] * len(self.layers)
+
+    def write(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> bool:
+        """Logits of the single new query ``query [B, Hq, 1, D]`` over ``key [B, Hkv, T, D]`` into the
+        module's slot (GQA without repeating the keys). Returns False if this call cannot be batched."""
+        slot = self.slots.get(id(module))
+        if slot is None or query.shape[2] != 1:
+            return False
+        if kwargs.get("softcap") or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
+            return False
+        b, hq, _, d = query.shape
+        hkv, t = key.shape[1], key.shape[2]
+        if self.logits is None:
+            self.logits = query.new_empty((len(self.layers), b, hq, t))
+            self.mask = mask
+        elif self.logits.shape[1:] != (b, hq, t) or self.logits.dtype != query.dtype:
+            return False
+        out = self.logits[slot].view(b * hkv, hq // hkv, t)
+        scaling = kwargs.get("scaling")
+        out.baddbmm_(
+            query.reshape(b * hkv, hq // hkv, d),
+            key.reshape(b * hkv, t, d).transpose(1, 2),
+            beta=0.0,
+            alpha=d**-0.5 if scaling is None else scaling,
+        )
+        if mask is not self.mask:  # a layer with its own mask (sliding window next to global): mask it now
+            _mask_logits(self.logits[slot], mask, t)
+        self.filled[slot] = True
+        return True
+
+    def complete(self) -> bool:
+        return all(self.filled)
+
+    def probs(self) -> torch.Tensor:
+        """Float32 ``[La, B, Hq, T]`` attention probabilities of every slot (unfilled slots hold garbage)."""
+        logits = self.logits.float()  # the buffer is this step's own: masked in place
+        if self.mask is not None:
+            _mask_logits(logits, self.mask, logits.shape[-1])
+        return torch.softmax(logits, -1)
+
+    def score(self, first_index: torch.Tensor | None) -> None:
+        """Score the written slots (one scorer call for all layers), set each layer's ``unit [B, U]`` and give
+        every complete group its units ``[B, La, U]`` (``group.stacked``); then forget this step."""
+        if any(self.filled):
+            first = self.layers[0]
+            raw = first.scorer.score({}, ScoreInputs(row=self.probs(), first_index=first_index))  # [La, B, Hq]
+            units = head_units(raw, first.n_kv, first.per_head, first.scorer.head_axis).transpose(0, 1)  # [B, La, U]
+            for slot, layer in enumerate(self.layers):
+                if self.filled[slot]:
+                    layer.unit = units[:, slot]
+            if self.complete():
+                for group, start, n in self.groups:
+                    group.stacked = units.narrow(1, start, n)
+        self.clear()
+
+
+def _mask_logits(logits: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
+    """Apply an attention mask of the newest query in place. logits ``[..., B, Hq, T]``; mask bool
+    (True = attend) or additive ``[B|1, 1|Hq, Q, T']``, or a 2-D padding mask ``[B, T']``."""
+    if mask.dim() == 2:
+        return logits.masked_fill_(~mask[:, None, -t:].to(torch.bool), float("-inf"))
+    m = mask[:, :, -1, :t]  # [B|1, 1|Hq, T]
+    if m.dtype == torch.bool:
+        return logits.masked_fill_(~m, float("-inf"))
+    return logits.add_(m)
