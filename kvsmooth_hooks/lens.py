@@ -93,7 +93,7 @@ class LensSession(Session):
         from .state import LayerState, build_groups
 
         ad = self.adapter
-        ad.check_session(self.site, self.needs_row)
+        ad.check_session(self.site, self.needs_row, self.plan.active_layers(), self.plan)
         blocks = ad.layers()
         self._view = _CacheView()
         for i, block in enumerate(blocks):

@@ -231,6 +231,15 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
                 policy[r] = ov.policy
             if ov.scorer is not None:
                 scorer[r] = ov.scorer
+    smoothable = set(adapter.smoothable_layers())
+    explicit = [("layers", config.layers)] + [(f"overrides[{k}].layers", ov.layers) for k, ov in enumerate(config.overrides)
+                                              if ov.enabled is not False]
+    for where, spec in explicit:  # a layer named by index must be smoothable; slices and 'all' skip the others
+        if isinstance(spec, list):
+            bad = [i % n_layers for i in spec if -n_layers <= i < n_layers and i % n_layers not in smoothable]
+            if bad:
+                raise PlanError(f"{where}: {adapter.describe_layer(bad[0])}; smoothable layers: {sorted(smoothable)}")
+    enabled[[i for i in range(n_layers) if i not in smoothable]] = False
     for r in range(n_layers):
         try:
             build_scorer(scorer[r].name, scorer[r].params)

@@ -144,7 +144,7 @@ class Session:
 
     def _register(self) -> None:
         ad = self.adapter
-        ad.check_session(self.site, self.needs_row)
+        ad.check_session(self.site, self.needs_row, self.plan.active_layers(), self.plan)
         decoder = ad.decoder()
         self.handles.append(decoder.register_forward_pre_hook(self._pre_forward, with_kwargs=True))
         self.handles.append(decoder.register_forward_hook(self._post_forward))

@@ -26,7 +26,7 @@ class LayerState:
         self.attn = adapter.attention(index)
         spec = plan.scorer[index]
         self.scorer: Scorer = build_scorer(spec.name, spec.params)
-        self.n_heads, self.n_kv, self.head_dim = adapter.n_heads, adapter.n_kv_heads, adapter.head_dim
+        self.n_heads, self.n_kv, self.head_dim = adapter.layer_heads(index)
         self.per_head = plan.granularity == "head"
         self.group: CoefficientGroup | None = None
         self.slot = 0  # position inside its group

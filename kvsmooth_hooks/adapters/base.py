@@ -43,8 +43,8 @@ class ProjSlot:
         if output.dim() == 4:
             return output
         x = output[..., self.start:self.stop]
-        if self.interleave is None:
-            return x.unflatten(-1, (n_kv, head_dim))
+        if self.interleave is None:  # the slice's own width per head (value heads may differ from key heads)
+            return x.unflatten(-1, (n_kv, -1))
         per_group, index = self.interleave
         return x.unflatten(-1, (n_kv, per_group, head_dim))[..., index, :]
 
@@ -91,6 +91,18 @@ class Adapter:
     def layers(self) -> Sequence[nn.Module]:
         return list(getattr(self.decoder(), self.layers_attr))
 
+    def smoothable_layers(self) -> list[int]:
+        """Indices of layers with a self-attention KV cache of their own (all layers unless an adapter says)."""
+        return list(range(self.n_layers))
+
+    def describe_layer(self, layer: int) -> str:
+        """Why ``layer`` cannot be smoothed (for error messages)."""
+        return f"layer {layer} has no self-attention KV cache of its own"
+
+    def layer_heads(self, layer: int) -> tuple[int, int, int]:
+        """``(query heads, KV heads, key head dim)`` of one layer."""
+        return self.n_heads, self.n_kv_heads, self.head_dim
+
     def attention(self, layer: int) -> nn.Module:
         return _get(self.layers()[layer], self.attention_attr)
 
@@ -118,8 +130,9 @@ class Adapter:
                 return p.device
         return None
 
-    def check_session(self, site: str, needs_row: bool) -> None:
-        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows)."""
+    def check_session(self, site: str, needs_row: bool, layers=None, plan=None) -> None:
+        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows) on
+        ``layers`` (the smoothed layer indices; None = all)."""
 
     # -------------------------------------------------------------- sizes
     @property
@@ -175,8 +188,8 @@ class Adapter:
         """The cache object among a forward's keyword arguments (any known name), or None."""
         for name in CACHE_KWARGS:
             cache = kwargs.get(name)
-            if cache is not None:
-                return cache
+            if cache is not None:  # encoder-decoder models: the decoder's self-attention part
+                return getattr(cache, "self_attention_cache", cache)
         return None
 
     @staticmethod

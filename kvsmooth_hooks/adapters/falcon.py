@@ -5,23 +5,35 @@
 * neither: per head ``[q_h, k_h, v_h]`` like GPT-NeoX.
 """
 
-from .base import Adapter, ProjSlot, UnsupportedModelError
+from .base import ProjSlot, UnsupportedModelError
+from .discover import HeadLayout
+from .generic import GenericAdapter
 
 
-class FalconAdapter(Adapter):
-    """Layers at ``transformer.h``, attention ``h[i].self_attention``."""
+class FalconAdapter(GenericAdapter):
+    """Discovered structure (``transformer.h[i].self_attention``); the fused layout and KV heads from the config."""
 
     name = "falcon"
     model_types = ("falcon",)
-    attention_attr = "self_attention"
-    layers_attr = "h"
+
+    def heads(self, layer: int) -> HeadLayout:
+        c = self.config
+        h = int(c.num_attention_heads)
+        kv = int(c.num_kv_heads) if c.new_decoder_architecture else (1 if c.multi_query else h)
+        d = int(c.hidden_size) // h
+        return HeadLayout(h, kv, d, d)
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads(0).n_heads
 
     @property
     def n_kv_heads(self) -> int:
-        c = self.config
-        if c.new_decoder_architecture:
-            return int(c.num_kv_heads)
-        return 1 if c.multi_query else self.n_heads
+        return self.heads(0).n_kv
+
+    @property
+    def head_dim(self) -> int:
+        return self.heads(0).k_dim
 
     def _slot(self, layer: int, index: int) -> ProjSlot:
         qkv, c, d = self.attention(layer).query_key_value, self.config, self.head_dim
@@ -38,7 +50,7 @@ class FalconAdapter(Adapter):
     def value_slot(self, layer: int) -> ProjSlot:
         return self._slot(layer, 1)
 
-    def check_session(self, site: str, needs_row: bool) -> None:
+    def check_session(self, site: str, needs_row: bool, layers=None, plan=None) -> None:
         if needs_row:
             raise UnsupportedModelError(
                 "Falcon computes attention inline (not through transformers' attention interface), so attention rows "

@@ -1,0 +1,165 @@
+"""Tiny random models for every generative model class of the installed transformers (no downloads).
+
+transformers' own test configs are not installed, so the small configs are derived from each config
+class's defaults: layer counts, hidden sizes, heads, feed-forward widths, experts and latent ranks are
+shrunk (nested text / vision / audio / encoder / decoder configs too), and lists tied to the layer count
+are cut while keeping one layer of each kind. A few model types need one more setting; they are in
+:data:`EXTRA` with the reason.
+
+``generative_classes()`` lists the classes; ``build(name)`` returns ``(model, note)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+
+#: auto-mapping tables whose classes generate text (``GenerationMixin``) with a KV cache
+MAPPINGS = (
+    "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES",
+    "MODEL_FOR_MULTIMODAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES",
+    "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES",
+    "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES",
+)
+
+LAYERS = {"num_hidden_layers", "num_layers", "n_layer", "n_layers", "decoder_layers", "encoder_layers", "depth",
+          "num_decoder_layers", "num_encoder_layers", "text_layers", "vision_layers", "n_layers_decoder"}
+HIDDEN = {"hidden_size", "d_model", "n_embd", "embed_dim", "dim", "hidden_dim", "projection_dim", "out_hidden_size",
+          "vision_hidden_size", "text_hidden_size", "mm_hidden_size", "d_embed", "word_embed_proj_dim",
+          "output_hidden_size", "projector_hidden_size"}
+HEADS = {"num_attention_heads", "n_head", "n_heads", "encoder_attention_heads", "decoder_attention_heads",
+         "num_heads"}
+KV_HEADS = {"num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_group_num", "num_kv_groups"}
+FFN = {"intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner", "d_ff", "ffn_hidden_size",
+       "moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size", "d_kv_ffn",
+       "mlp_dim", "inner_hidden_size"}
+EXPERTS = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+           "num_experts_per_tok": 2, "moe_topk": 2, "top_k": 2, "n_group": 1, "topk_group": 1,
+           "first_k_dense_replace": 1, "n_shared_experts": 1, "num_shared_experts": 1}
+MLA = {"kv_lora_rank": 32, "q_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 16}
+PERIODS = {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}
+#: lists with one entry per layer
+PER_LAYER = ("layer_types", "layers_block_type", "block_types", "hybrid_override_pattern", "mlp_only_layers",
+             "attn_type_list", "full_attn_idxs")
+
+#: model types that need more than the generic shrink: settings applied after it (and why)
+EXTRA: dict[str, dict] = {
+    "mllama_text_model": {"num_hidden_layers": 3, "cross_attention_layers": [1]},  # one cross-attention layer
+    "gemma3n_text": {"num_kv_shared_layers": 2, "num_hidden_layers": 4,  # 2 layers write KV, 2 reuse theirs
+                     "activation_sparsity_pattern": [0.0] * 4},
+}
+
+N_LAYERS = 2
+HIDDEN_SIZE = 64
+N_HEADS = 4
+FFN_SIZE = 64
+SKIP_FIELDS = {"transformers_version", "architectures", "id2label", "label2id", "dtype", "_name_or_path"}
+
+
+def generative_classes() -> list[str]:
+    """Names of every generation-capable model class in the auto mappings of the installed transformers."""
+    import transformers
+    import transformers.models.auto.modeling_auto as auto
+
+    names: set[str] = set()
+    for table in MAPPINGS:
+        for v in getattr(auto, table, {}).values():
+            names.update(v if isinstance(v, (list, tuple)) else [v])
+    out = []
+    for n in sorted(names):
+        try:
+            cls = getattr(transformers, n)
+        except Exception:  # noqa: BLE001 - missing optional dependency or removed class
+            continue
+        if hasattr(cls, "can_generate") and cls.can_generate():
+            out.append(n)
+    return out
+
+
+def _cut_per_layer(value, n: int):
+    """A per-layer list of names or flags cut to ``n`` entries, keeping each distinct entry once
+    (first-appearance order, then the last one repeated). Returns ``(list, n)``; ``n`` grows to fit the kinds."""
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, (str, bool)) for v in value):
+        return value, n
+    kinds = list(dict.fromkeys(value))
+    n = max(n, len(kinds))
+    return kinds + [kinds[-1]] * (n - len(kinds)), n
+
+
+def _fields(cfg) -> list[str]:
+    if dataclasses.is_dataclass(cfg):
+        return [f.name for f in dataclasses.fields(cfg) if f.init]
+    return list(cfg.to_dict())
+
+
+def shrink(cfg):
+    """A copy of ``cfg`` (a PretrainedConfig) with small sizes, sub-configs shrunk recursively."""
+    cls = type(cfg)
+    kw = {}
+    subs = set(getattr(cls, "sub_configs", {}) or {})
+    for name in _fields(cfg):
+        if name in SKIP_FIELDS or not hasattr(cfg, name):
+            continue
+        v = getattr(cfg, name)
+        if name in subs or hasattr(v, "to_dict") and hasattr(v, "model_type"):
+            kw[name] = shrink(v) if v is not None and hasattr(v, "model_type") else v
+            continue
+        kw[name] = _shrink_value(name, v, cfg)
+    n = next((kw[k] for k in LAYERS if isinstance(kw.get(k), int) and not isinstance(kw.get(k), bool)), N_LAYERS)
+    for key in PER_LAYER:
+        if isinstance(kw.get(key), (list, tuple)) and key != "mlp_only_layers":
+            kw[key], n = _cut_per_layer(kw[key], n)
+    for key in LAYERS:
+        if isinstance(kw.get(key), int) and not isinstance(kw.get(key), bool) and kw[key] > 0:
+            kw[key] = n if key not in {"encoder_layers", "num_encoder_layers", "depth", "vision_layers"} else min(kw[key], N_LAYERS)
+    if isinstance(kw.get("mlp_only_layers"), list):
+        kw["mlp_only_layers"] = [i for i in kw["mlp_only_layers"] if i < n]
+    kw.update(EXTRA.get(getattr(cls, "model_type", ""), {}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**kw)
+
+
+def _shrink_value(name: str, v, cfg):
+    if isinstance(v, bool) or v is None:
+        return v
+    if isinstance(v, int):
+        if name in LAYERS:
+            return min(v, N_LAYERS) if v > 0 else v
+        if name in HIDDEN:
+            return min(v, HIDDEN_SIZE)
+        if name in HEADS:
+            return min(v, N_HEADS)
+        if name in KV_HEADS:
+            heads = next((getattr(cfg, h) for h in HEADS if isinstance(getattr(cfg, h, None), int)), None)
+            if heads is not None and v >= heads:
+                return N_HEADS  # multi-head: as many KV heads as query heads
+            return min(v, 2)
+        if name in FFN:
+            return min(v, FFN_SIZE)
+        if name in EXPERTS:
+            return min(v, EXPERTS[name])
+        if name in MLA:
+            return min(v, MLA[name])
+        if name in PERIODS:
+            return PERIODS[name]
+    return v
+
+
+def build(name: str, seed: int = 0):
+    """``(model, config)`` for the transformers class ``name``, tiny and random, in eval mode."""
+    import transformers
+
+    cls = getattr(transformers, name)
+    cfg = shrink(cls.config_class())
+    if ("CausalLM" in name or "LMHead" in name) and getattr(cfg, "is_decoder", None) is False:
+        cfg.is_decoder = True  # BERT-style encoders as decoders (causal, with a KV cache), as their docs ask
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = cls(cfg).eval()
+    return model

@@ -1,0 +1,392 @@
+"""Structure discovery: read a model's language decoder from its modules instead of a model-type list.
+
+Pure functions over ``nn.Module`` (no hooks, no forward passes):
+
+* :func:`find_decoder` - the language decoder and its layer list (inside vision-language wrappers,
+  ``get_decoder()`` of encoder-decoder models, ``text_config`` models);
+* :func:`classify_layer` - what each layer of that list is: a self-attention layer (with the module),
+  a layer whose attention reads another layer's cache (shared KV), a cross-attention-only layer, or a
+  layer without attention (Mamba / linear-attention / recurrent mixers);
+* :func:`kv_slots` - where a self-attention module's key and value projections are: separate modules,
+  contiguous slices of a fused QKV output, per-head interleaved fused outputs, or the decompressed
+  K/V of multi-head latent attention;
+* :func:`head_layout` - query heads, KV heads and head dims of one attention module, read from the
+  module (its attributes and projection widths), so per-layer head counts and dims are honoured.
+
+:func:`discover` puts them together as a :class:`DecoderStructure`. The layer index is always the
+position in the model's own layer list (what users see in ``model.model.layers[i]``); the cache
+index is the attention module's ``layer_idx`` when it has one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .base import ProjSlot, UnsupportedModelError
+
+#: attribute names of a decoder layer's self-attention module, in order of preference
+SELF_ATTENTION_NAMES = ("self_attn", "self_attention", "attn", "attention", "SelfAttention", "mixer", "attn_layer",
+                        "temporal_block", "token_mixer")
+#: name fragments of cross-attention modules (attend to encoder states or image features, no own KV)
+CROSS_MARKERS = ("cross", "encoder_attn", "encdec", "enc_dec", "encoderattention", "xattn")
+#: attribute names of the layer list inside a decoder
+LAYER_LIST_NAMES = ("layers", "h", "layer", "blocks", "block", "decoder_layers", "transformer_blocks")
+#: paths (from the model) whose subtrees are not the language decoder
+NON_LANGUAGE = ("vision", "visual", "image", "audio", "speech", "vq", "encoder", "vit", "siglip", "clip", "patch",
+                "projector", "connector", "resampler", "qformer", "perceiver", "tokenizer", "codec", "talker",
+                "code2wav", "vocoder", "mtp", "depth_decoder", "depth_transformer")
+
+SEPARATE = (("k_proj", "v_proj"), ("key", "value"), ("k", "v"), ("wk", "wv"), ("k_lin", "v_lin"),
+            ("key_proj", "value_proj"), ("to_k", "to_v"), ("linear_k", "linear_v"))
+FUSED_CONTIGUOUS = ("qkv_proj", "c_attn", "Wqkv", "W_pack", "qkv", "wqkv", "in_proj", "qkv_linear", "to_qkv",
+                    "query_key_value")
+FUSED_KV = ("kv_proj", "kv", "wkv", "to_kv")
+
+
+@dataclass(frozen=True)
+class HeadLayout:
+    """Head counts of one attention module: ``n_heads`` query heads, ``n_kv`` KV heads; ``k_dim`` / ``v_dim``
+    the key and value head dims (the cache holds keys ``[B, n_kv, T, k_dim]``, values ``[B, n_kv, T, v_dim]``)."""
+
+    n_heads: int
+    n_kv: int
+    k_dim: int
+    v_dim: int
+    #: multi-head latent attention: the cache holds one compressed latent ``[B, 1, T, k_dim]`` (keys slot) and the
+    #: shared rotary key ``[B, 1, T, v_dim]`` (values slot); keys and values of every head are linear in them
+    latent: bool = False
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One entry of the decoder's layer list.
+
+    index: position in the model's own layer list; kind: ``attention`` (a self-attention layer with its
+    own cache entry), ``shared_kv`` (self-attention reading another layer's cache: smoothed there),
+    ``cross_attention`` (attends to encoder / image states only) or the class name of the layer's mixer
+    for layers without attention (``MambaMixer``, ``GatedDeltaNet``, ...).
+    attention: the self-attention module (None for layers without one); cache_index: the cache layer it
+    writes; reads: for ``shared_kv``, the layer index (in the list) whose cache it reads, if known.
+    """
+
+    index: int
+    kind: str
+    module: nn.Module
+    attention: nn.Module | None = None
+    cache_index: int | None = None
+    heads: HeadLayout | None = None
+    sliding_window: int | None = None
+    reads: int | None = None
+    detail: str = ""
+
+
+@dataclass
+class DecoderStructure:
+    """The language decoder of a model: the module receiving the cache, its layer list, one
+    :class:`LayerInfo` per entry; ``path`` is the decoder's attribute path from the model."""
+
+    decoder: nn.Module
+    path: str
+    layers_attr: str
+    layers: list[LayerInfo] = field(default_factory=list)
+    encoder_decoder: bool = False
+
+    def attention_layers(self) -> list[int]:
+        """Indices (in the model's layer list) of layers that own a self-attention cache entry."""
+        return [l.index for l in self.layers if l.kind == "attention"]
+
+
+# ---------------------------------------------------------------------------------------------- decoder
+def _is_attention_module(name: str, mod: nn.Module) -> bool:
+    cls = type(mod).__name__.lower()
+    return ("attention" in cls or "attn" in cls) and not isinstance(mod, (nn.ModuleList, nn.ModuleDict)) \
+        and any(True for _ in mod.parameters(recurse=True))
+
+
+def _attention_in(layer: nn.Module, depth: int = 3) -> list[tuple[str, nn.Module]]:
+    """Outermost attention-like submodules of ``layer`` (dotted names), at most ``depth`` levels down."""
+    out: list[tuple[str, nn.Module]] = []
+
+    def walk(mod, prefix, d):
+        for name, child in mod.named_children():
+            full = f"{prefix}{name}"
+            if _is_attention_module(name, child):
+                out.append((full, child))
+            elif d > 1 and not isinstance(child, nn.Embedding):
+                walk(child, full + ".", d - 1)
+
+    walk(layer, "", depth)
+    return out
+
+
+def _is_cross(name: str, mod: nn.Module) -> bool:
+    low = (name + type(mod).__name__).lower().replace("_", "")
+    if any(m.replace("_", "") in low for m in CROSS_MARKERS):
+        return True
+    return bool(getattr(mod, "is_cross_attention", False))
+
+
+def _layer_lists(root: nn.Module, root_path: str, skip=NON_LANGUAGE) -> list[tuple[str, str, nn.Module, nn.ModuleList]]:
+    """Candidate ``(decoder path, attr, decoder, layer list)`` below ``root`` whose entries contain attention,
+    outside subtrees whose path names one of ``skip``."""
+    found = []
+    for path, mod in root.named_modules():
+        for attr, child in mod.named_children():
+            if not isinstance(child, nn.ModuleList) or len(child) == 0:
+                continue
+            full = f"{path}.{attr}" if path else attr
+            if any(tok in full.lower() for tok in skip) and not full.lower().startswith("decoder") \
+                    and ".decoder." not in f".{full.lower()}" and "language" not in full.lower():
+                continue
+            if any(_attention_in(layer) for layer in child):
+                found.append((".".join(p for p in (root_path, path) if p), attr, mod, child))
+    return found
+
+
+def find_decoder(model: nn.Module) -> tuple[str, nn.Module, str, nn.ModuleList]:
+    """``(path, decoder, layers_attr, layer list)`` of the language decoder.
+
+    Tries ``model.get_decoder()`` first (the language model of vision-language wrappers, the decoder of
+    encoder-decoder models), then searches the model for layer lists whose entries hold attention,
+    ignoring vision, audio and encoder towers, and takes the shallowest, longest one.
+    """
+    roots: list[tuple[str, nn.Module]] = []
+    get = getattr(model, "get_decoder", None)
+    if callable(get):
+        try:
+            dec = get()
+        except Exception:  # noqa: BLE001 - some wrappers raise when a sub-model is missing
+            dec = None
+        if isinstance(dec, nn.Module) and dec is not model:
+            path = next((n for n, m in model.named_modules() if m is dec), "")
+            roots.append((path, dec))
+    roots.append(("", model))
+    cfg = getattr(model, "config", None)
+    passes = [NON_LANGUAGE]
+    if not getattr(cfg, "is_encoder_decoder", False) and getattr(cfg, "is_decoder", False):
+        passes.append(tuple(t for t in NON_LANGUAGE if t != "encoder"))  # BERT-style decoders keep layers in .encoder
+    for path, root, skip in [(p, r, s) for s in passes for p, r in roots]:
+        for attr in LAYER_LIST_NAMES:
+            lst = getattr(root, attr, None)
+            if isinstance(lst, nn.ModuleList) and len(lst) and any(_attention_in(l) for l in lst):
+                return path, root, attr, lst
+        cands = _layer_lists(root, path, skip)
+        if cands:
+            cands.sort(key=lambda c: (c[0].count(".") + (1 if c[0] else 0), -len(c[3])))
+            p, attr, dec, lst = cands[0]
+            return p, dec, attr, lst
+    raise UnsupportedModelError(
+        f"{type(model).__name__}: no language decoder found (no list of layers holding attention modules outside "
+        "vision/audio/encoder towers); kvsmooth_hooks needs a decoder whose layers hold self-attention"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- layers
+def _mixer_name(layer: nn.Module) -> str:
+    for name in ("mixer", "mamba", "linear_attn", "recurrent", "temporal_block", "ssm", "conv", "mlp"):
+        mod = getattr(layer, name, None)
+        if isinstance(mod, nn.Module):
+            return type(mod).__name__
+    return type(layer).__name__
+
+
+def _has_projections(mod: nn.Module) -> bool:
+    names = {n for pair in SEPARATE for n in pair} | set(FUSED_CONTIGUOUS) | set(FUSED_KV) | {"kv_a_proj_with_mqa"}
+    return any(isinstance(getattr(mod, n, None), nn.Module) for n in names)
+
+
+def _innermost(name: str, mod: nn.Module) -> tuple[str, nn.Module]:
+    """Unwrap attention wrappers (T5LayerSelfAttention -> SelfAttention, BertAttention -> self): the module that
+    owns the projections and calls the attention function."""
+    while not _has_projections(mod):
+        inner = [(n, c) for n, c in mod.named_children() if _is_attention_module(n, c) and not _is_cross(n, c)]
+        if len(inner) != 1:
+            break
+        name, mod = f"{name}.{inner[0][0]}", inner[0][1]
+    return name, mod
+
+
+def _self_attention(layer: nn.Module) -> tuple[str, nn.Module] | None:
+    cands = [(n, m) for n, m in _attention_in(layer) if not _is_cross(n, m)]
+    if not cands:
+        return None
+    for pref in SELF_ATTENTION_NAMES:
+        for n, m in cands:
+            if n.split(".")[-1] == pref:
+                return _innermost(n, m)
+    return _innermost(*cands[0])
+
+
+def _is_linear_attention(mod: nn.Module) -> bool:
+    """Attention-named modules that keep a recurrent state instead of a KV cache (linear attention, SSMs)."""
+    cls = type(mod).__name__.lower()
+    return any(t in cls for t in ("linearattention", "lightning", "deltanet", "mamba", "retention", "rwkv"))
+
+
+def classify_layer(index: int, layer: nn.Module) -> LayerInfo:
+    """What layer ``index`` of the decoder's list is (see :class:`LayerInfo`)."""
+    found = _self_attention(layer)
+    if found is None:
+        cross = [n for n, m in _attention_in(layer) if _is_cross(n, m)]
+        if cross:
+            return LayerInfo(index, "cross_attention", layer, detail=cross[0])
+        return LayerInfo(index, _mixer_name(layer), layer)
+    name, attn = found
+    if _is_linear_attention(attn):
+        return LayerInfo(index, type(attn).__name__, layer, detail=name)
+    cache_index = getattr(attn, "layer_idx", None)
+    if cache_index is None:
+        cache_index = getattr(layer, "layer_idx", None)
+    cache_index = index if cache_index is None else int(cache_index)
+    window = getattr(attn, "sliding_window", None)
+    window = int(window) if isinstance(window, int) and not isinstance(window, bool) else None
+    if getattr(attn, "is_kv_shared_layer", False):
+        return LayerInfo(index, "shared_kv", layer, attn, cache_index, _safe_heads(attn), window, None, name)
+    return LayerInfo(index, "attention", layer, attn, cache_index, _safe_heads(attn), window, detail=name)
+
+
+# ---------------------------------------------------------------------------------------------- heads
+def _int(obj, *names):
+    for n in names:
+        v = getattr(obj, n, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def _out(mod) -> int | None:
+    if mod is None:
+        return None
+    if isinstance(mod, nn.Linear):
+        return mod.out_features
+    w = getattr(mod, "weight", None)
+    if w is not None and w.dim() == 2:  # Conv1D (GPT-2) stores [in, out]
+        return int(w.shape[1] if type(mod).__name__ == "Conv1D" else w.shape[0])
+    return _int(mod, "out_features")
+
+
+def head_layout(attn: nn.Module, config=None) -> HeadLayout:
+    """Query heads, KV heads and head dims of one attention module, read from the module first."""
+    cfg = getattr(attn, "config", None) or config
+    n_heads = _int(attn, "num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
+    if n_heads is None and cfg is not None:
+        n_heads = _int(cfg, "num_attention_heads", "n_head", "num_heads", "decoder_attention_heads")
+    groups = _int(attn, "num_key_value_groups", "num_kv_groups", "n_rep")
+    n_kv = _int(attn, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
+    if n_kv is None and groups and n_heads:
+        n_kv = n_heads // groups
+    lora, rope = _int(attn, "kv_lora_rank"), _int(attn, "qk_rope_head_dim")
+    if lora and rope and hasattr(attn, "kv_b_proj"):  # MLA: what is cached and projected is the latent
+        return HeadLayout(int(n_heads), 1, lora, rope, latent=True)
+    k_dim = _int(attn, "head_dim", "head_size", "d_head", "attention_head_size", "key_value_proj_dim", "d_kv")
+    if k_dim is None and cfg is not None:
+        k_dim = _int(cfg, "head_dim")
+        if k_dim is None:
+            hidden = _int(cfg, "hidden_size", "d_model", "n_embd")
+            k_dim = hidden // n_heads if hidden and n_heads else None
+    sep = next(((getattr(attn, k), getattr(attn, v)) for k, v in SEPARATE
+                if isinstance(getattr(attn, k, None), nn.Module) and isinstance(getattr(attn, v, None), nn.Module)), None)
+    if sep is not None and k_dim:
+        kw, vw = _out(sep[0]), _out(sep[1])
+        if n_kv is None and kw:
+            n_kv = kw // k_dim
+        v_dim = vw // n_kv if vw and n_kv else k_dim
+    else:
+        v_dim = _int(attn, "v_head_dim") or k_dim
+    if n_kv is None:
+        n_kv = _int(cfg, "num_key_value_heads", "num_kv_heads") if cfg is not None else None
+        n_kv = n_kv or n_heads
+    if not (n_heads and n_kv and k_dim):
+        raise UnsupportedModelError(
+            f"{type(attn).__name__}: cannot read its head counts (num_heads / num_key_value_groups / head_dim "
+            "attributes or projection widths); an explicit adapter is needed"
+        )
+    return HeadLayout(int(n_heads), int(n_kv), int(k_dim), int(v_dim or k_dim))
+
+
+def _safe_heads(attn):
+    try:
+        return head_layout(attn)
+    except UnsupportedModelError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------- slots
+def kv_slots(attn: nn.Module, heads: HeadLayout) -> tuple[ProjSlot, ProjSlot]:
+    """``(key slot, value slot)``: the modules whose outputs are the key and value projections."""
+    if heads.latent:  # MLA: [latent (k_dim) | shared rotary key (v_dim)], smoothed together
+        mod = getattr(attn, "kv_a_proj_with_mqa", None)
+        if isinstance(mod, nn.Module) and _out(mod) == heads.k_dim + heads.v_dim:
+            return ProjSlot(mod, 0, heads.k_dim), ProjSlot(mod, heads.k_dim, heads.k_dim + heads.v_dim)
+        raise UnsupportedModelError(
+            f"{type(attn).__name__}: multi-head latent attention without a `kv_a_proj_with_mqa` projection of width "
+            f"{heads.k_dim + heads.v_dim}; use site 'cache'"
+        )
+    for k, v in SEPARATE:
+        km, vm = getattr(attn, k, None), getattr(attn, v, None)
+        if isinstance(km, nn.Module) and isinstance(vm, nn.Module) and not isinstance(km, nn.Parameter):
+            return ProjSlot(km), ProjSlot(vm)
+    q, kv, dk, dv = heads.n_heads, heads.n_kv, heads.k_dim, heads.v_dim
+    for name in FUSED_KV:
+        mod = getattr(attn, name, None)
+        if isinstance(mod, nn.Module) and _out(mod) == kv * (dk + dv):
+            return ProjSlot(mod, 0, kv * dk), ProjSlot(mod, kv * dk, kv * (dk + dv))
+    for name in FUSED_CONTIGUOUS:
+        mod = getattr(attn, name, None)
+        if not isinstance(mod, nn.Module):
+            continue
+        width = _out(mod)
+        if width != q * dk + kv * (dk + dv):
+            raise UnsupportedModelError(
+                f"{type(attn).__name__}.{name}: fused projection of width {width} does not match "
+                f"{q} query + {kv} KV heads of dims {dk}/{dv}; an explicit adapter is needed for its layout"
+            )
+        if name == "query_key_value" and kv == q and dk == dv:  # GPT-NeoX / Bloom / Persimmon: [H, 3, D]
+            return ProjSlot(mod, interleave=(3, 1)), ProjSlot(mod, interleave=(3, 2))
+        start = q * dk
+        return ProjSlot(mod, start, start + kv * dk), ProjSlot(mod, start + kv * dk, start + kv * (dk + dv))
+    raise UnsupportedModelError(
+        f"{type(attn).__name__}: no key/value projection found (looked for separate {[k for k, _ in SEPARATE]}, "
+        f"fused {list(FUSED_CONTIGUOUS + FUSED_KV)}); use site 'cache', or write an explicit adapter"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- all
+def discover(model: nn.Module) -> DecoderStructure:
+    """The language decoder of ``model`` with every layer classified (see the module doc)."""
+    path, decoder, attr, layer_list = find_decoder(model)
+    cfg = getattr(model, "config", None)
+    structure = DecoderStructure(decoder, path, attr, encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
+    owners: dict[int, int] = {}
+    for i, layer in enumerate(layer_list):
+        info = classify_layer(i, layer)
+        if info.kind == "attention":
+            if info.cache_index in owners:  # a second layer writing the same cache entry reuses the first one's
+                info = LayerInfo(i, "shared_kv", layer, info.attention, info.cache_index, info.heads,
+                                 info.sliding_window, owners[info.cache_index], info.detail)
+            else:
+                owners[info.cache_index] = i
+        structure.layers.append(info)
+    for n, info in enumerate(structure.layers):
+        if info.kind == "shared_kv" and info.reads is None:
+            structure.layers[n] = LayerInfo(info.index, info.kind, info.module, info.attention, info.cache_index,
+                                            info.heads, info.sliding_window, _shared_source(structure, info),
+                                            info.detail)
+    if not structure.attention_layers():
+        kinds = sorted({l.kind for l in structure.layers})
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: its decoder ({path or 'the model'}.{attr}) has no self-attention layer with "
+            f"its own KV cache (layer kinds: {kinds}); KVSmooth smooths self-attention caches"
+        )
+    return structure
+
+
+def _shared_source(structure: DecoderStructure, info: LayerInfo) -> int | None:
+    """For a KV-sharing layer: the last earlier cache-writing layer of the same attention type (Gemma 3n / 4)."""
+    kind = getattr(info.attention, "layer_type", None)
+    for other in reversed(structure.layers[: info.index]):
+        if other.kind == "attention" and getattr(other.attention, "layer_type", None) == kind:
+            return other.index
+    return None
