@@ -154,7 +154,7 @@ def sweep_one(name: str, sites=SITES) -> dict:
         rec["adapter_error"] = f"{type(exc).__name__}: {exc}"
     for site in sites:
         r = check_site(model, inputs, base, site)
-        if r["status"] == "refused" and "attention rows cannot be captured" in r["detail"]:
+        if r["status"] == "refused" and "reads no row" in r["detail"]:
             alt = check_site(model, inputs, base, site, FALLBACK_SCORER)
             r["row_scorer_refused"] = True
             r = {**alt, "row_scorer_refused": True, "row_refusal": r["detail"]} if alt["status"] == "ok" else r

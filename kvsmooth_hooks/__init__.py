@@ -8,7 +8,7 @@ Shortest path::
     session.trace.summary()
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .config import PRESETS, ConfigError, KVSmoothConfig, Override, ScorerSpec  # noqa: E402
 from .plan import PlanError, SmoothingPlan, resolve  # noqa: E402

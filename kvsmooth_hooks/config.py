@@ -16,9 +16,15 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._version import __version__
+from .fileio import FileFormatError, read_data
+from .scorer_spec import ScorerSpec, scorer_schema
 
 SCHEMA_VERSION = 1
+#: largest sink window ``M`` accepted (the paper uses 15; the window costs ``B x layers x units x M`` floats)
+MAX_WINDOW = 4096
 Site = Literal["cache", "kv_proj"]
 Target = Literal["key", "value"]
 Granularity = Literal["layer", "head"]
@@ -51,41 +57,6 @@ def _check_layers(value: Any) -> Any:
     raise ValueError("layers must be 'all', a slice string such as '3:-1', or a list of ints")
 
 
-class ScorerSpec(BaseModel):
-    """A sink scorer by registry name, with its parameters (``{name: ..., <params>}`` in files)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = "row_entropy"
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _from_short_forms(cls, data: Any) -> Any:
-        if isinstance(data, str):
-            return {"name": data}
-        if isinstance(data, dict) and "params" not in data:
-            data = dict(data)
-            name = data.pop("name", "row_entropy")
-            return {"name": name, "params": data}
-        return data
-
-    @field_validator("name")
-    @classmethod
-    def _known(cls, name: str) -> str:
-        from .scorers import SCORERS
-
-        if name not in SCORERS:
-            raise ValueError(f"unknown scorer '{name}'; registered scorers: {sorted(SCORERS)}")
-        return name
-
-    def dump(self) -> Union[str, dict]:
-        """The form a person would write: a bare name when there are no parameters."""
-        return self.name if not self.params else {"name": self.name, **self.params}
-
-    def __hash__(self) -> int:
-        return hash((self.name, json.dumps(self.params, sort_keys=True, default=str)))
-
-
 class _Fields(BaseModel):
     """Per-layer fields shared by the top level and by overrides."""
 
@@ -95,6 +66,13 @@ class _Fields(BaseModel):
     @classmethod
     def _layers(cls, v):
         return _check_layers(v)
+
+    @field_validator("lambda_ref", "clip", mode="before", check_fields=False)
+    @classmethod
+    def _no_bool(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true/false")
+        return v
 
     @field_validator("targets", check_fields=False)
     @classmethod
@@ -114,9 +92,9 @@ class Override(_Fields):
     heads: list[int] | None = Field(default=None, description="KV-head indices; omitted = all heads")
     enabled: bool | None = None
     targets: list[Target] | None = None
-    lambda_ref: float | None = Field(default=None, ge=0.0, le=1.0)
-    window: int | None = Field(default=None, ge=1)
-    clip: float | None = Field(default=None, ge=0.0)
+    lambda_ref: float | None = Field(default=None, ge=0.0, le=1.0, allow_inf_nan=False)
+    window: int | None = Field(default=None, ge=1, le=MAX_WINDOW, strict=True)
+    clip: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     policy: Policy | None = None
     scorer: ScorerSpec | None = None
 
@@ -148,9 +126,10 @@ class KVSmoothConfig(_Fields):
     smooth_prefill: bool = False
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     policy: Policy = "fifo_rank"
-    lambda_ref: float = Field(0.9, ge=0.0, le=1.0)
-    window: int = Field(15, ge=1)
-    clip: float = Field(0.2, ge=0.0)
+    lambda_ref: float = Field(0.9, ge=0.0, le=1.0, allow_inf_nan=False)
+    window: int = Field(15, ge=1, le=MAX_WINDOW, strict=True,
+                        description=f"sink window M (1..{MAX_WINDOW}; the paper uses 15)")
+    clip: float = Field(0.2, ge=0.0, allow_inf_nan=False)
     layers: Union[str, list[int]] = "3:-1"
     overrides: list[Override] = Field(default_factory=list)
 
@@ -193,19 +172,10 @@ class KVSmoothConfig(_Fields):
     def from_file(cls, path: str | Path) -> "KVSmoothConfig":
         """Load a ``.yaml``/``.yml`` or ``.json`` file (safe loaders only)."""
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file '{path}' does not exist")
-        import yaml
-
-        text = path.read_text()
-        suffix = path.suffix.lower()
-        if suffix not in (".yaml", ".yml", ".json"):
-            raise ConfigError(f"config file '{path}': unknown suffix '{suffix}'; use .yaml, .yml or .json")
         try:
-            data = json.loads(text) if suffix == ".json" else yaml.safe_load(text)  # safe loaders only
-        except (ValueError, yaml.YAMLError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"config file '{path}' is not valid {'JSON' if suffix == '.json' else 'YAML'}: {first}") from None
+            data = read_data(path, "config")  # safe loaders; duplicate keys, encoding and depth refused
+        except FileFormatError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             return cls.from_dict(data if data is not None else {})
         except ConfigError as exc:
@@ -213,8 +183,6 @@ class KVSmoothConfig(_Fields):
 
     def to_dict(self) -> dict:
         """Every field explicitly (self-describing), scorers in their short form."""
-        from . import __version__
-
         data = self.model_dump(mode="json")
         data["toolkit_version"] = __version__
         data["scorer"] = self.scorer.dump()
@@ -253,18 +221,13 @@ class KVSmoothConfig(_Fields):
         a.pop("toolkit_version"), b.pop("toolkit_version")
         return a == b
 
-    def resolve(self, model):
-        """Dense plan of this config for ``model`` (see :func:`kvsmooth_hooks.plan.resolve`)."""
-        from .plan import resolve
-
-        return resolve(self, model)
-
     @staticmethod
     def json_schema() -> dict:
-        """The published JSON Schema of this file format."""
+        """The published JSON Schema of this file format; ``scorer`` lists every registered scorer's parameters."""
         schema = KVSmoothConfig.model_json_schema()
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["title"] = "KVSmoothConfig (kvsmooth_hooks schema version 1)"
+        schema["$defs"]["ScorerSpec"] = scorer_schema()
         return schema
 
 

@@ -1,7 +1,8 @@
 """Smoothing through TransformerLens (``pip install kvsmooth-hooks[lens]``, TransformerLens 3.9).
 
-``smooth(hooked_model, cfg)`` returns a :class:`LensSession`: the same config, plan, state,
-coefficients and trace as on a Hugging Face model, attached to TransformerLens hook points:
+``smooth(hooked_model, cfg)`` returns the same :class:`~kvsmooth_hooks.session.Session` as for a Hugging Face
+model (``LensSession`` is an alias): the same config, plan, state, coefficients and trace; the adapter
+attaches them to TransformerLens hook points and to its own cache:
 
 * site ``kv_proj``: ``blocks.{l}.attn.hook_k`` / ``hook_v`` (decode steps see only the new
   token). These are the raw projections, before rotary embeddings, exactly like ``k_proj`` /
@@ -28,8 +29,7 @@ import warnings
 
 import torch
 
-from .adapters import ProjSlot
-from .session import Session, SessionError
+from .session import Session
 
 #: TransformerLens version this module is tested with.
 TRANSFORMER_LENS_VERSION = "3.9.0"
@@ -48,100 +48,9 @@ def _import_tl():
     return transformer_lens
 
 
-class _EntryView:
-    """A TransformerLens cache entry seen as a Hugging Face cache layer: ``keys`` / ``values``
-    ``[B, Hkv, T, D]`` (views of ``past_keys`` / ``past_values``, so in-place edits reach the cache)."""
-
-    def __init__(self, entry):
-        self.entry = entry
-
-    @property
-    def keys(self) -> torch.Tensor:
-        return self.entry.past_keys.transpose(1, 2)
-
-    @property
-    def values(self) -> torch.Tensor:
-        return self.entry.past_values.transpose(1, 2)
-
-
-class _CacheView:
-    """The entries seen during one forward, indexed by layer, as ``cache.layers[i]``."""
-
-    def __init__(self):
-        self.entries: dict[int, object] = {}
-        self.layers = self
-
-    def __getitem__(self, i: int) -> _EntryView:
-        return _EntryView(self.entries[i])
-
-    def get_seq_length(self) -> int:
-        return int(self.entries[0].past_keys.shape[1])
-
-
-class LensSession(Session):
-    """A :class:`~kvsmooth_hooks.session.Session` for a ``HookedTransformer`` (see the module doc)."""
-
-    def __init__(self, model, config=None, **options):
-        super().__init__(model, config, **options)
-        if self.config.smooth_prefill and self.needs_row:
-            raise SessionError(
-                "smooth_prefill with a row scorer is not supported on TransformerLens models (prompt rows are not "
-                "kept); use key_similarity, constant or random"
-            )
-
-    def _register(self) -> None:
-        from .state import LayerState, build_groups
-
-        ad = self.adapter
-        ad.check_session(self.site, self.needs_row, self.plan.active_layers(), self.plan)
-        blocks = ad.layers()
-        self._view = _CacheView()
-        for i, block in enumerate(blocks):
-            self.handles.append(block.register_forward_pre_hook(self._block_pre(i), with_kwargs=True))
-        self.handles.append(blocks[-1].register_forward_hook(self._post_forward))
-        self.layers = {i: LayerState(self.plan, i, ad) for i in self.plan.active_layers()}
-        self.groups = build_groups(self.plan, self.layers, self._immediate)
-        order = [l.index for g in self.groups for l in g.layers]
-        self._trace_perm = None if order == list(self.layers) else torch.tensor([order.index(i) for i in self.layers])
-        for i, rt in self.layers.items():
-            attn = rt.attn
-            if self.site == "cache":
-                self.handles.append(attn.register_forward_hook(self._cache_hook(rt), with_kwargs=True))
-            else:
-                rt.key_slot, rt.value_slot = ProjSlot(attn.hook_k), ProjSlot(attn.hook_v)
-                self.handles.append(attn.hook_k.register_forward_hook(self._proj_hook(rt, ("key",))))
-                self.handles.append(attn.hook_v.register_forward_hook(self._proj_hook(rt, ("value",))))
-            if self.needs_row:
-                listener = self._row_listener(rt)
-                self.handles.append(attn.hook_pattern.register_forward_hook(
-                    lambda mod, args, out, _l=listener: _l(mod, None, None, None, None, out)))
-
-    def _block_pre(self, index: int):
-        def hook(module, args, kwargs):
-            entry = kwargs.get("past_kv_cache_entry")
-            if index != 0:
-                if entry is not None:
-                    self._view.entries[index] = entry
-                return None
-            self._view.entries.clear()
-            if entry is None:
-                return self._pre_forward(module, args, {})
-            self._view.entries[0] = entry
-            resid = kwargs.get("resid_pre", args[0] if args else None)
-            mask = kwargs.get("attention_mask")
-            return self._pre_forward(module, (), {"inputs_embeds": resid, "cache": self._view, "attention_mask": mask})
-
-        return hook
-
-    def _cache_hook(self, rt):
-        inner = super()._cache_hook(rt)
-
-        def hook(module, args, kwargs, output):
-            if self.cache is None:
-                return None
-            return inner(module, args, {"cache": self.cache}, output)
-
-        return hook
+#: TransformerLens models run the ordinary :class:`~kvsmooth_hooks.session.Session`: the adapter
+#: (:class:`~kvsmooth_hooks.adapters.lens.HookedTransformerAdapter`) serves their hook points and cache.
+LensSession = Session
 
 
 # ---------------------------------------------------------------------- utilities

@@ -14,12 +14,9 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, KVSmoothConfig, ScorerSpec
+from .plan_file import PlanError, checked_fields
 
-TENSOR_FIELDS = ("enabled", "key", "value", "lambda_ref", "clip", "window")
-
-
-class PlanError(ValueError):
-    """A config that does not fit the model (indices out of range, inconsistent overrides)."""
+from .plan_file import TENSOR_FIELDS  # noqa: E402
 
 
 def select_layers(spec, n_layers: int, where: str = "layers") -> list[int]:
@@ -28,7 +25,7 @@ def select_layers(spec, n_layers: int, where: str = "layers") -> list[int]:
         return list(range(n_layers))
     if isinstance(spec, str):
         parts = [int(p) if p else None for p in spec.split(":")]
-        return list(range(n_layers))[slice(*parts)]
+        return list(range(n_layers))[slice(*parts)]  # may be empty: callers decide whether that is an error
     out = []
     for idx in spec:
         if not -n_layers <= idx < n_layers:
@@ -141,20 +138,15 @@ class SmoothingPlan:
         path = Path(path)
         if not path.is_file():
             raise PlanError(f"plan file '{path}' does not exist")
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != "kvsmooth_hooks.plan/1":
-                raise PlanError(f"'{path}' is not a kvsmooth_hooks plan (metadata format={meta.get('format')!r})")
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        for f in ("enabled", "key", "value"):
-            tensors[f] = tensors[f].to(torch.bool)
-        plan = cls(
-            config=KVSmoothConfig.from_dict(json.loads(meta["config"])),
-            identity=json.loads(meta["identity"]),
-            policy=json.loads(meta["policy"]),
-            scorer=[ScorerSpec.model_validate(s) for s in json.loads(meta["scorer"])],
-            **tensors,
-        )
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise PlanError(f"plan file '{path}' is not a readable safetensors file ({exc})") from None
+        if meta.get("format") != "kvsmooth_hooks.plan/1":
+            raise PlanError(f"'{path}' is not a kvsmooth_hooks plan (metadata format={meta.get('format')!r})")
+        plan = cls(**checked_fields(path, meta, tensors))
         if model is not None:
             plan.check_model(model)
         return plan
@@ -177,7 +169,7 @@ class SmoothingPlan:
 def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
     """Resolve ``config`` against ``model`` (an HF model, or an :class:`~kvsmooth_hooks.adapters.Adapter`)."""
     from .adapters import Adapter, get_adapter
-    from .scorers import SCORERS, build_scorer
+    from .scorers import SCORERS
 
     adapter = model if isinstance(model, Adapter) else get_adapter(model)
     n_layers, n_heads = adapter.n_layers, adapter.n_kv_heads
@@ -196,6 +188,11 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
     for k, ov in enumerate(config.overrides):
         where = f"overrides[{k}]"
         rows = select_layers(ov.layers, n_layers, f"{where}.layers")
+        if not rows:
+            raise PlanError(
+                f"{where}.layers: '{ov.layers}' selects no layer of this {n_layers}-layer model (valid indices "
+                f"0..{n_layers - 1}, or -{n_layers}..-1 from the end); fix the slice or drop the override"
+            )
         if ov.heads is not None:
             bad = [h for h in ov.heads if not 0 <= h < n_heads]
             if bad:
@@ -214,8 +211,6 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
                 )
         else:
             cols = list(range(n_heads))
-        if not rows:
-            continue
         idx = (torch.tensor(rows)[:, None], torch.tensor(cols)[None, :])
         if ov.enabled is not None:
             enabled[idx] = ov.enabled
@@ -231,20 +226,8 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
                 policy[r] = ov.policy
             if ov.scorer is not None:
                 scorer[r] = ov.scorer
-    smoothable = set(adapter.smoothable_layers())
-    explicit = [("layers", config.layers)] + [(f"overrides[{k}].layers", ov.layers) for k, ov in enumerate(config.overrides)
-                                              if ov.enabled is not False]
-    for where, spec in explicit:  # a layer named by index must be smoothable; slices and 'all' skip the others
-        if isinstance(spec, list):
-            bad = [i % n_layers for i in spec if -n_layers <= i < n_layers and i % n_layers not in smoothable]
-            if bad:
-                raise PlanError(f"{where}: {adapter.describe_layer(bad[0])}; smoothable layers: {sorted(smoothable)}")
-    enabled[[i for i in range(n_layers) if i not in smoothable]] = False
-    for r in range(n_layers):
-        try:
-            build_scorer(scorer[r].name, scorer[r].params)
-        except ValueError as exc:
-            raise PlanError(f"layer {r} scorer: {exc}") from None
+    _only_smoothable(config, adapter, enabled)
+    for r in range(n_layers):  # scorer parameters were validated with the config
         if SCORERS[scorer[r].name].fixed_coefficient:
             policy[r] = "fixed"
     return SmoothingPlan(
@@ -259,6 +242,21 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
         policy=policy,
         scorer=scorer,
     )
+
+
+def _only_smoothable(config: KVSmoothConfig, adapter, enabled: torch.Tensor) -> None:
+    """Layers without a self-attention cache of their own (Mamba / linear-attention mixers, cross-attention,
+    shared-KV layers) are never enabled: 'all' and slices skip them, an index that names one is an error."""
+    n_layers = enabled.shape[0]
+    smoothable = set(adapter.smoothable_layers())
+    explicit = [("layers", config.layers)] + [(f"overrides[{k}].layers", ov.layers)
+                                              for k, ov in enumerate(config.overrides) if ov.enabled is not False]
+    for where, spec in explicit:
+        if isinstance(spec, list):
+            bad = [i % n_layers for i in spec if -n_layers <= i < n_layers and i % n_layers not in smoothable]
+            if bad:
+                raise PlanError(f"{where}: {adapter.describe_layer(bad[0])}; smoothable layers: {sorted(smoothable)}")
+    enabled[[i for i in range(n_layers) if i not in smoothable]] = False
 
 
 __all__ = ["SmoothingPlan", "PlanError", "resolve", "select_layers", "ConfigError"]

@@ -3,7 +3,7 @@
 The sink score needs the newest query's attention probabilities. Forcing ``eager`` with
 ``output_attentions=True`` would materialise every ``[T, T]`` matrix in prefill; instead the
 session registers, for its own lifetime only, an attention implementation under a unique name
-(``<base>_kvsmooth<N>``) that calls the model's own implementation (``sdpa``, ``eager``, flash,
+(``<base>_kvsmooth``, shared by every session on the same base) that calls the model's own implementation (``sdpa``, ``eager``, flash,
 flex...) unchanged and then recomputes *one* row per head, ``softmax(q_t K^T * scale + mask)``,
 from the same query, keys and mask: ``O(H * T)`` extra work per layer and step. The matching
 mask function is registered under the same name, so padding masks still reach the attention.
@@ -12,14 +12,10 @@ On exit both registry entries are deleted and each config's implementation is re
 
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import Callable
 
 import torch
-
-_COUNTER = itertools.count(1)
-
 
 def _interfaces():
     from transformers.masking_utils import AttentionMaskInterface
@@ -76,53 +72,28 @@ def query_probs(
     return torch.softmax(scores, dim=-1)
 
 
-class AttentionProbe:
-    """A session-scoped attention implementation that reports rows to listeners.
+#: ``id(attention module) -> listener`` for every attached session (one table: several models may share
+#: one config object, hence one implementation name, and each model's modules must still reach their session).
+_LISTENERS: dict[int, Callable] = {}
+#: implementation name -> number of probes using it.
+_KEY_USERS: dict[str, int] = {}
+#: ``id(config) -> [config, implementation before any probe, number of probes]``.
+_CONFIGS: dict[int, list] = {}
 
-    listeners: ``{id(attention_module): callback(module, query, key, mask, kwargs, weights)}``,
-    called after the model's own attention ran, for every forward of that module.
-    """
 
-    def __init__(self, configs: list, base: str | None):
-        self.configs = configs
-        self.base = base or "eager"
-        self.key = f"{self.base}_kvsmooth{next(_COUNTER)}"
-        self.listeners: dict[int, Callable] = {}
-        self._saved: list[tuple[object, str | None]] = []
+class _Dispatch:
+    """The registered attention function of one name: the base implementation, then the row listener."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self._fn: Callable | None = None
         self._eager_cache: dict[type, Callable] = {}
-        self._base: Callable | None = None
 
-    # ------------------------------------------------------------------ registry
-    def install(self) -> None:
-        attn_iface, mask_iface = _interfaces()
-        if self.base != "eager" and self.base not in attn_iface._global_mapping:
-            raise ValueError(
-                f"attention implementation '{self.base}' is not registered in transformers' AttentionInterface; "
-                "kvsmooth_hooks wraps 'eager', 'sdpa', flash and flex implementations"
-            )
-        mask_fn = mask_iface._global_mapping.get(self.base.removeprefix("paged|"))
-        attn_iface.register(self.key, self)
-        if mask_fn is not None:
-            mask_iface.register(self.key, mask_fn)
-        for cfg in self.configs:
-            self._saved.append((cfg, cfg._attn_implementation_internal))
-            cfg._attn_implementation_internal = self.key
-
-    def remove(self) -> None:
-        attn_iface, mask_iface = _interfaces()
-        for cfg, impl in reversed(self._saved):
-            if cfg._attn_implementation_internal == self.key:
-                cfg._attn_implementation_internal = impl
-        self._saved.clear()
-        attn_iface._global_mapping.pop(self.key, None)
-        mask_iface._global_mapping.pop(self.key, None)
-
-    # ------------------------------------------------------------------ dispatch
     def _base_fn(self, module) -> Callable:
         if self.base != "eager":
-            if self._base is None:
-                self._base = _interfaces()[0]._global_mapping[self.base]
-            return self._base
+            if self._fn is None:
+                self._fn = _interfaces()[0]._global_mapping[self.base]
+            return self._fn
         fn = self._eager_cache.get(type(module))
         if fn is None:
             fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
@@ -133,7 +104,79 @@ class AttentionProbe:
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         out, weights = self._base_fn(module)(module, query, key, value, attention_mask, **kwargs)
-        listener = self.listeners.get(id(module))
+        listener = _LISTENERS.get(id(module))
         if listener is not None:
             listener(module, query, key, attention_mask, kwargs, weights)
         return out, weights
+
+
+class AttentionProbe:
+    """A session-scoped attention implementation that reports rows to listeners.
+
+    listeners: ``{id(attention_module): callback(module, query, key, mask, kwargs, weights)}``,
+    called after the model's own attention ran, for every forward of that module. The implementation
+    is registered as ``<base>_kvsmooth`` while any probe uses it; each config object remembers its
+    original implementation until the last probe that changed it is removed, so sessions on models that
+    share a config can be attached and removed in any order.
+    """
+
+    def __init__(self, configs: list, base: str | None):
+        self.configs = configs
+        self.base = (base or "eager").removesuffix("_kvsmooth")  # a shared config another probe already set
+        self.key = f"{self.base}_kvsmooth"
+        self.listeners: dict[int, Callable] = _LISTENERS
+        self._mine: list[int] = []
+        self._installed = False
+
+    def listen(self, module, callback: Callable) -> None:
+        _LISTENERS[id(module)] = callback
+        self._mine.append(id(module))
+
+    # ------------------------------------------------------------------ registry
+    def install(self) -> None:
+        attn_iface, mask_iface = _interfaces()
+        if self.base != "eager" and self.base not in attn_iface._global_mapping:
+            raise ValueError(
+                f"attention implementation '{self.base}' is not registered in transformers' AttentionInterface; "
+                "kvsmooth_hooks wraps 'eager', 'sdpa' and flash implementations"
+            )
+        if _KEY_USERS.get(self.key, 0) == 0:
+            attn_iface.register(self.key, _Dispatch(self.base))
+            mask_fn = mask_iface._global_mapping.get(self.base.removeprefix("paged|"))
+            if mask_fn is not None:
+                mask_iface.register(self.key, mask_fn)
+        _KEY_USERS[self.key] = _KEY_USERS.get(self.key, 0) + 1
+        self._installed = True
+        for cfg in self.configs:
+            entry = _CONFIGS.get(id(cfg))
+            if entry is None:
+                entry = _CONFIGS[id(cfg)] = [cfg, cfg._attn_implementation_internal, 0]
+            entry[2] += 1
+            cfg._attn_implementation_internal = self.key
+
+    def active(self) -> bool:
+        """Whether every config still runs this probe's implementation (``set_attn_implementation`` changes it)."""
+        return all(cfg._attn_implementation_internal == self.key for cfg in self.configs)
+
+    def remove(self) -> None:
+        for mid in self._mine:
+            _LISTENERS.pop(mid, None)
+        self._mine.clear()
+        for cfg in self.configs:
+            entry = _CONFIGS.get(id(cfg))
+            if entry is None or entry[0] is not cfg:
+                continue
+            entry[2] -= 1
+            if entry[2] <= 0:
+                del _CONFIGS[id(cfg)]
+                if str(cfg._attn_implementation_internal).endswith("_kvsmooth"):
+                    cfg._attn_implementation_internal = entry[1]
+        self.configs = []
+        if self._installed:
+            self._installed = False
+            _KEY_USERS[self.key] -= 1
+            if _KEY_USERS[self.key] == 0:
+                del _KEY_USERS[self.key]
+                attn_iface, mask_iface = _interfaces()
+                attn_iface._global_mapping.pop(self.key, None)
+                mask_iface._global_mapping.pop(self.key, None)

@@ -1,42 +1,61 @@
-"""Per-sequence runtime state of a session: one :class:`LayerState` per smoothed layer, and
-:class:`CoefficientGroup` s that turn the layers' scores into coefficients in one batched step.
+"""Per-sequence runtime state of a session, in one object: :class:`GenerationState`.
 
-Layers that share a policy and window length form one group, so a decode step costs a handful
-of tensor operations for all layers together instead of a handful per layer. Shapes: ``B``
-sequences, ``La`` layers of the group, ``U`` score units per layer (1, or ``H`` at head
-granularity), ``H`` KV heads, ``M`` window length.
+It holds one :class:`LayerState` per smoothed layer (scorer state, newest score, kv_proj memory), the
+coefficient groups (:mod:`kvsmooth_hooks.groups`: windows and coefficients), the padding mask and first
+real position of each sequence, the decode-step counter and the trace cursor. A new generation calls
+:meth:`GenerationState.reset`; beam search calls :meth:`GenerationState.reorder`; nothing else touches
+per-sequence tensors. Shapes: ``B`` sequences, ``T`` positions, ``La`` layers of a group, ``H`` KV heads.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .groups import CoefficientGroup, _select, build_groups
 from .plan import SmoothingPlan
-from .scorers import ScoreInputs, Scorer, build_scorer
-from .smoothing import coefficient, coefficient_bounds, fifo_rank, linear_position, new_window, push_window
+from .scorers import ScoreInputs, Scorer
+from .errors import SessionError
+from .trace import Trace
+
+
+def check_prompt_mask(valid: torch.Tensor) -> None:
+    """Refuse prompts smoothing cannot serve: ``valid`` bool ``[B, T]`` (True = real token)."""
+    empty = (~valid.any(-1)).nonzero().flatten().tolist()
+    if empty:
+        raise SessionError(
+            f"kvsmooth: sequence(s) {empty} of the batch are padding only (their attention_mask rows are all 0); "
+            "remove empty prompts from the batch"
+        )
+    if not bool(valid[:, -1].all()):
+        raise SessionError(
+            "kvsmooth: a prompt ends with padding (right padding); smoothing needs each prompt's last "
+            "position to be real: set tokenizer.padding_side = 'left'"
+        )
 
 
 class LayerState:
-    """One smoothed layer: its scorer (and scorer state), the newest unit score, kv_proj memory."""
+    """One smoothed layer: its scorer (built once per session) and scorer state, the newest unit score,
+    the kv_proj memory (last smoothed projection) and its place in a coefficient group."""
 
-    def __init__(self, plan: SmoothingPlan, index: int, adapter):
+    def __init__(self, plan: SmoothingPlan, index: int, adapter, scorer: Scorer):
         self.index = index
         self.cache_index = adapter.cache_index(index)
         self.device = adapter.layer_device(index)  # per-sequence state lives here (device_map: the layer's device)
         self.attn = adapter.attention(index)
-        spec = plan.scorer[index]
-        self.scorer: Scorer = build_scorer(spec.name, spec.params)
+        self.scorer = scorer
         self.n_heads, self.n_kv, self.head_dim = adapter.layer_heads(index)
         self.per_head = plan.granularity == "head"
         self.group: CoefficientGroup | None = None
         self.slot = 0  # position inside its group
-        self.key_slot = self.value_slot = None
         self.reset(0, None)
+
+    def join(self, group: CoefficientGroup, slot: int) -> None:
+        self.group, self.slot = group, slot
 
     def reset(self, batch: int, device) -> None:
         self.scorer_state = self.scorer.init_state(batch, self.n_heads, self.n_kv, device, layer=self.index) if batch else {}
         self.unit: torch.Tensor | None = None  # newest unit score [B, U]
-        self.stash = None  # smooth_prefill at the cache site: (query, key, mask, kwargs)
+        self.stash = None  # smooth_prefill at the cache site: a function giving prompt rows
         self.prev = {"key": None, "value": None}  # kv_proj: last smoothed projection [B, Hkv, D]
         self.prefill_lam: list[torch.Tensor] | None = None
 
@@ -58,100 +77,67 @@ class LayerState:
         return self.unit
 
 
-class CoefficientGroup:
-    """Layers sharing policy and window length; their coefficients come from one batched step."""
+class GenerationState:
+    """Everything that depends on the sequences being generated (see the module doc).
 
-    def __init__(self, plan: SmoothingPlan, layers: list[LayerState]):
-        self.layers = layers
-        idx = [l.index for l in layers]
-        self.policy = plan.policy[idx[0]]
-        self.per_head = layers[0].per_head
-        window = plan.window[idx]  # [La, H]
-        self.lengths = window if self.per_head else window[:, :1]  # [La, U]
-        self.window_len = int(self.lengths.max())
-        self.uniform = bool((self.lengths == self.window_len).all())
-        enabled = plan.enabled[idx]
-        lo, hi = coefficient_bounds(plan.lambda_ref[idx], plan.clip[idx])
-        self._cpu = {
-            "lo": lo,
-            "hi": hi,
-            "lambda_ref": plan.lambda_ref[idx].clamp(0.0, 1.0),
-            "on": enabled.to(torch.float32),
-            "kmask": (enabled & plan.key[idx]).to(torch.float32),
-            "vmask": (enabled & plan.value[idx]).to(torch.float32),
-            "lengths": self.lengths,
-        }
-        self.smooth_key = bool(self._cpu["kmask"].any())
-        self.smooth_value = bool(self._cpu["vmask"].any())
-        self.n_kv = enabled.shape[1]
-        self._dev: dict = {}
-        for slot, layer in enumerate(layers):
-            layer.group, layer.slot = self, slot
-        self.reset(0, None)
+    Attributes: ``layers`` (``{layer index: LayerState}``), ``groups``, ``batch``, ``step`` (decode steps
+    of this run), ``valid`` (bool ``[B, T]``, True = real token, over every position seen so far),
+    ``first_index`` (``[B]`` long, first real position), ``cache`` (weak reference to the run's cache), ``trace``.
+    """
 
-    def consts(self, device) -> dict[str, torch.Tensor]:
-        c = self._dev.get(device)
-        if c is None:
-            c = self._dev[device] = {k: v.to(device) for k, v in self._cpu.items()}
-        return c
+    def __init__(self, plan: SmoothingPlan, adapter, scorers: dict[int, Scorer], trace: Trace, tracing: bool):
+        self.plan = plan
+        self.layers = {i: LayerState(plan, i, adapter, sc) for i, sc in scorers.items()}
+        self.groups: list[CoefficientGroup] = []
+        self.trace, self.tracing = trace, tracing
+        self._trace_perm: torch.Tensor | None = None
+        self.batch, self.step = 0, 0
+        self.valid: torch.Tensor | None = None
+        self.first_index: torch.Tensor | None = None
+        self.cache = None
+        self.mid_stream = False
 
-    def reset(self, batch: int, device) -> None:
-        units = self.n_kv if self.per_head else 1
-        self.window = None
-        if batch and self.policy != "fixed":
-            self.window = new_window(batch, len(self.layers) * units, self.window_len, device).view(
-                batch, len(self.layers), units, self.window_len
-            )
-        self.lam: torch.Tensor | None = None  # [B, La, H] of the current step
-        self.lam_step = -1
-        self.record: dict[str, torch.Tensor] | None = None
+    def build_groups(self, immediate) -> None:
+        """Form the coefficient groups (``immediate(layer)``: the site needs it in the layer's own hook)."""
+        self.groups = build_groups(self.plan, self.layers, immediate)
+        order = [l.index for g in self.groups for l in g.layers]
+        self._trace_perm = None if order == list(self.layers) else torch.tensor([order.index(i) for i in self.layers])
 
-    def reorder(self, idx: torch.Tensor) -> None:
-        self.window = _select(self.window, idx)
-        self.lam = _select(self.lam, idx)
+    def reset(self, cache, batch: int, valid: torch.Tensor, prompt_len: int, mid_stream: bool = False) -> None:
+        """A new run: ``cache`` a weak reference to its cache object; ``valid`` bool ``[B, T]`` over every position
+        the cache holds after this forward; ``mid_stream``: the cache already held positions the session never saw."""
+        self.cache, self.batch, self.step, self.mid_stream = cache, batch, 0, mid_stream
+        self.valid = valid
+        self.first_index = valid.to(torch.int8).argmax(-1)
+        for layer in self.layers.values():
+            layer.reset(batch, layer.device or valid.device)
+        for group in self.groups:
+            group.reset(batch, group.layers[0].device or valid.device)
+        if self.tracing:
+            self.trace.begin_run(batch, prompt_len)
 
-    def step(self, valid: torch.Tensor | None = None, tracing: bool = True) -> torch.Tensor:
-        """Coefficients from the layers' newest unit scores. Returns ``lam [B, La, H]``.
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        """Beam search reordered the cache: every per-sequence tensor follows."""
+        for layer in self.layers.values():
+            layer.reorder(beam_idx)
+        for group in self.groups:
+            group.reorder(beam_idx)
+        self.first_index = _select(self.first_index, beam_idx)
+        self.valid = _select(self.valid, beam_idx)
+        if self.tracing:
+            self.trace.reorder(beam_idx)
 
-        valid: ``[B]`` bool; sequences marked False (padding positions in a smoothed prompt)
-        leave their windows unchanged and get lambda 0.
-        """
-        unit = torch.stack([l.unit for l in self.layers], 1) if len(self.layers) > 1 else self.layers[0].unit[:, None]
-        b = unit.shape[0]
-        c = self.consts(unit.device)
-        if self.policy == "fixed":
-            rank = torch.zeros_like(unit)
-            lam = c["lambda_ref"].expand(b, -1, -1)
-        else:
-            window = push_window(self.window, unit)
-            if valid is not None:
-                window = torch.where(valid.to(window.device)[:, None, None, None], window, self.window)
-            self.window = window
-            if self.policy == "fifo_rank":
-                rank = fifo_rank(window, unit, self.window_len if self.uniform else c["lengths"])
-                lam = coefficient(rank, c["lo"], c["hi"])
-            else:  # linear: position between the window's min and max, scaled into the clip band
-                rank = linear_position(window, unit)
-                lam = c["lo"] + rank * (c["hi"] - c["lo"])
-        lam = lam * c["on"]
-        if valid is not None:
-            lam = lam * valid.to(lam.device)[:, None, None]
-        self.lam = lam
-        if tracing:
-            h = self.n_kv
-            self.record = {"score": unit.expand(b, -1, h), "rank": rank.expand(b, -1, h), "lambda": lam}
-        return lam
-
-
-def _select(t, idx):
-    return t.index_select(0, idx.to(t.device)) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
-
-
-def build_groups(plan: SmoothingPlan, layers: dict[int, LayerState], immediate) -> list[CoefficientGroup]:
-    """Group layers by (policy, window length, device); layers for which ``immediate(layer)`` is true get a
-    group of their own (their coefficient is needed inside their own hook)."""
-    buckets: dict[tuple, list[LayerState]] = {}
-    for i, layer in layers.items():
-        key = ("own", i) if immediate(layer) else (plan.policy[i], int(plan.window[i].max()), str(layer.device))
-        buckets.setdefault(key, []).append(layer)
-    return [CoefficientGroup(plan, ls) for ls in buckets.values()]
+    def record(self) -> None:
+        """Append this decode step's group records to the trace (in layer order)."""
+        if not (self.tracing and self.layers):
+            return
+        names = ("score", "rank", "lambda", "dk", "dv")
+        recs = [g.record for g in self.groups]
+        out = {}
+        for n in names:
+            parts = [r[n] for r in recs if r is not None and n in r]
+            if not parts or len(parts) != len(recs):
+                continue
+            t = parts[0] if len(parts) == 1 else torch.cat([p.to(parts[0].device) for p in parts], 1)  # device_map
+            out[n] = t if self._trace_perm is None else t.index_select(1, self._trace_perm.to(t.device))
+        self.trace.record(**out)

@@ -25,13 +25,24 @@ class TraceRun:
     batch: int
     prompt_len: int
     steps: dict[str, list[torch.Tensor]] = field(default_factory=lambda: {f: [] for f in FIELDS})
+    #: beam reorders, ``(steps recorded before it, beam_idx [B])``; applied when the run is read (linear cost)
+    reorders: list[tuple[int, torch.Tensor]] = field(default_factory=list)
 
     def tensor(self, name: str) -> torch.Tensor:
-        """``[S, B, La, H]`` float32 on CPU (empty ``[0, B, La, H]`` if no step was recorded)."""
+        """``[S, B, La, H]`` float32 on CPU (empty ``[0, B, La, H]`` if no step was recorded); each step's
+        rows follow the beams that survived to the end of the run."""
         rows = self.steps[name]
         if not rows:
             return torch.empty(0)
-        return torch.stack([r.detach().to("cpu", torch.float32) for r in rows])
+        out = [r.detach().to("cpu", torch.float32) for r in rows]
+        pending, idx = list(self.reorders), None
+        for s in range(len(out) - 1, -1, -1):  # compose the reorders that came after step s, latest first
+            while pending and pending[-1][0] > s:
+                b = pending.pop()[1].cpu()
+                idx = b if idx is None else b[idx]
+            if idx is not None:
+                out[s] = out[s].index_select(0, idx)
+        return torch.stack(out)
 
     @property
     def n_steps(self) -> int:
@@ -41,7 +52,12 @@ class TraceRun:
 class Trace:
     """Recorded scores and coefficients of a session (``session.trace``)."""
 
-    def __init__(self, layers: list[int], n_kv_heads: int, config=None, identity: dict | None = None, notes=None):
+    def __init__(self, layers: list[int], n_kv_heads: int, config=None, identity: dict | None = None, notes=None,
+                 max_runs: int | None = None):
+        """``max_runs``: keep only the latest ``max_runs`` runs (long-lived sessions); None keeps all."""
+        if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
+            raise ValueError(f"trace_runs must be a positive int or None (keep every run), got {max_runs!r}")
+        self.max_runs = max_runs
         self.layers = list(layers)
         self.n_kv_heads = n_kv_heads
         self.config = config
@@ -52,6 +68,8 @@ class Trace:
     # ------------------------------------------------------------------ recording
     def begin_run(self, batch: int, prompt_len: int) -> None:
         self.runs.append(TraceRun(batch, prompt_len))
+        if self.max_runs is not None and len(self.runs) > self.max_runs:
+            del self.runs[: len(self.runs) - self.max_runs]
 
     def record(self, **tensors: torch.Tensor | None) -> None:
         """Append one decode step; each tensor ``[B, La, H]``."""
@@ -63,11 +81,11 @@ class Trace:
                 run.steps[name].append(value)
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
-        """Follow a beam-search reorder: earlier steps of the current run take the surviving beams' history."""
+        """Follow a beam-search reorder: earlier steps of the current run take the surviving beams' history
+        (remembered in O(1); applied once when the run is read)."""
         if self.runs:
-            for rows in self.runs[-1].steps.values():
-                for i, r in enumerate(rows):
-                    rows[i] = r.index_select(0, beam_idx.to(r.device))
+            run = self.runs[-1]
+            run.reorders.append((run.n_steps, beam_idx.detach()))
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:

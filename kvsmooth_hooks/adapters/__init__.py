@@ -9,7 +9,8 @@ cannot read raises :class:`UnsupportedModelError` naming the missing piece.
 
 from __future__ import annotations
 
-from .base import CACHE_KWARGS, Adapter, ProjSlot, UnsupportedModelError
+from .base import CACHE_KWARGS, Adapter, ProjSlot
+from .runtime import ForwardInfo, UnsupportedModelError
 from .falcon import FalconAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
@@ -49,5 +50,5 @@ def get_adapter(model) -> Adapter:
     return GenericAdapter(model)
 
 
-__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "GenericAdapter", "ProjSlot", "UnsupportedModelError", "get_adapter",
-           "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "ForwardInfo", "GenericAdapter", "ProjSlot", "UnsupportedModelError",
+           "get_adapter", "supported_model_types"]

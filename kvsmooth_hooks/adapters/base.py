@@ -5,15 +5,31 @@ receives the KV cache), which modules are its decoder layers and their self-atte
 the key and value projections are (separate modules, or slices of a fused QKV output), the
 head counts, and under which keyword the cache travels (``cache`` from transformers 5.24,
 ``past_key_values`` before, ``layer_past`` in some older models).
+
+An adapter is an *instance* bound to one model, and it owns every access the session and the
+sites make to that model:
+
+* structure: :meth:`decoder`, :meth:`layers`, :meth:`attention`, :meth:`key_slot` / :meth:`value_slot`,
+  head counts (:meth:`layer_heads` per layer; ``n_heads`` / ``n_kv_heads`` / ``head_dim`` model-wide);
+* forwards: :meth:`entry_module` (its pre-hook classifies each forward from :meth:`forward_info`) and
+  :meth:`exit_module` (its hook ends the forward);
+* the cache: :meth:`find_cache` (in an attention module's forward arguments), :meth:`layer_kv`
+  (one layer's ``[B, Hkv, T, D]`` keys / values, editable in place), :meth:`read_kv` / :meth:`write_kv`
+  (one position per sequence) and :meth:`watch_reorder` (beam search).
+
+Subclasses override only what differs (see ``lens.py`` for a model with its own cache type).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+import weakref
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
+
+from .runtime import ForwardInfo, UnsupportedModelError, check_cache_layer, mask_2d
 
 #: Keyword names under which attention modules and decoders receive the KV cache.
 CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
@@ -47,10 +63,6 @@ class ProjSlot:
             return x.unflatten(-1, (n_kv, -1))
         per_group, index = self.interleave
         return x.unflatten(-1, (n_kv, per_group, head_dim))[..., index, :]
-
-
-class UnsupportedModelError(TypeError):
-    """The model's architecture has no adapter (or a feature the adapter cannot serve)."""
 
 
 class Adapter:
@@ -99,10 +111,6 @@ class Adapter:
         """Why ``layer`` cannot be smoothed (for error messages)."""
         return f"layer {layer} has no self-attention KV cache of its own"
 
-    def layer_heads(self, layer: int) -> tuple[int, int, int]:
-        """``(query heads, KV heads, key head dim)`` of one layer."""
-        return self.n_heads, self.n_kv_heads, self.head_dim
-
     def attention(self, layer: int) -> nn.Module:
         return _get(self.layers()[layer], self.attention_attr)
 
@@ -130,9 +138,17 @@ class Adapter:
                 return p.device
         return None
 
-    def check_session(self, site: str, needs_row: bool, layers=None, plan=None) -> None:
-        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows) on
-        ``layers`` (the smoothed layer indices; None = all)."""
+    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
+        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows) for
+        ``plan`` (its active layers and targets). Subclasses extend it (call ``super()``)."""
+        for cfg in self.attention_configs():
+            impl = str(getattr(cfg, "_attn_implementation", "") or "")
+            if "flex_attention" in impl:
+                raise UnsupportedModelError(
+                    f"{type(self.model).__name__} uses attn_implementation '{impl}', which kvsmooth_hooks does not "
+                    "support (its BlockMask carries no per-position padding the session can read); load the model "
+                    "with attn_implementation='sdpa' or 'eager' (flash_attention_2 also works)"
+                )
 
     # -------------------------------------------------------------- sizes
     @property
@@ -151,6 +167,10 @@ class Adapter:
     def head_dim(self) -> int:
         hd = getattr(self.config, "head_dim", None)
         return int(hd) if hd else int(self.config.hidden_size) // self.n_heads
+
+    def layer_heads(self, layer: int) -> tuple[int, int, int]:
+        """``(query heads, KV heads, head dim)`` of layer ``layer`` (uniform by default)."""
+        return self.n_heads, self.n_kv_heads, self.head_dim
 
     def name_or_path(self) -> str:
         return str(getattr(self.model.config, "name_or_path", "") or "")
@@ -171,7 +191,36 @@ class Adapter:
             "head_dim": self.head_dim,
         }
 
-    # -------------------------------------------------------------- runtime
+    # -------------------------------------------------------------- runtime: where forwards start and end
+    def entry_module(self) -> nn.Module:
+        """The module whose forward pre-hook sees every forward first (classification). Default: the decoder."""
+        return self.decoder()
+
+    def exit_module(self) -> nn.Module:
+        """The module whose forward hook runs when a forward is done (end-of-forward edits). Default: the decoder."""
+        return self.decoder()
+
+    def forward_info(self, args: tuple, kwargs: dict) -> ForwardInfo | None:
+        """What one forward of :meth:`entry_module` is about; None when it runs without a cache."""
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__}: the decoder was called without input_ids or inputs_embeds")
+        cache = self._find(kwargs, CACHE_KWARGS)
+        if cache is None:
+            return None
+        batch, q_len = int(x.shape[0]), int(x.shape[1])
+        past = int(cache.get_seq_length())
+        return ForwardInfo(batch, q_len, past, cache, mask_2d(kwargs.get("attention_mask"), batch, past + q_len),
+                           x.device)
+
+    def row_module(self, layer: int) -> nn.Module | None:
+        """A module whose forward output is layer ``layer``'s attention pattern ``[B, Hq, Q, T]``, or None:
+        rows are then recomputed by the session's attention probe (:mod:`kvsmooth_hooks.probe`)."""
+        return None
+
     def attention_configs(self) -> list:
         """Config objects whose ``_attn_implementation`` the attention modules and mask code read."""
         seen, out = set(), []
@@ -183,40 +232,58 @@ class Adapter:
                 out.append(cfg)
         return out
 
-    @staticmethod
-    def find_cache(kwargs: dict, args: tuple = ()):
-        """The cache object among a forward's keyword arguments (any known name), or None."""
-        for name in CACHE_KWARGS:
-            cache = kwargs.get(name)
-            if cache is not None:  # encoder-decoder models: the decoder's self-attention part
-                return getattr(cache, "self_attention_cache", cache)
-        return None
+    # -------------------------------------------------------------- runtime: the KV cache
+    def find_cache(self, args: tuple, kwargs: dict):
+        """The cache object among an attention module's forward arguments, or None."""
+        return self._find(kwargs, CACHE_KWARGS)
 
     @staticmethod
-    def check_cache_layer(cache, index: int):
-        """The cache layer object at ``index``; a clear error for cache types we cannot edit."""
-        layers = getattr(cache, "layers", None)
-        if layers is None:
-            raise UnsupportedModelError(
-                f"cache of type {type(cache).__name__} has no per-layer storage; the 'cache' site needs a "
-                "transformers DynamicCache (the default of generate); use site 'kv_proj' otherwise"
-            )
-        layer = layers[index]
-        window = getattr(layer, "sliding_window", None)
-        if getattr(layer, "is_sliding", False) and window is not None and window < 3:
-            raise UnsupportedModelError(
-                f"cache layer {index} is a sliding window of {window} tokens, which keeps {window - 1} entry after "
-                "each step: the previous token's key/value is gone before the 'cache' site can read it; use site "
-                "'kv_proj' for this model"
-            )
-        keys = getattr(layer, "keys", None)
-        if not isinstance(keys, torch.Tensor) or type(layer).__name__.startswith(("Static", "Quant", "Quanto", "HQQ", "Fp8")):
-            raise UnsupportedModelError(
-                f"cache layer type {type(layer).__name__} is not supported by the 'cache' site (static, "
-                "quantized and offloaded caches re-index or re-encode entries); generate with the default "
-                "DynamicCache, or use site 'kv_proj'"
-            )
-        return layer
+    def _find(kwargs: dict, names: tuple[str, ...]):
+        for name in names:
+            cache = kwargs.get(name)
+            if cache is not None:
+                return cache
+        return None
+
+    def layer_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s cached ``(keys, values)``, each ``[B, Hkv, T, D]`` and editable in place
+        (writes reach the cache). Raises :class:`UnsupportedModelError` for caches that cannot be edited."""
+        entry = check_cache_layer(cache, self.cache_index(layer))
+        return entry.keys, entry.values
+
+    def read_kv(self, cache, layer: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values ``[B, Hkv, D]`` at one position per sequence (``positions [B]`` long)."""
+        keys, values = self.layer_kv(cache, layer)
+        idx = positions.to(keys.device).view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[3])
+        return keys.gather(2, idx).squeeze(2), values.gather(2, idx).squeeze(2)
+
+    def write_kv(self, cache, layer: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite keys / values ``[B, Hkv, D]`` at one position per sequence (``positions [B]`` long)."""
+        k, v = self.layer_kv(cache, layer)
+        idx = positions.to(k.device).view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
+        k.scatter_(2, idx, keys.unsqueeze(2).to(k.dtype))
+        v.scatter_(2, idx, values.unsqueeze(2).to(v.dtype))
+
+    def watch_reorder(self, cache, callback: Callable[[torch.Tensor], None]) -> Callable[[], None] | None:
+        """Call ``callback(beam_idx)`` after ``cache`` reorders its sequences (beam search).
+        Returns a function that undoes the wrapping, or None if this cache never reorders."""
+        if "reorder_cache" in vars(cache) or not hasattr(cache, "reorder_cache"):
+            return None
+        original = cache.reorder_cache
+
+        def reorder_cache(beam_idx, _orig=original):
+            _orig(beam_idx)
+            callback(beam_idx)
+
+        cache.reorder_cache = reorder_cache
+        ref = weakref.ref(cache)
+
+        def undo():
+            c = ref()
+            if c is not None and "reorder_cache" in vars(c):
+                del c.reorder_cache
+
+        return undo
 
 
 def _get(obj, path: str):

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .base import ProjSlot, UnsupportedModelError
+from .base import ProjSlot
+from .runtime import UnsupportedModelError
 
 #: attribute names of a decoder layer's self-attention module, in order of preference
 SELF_ATTENTION_NAMES = ("self_attn", "self_attention", "attn", "attention", "SelfAttention", "mixer", "attn_layer",

@@ -5,7 +5,8 @@
 * neither: per head ``[q_h, k_h, v_h]`` like GPT-NeoX.
 """
 
-from .base import ProjSlot, UnsupportedModelError
+from .base import ProjSlot
+from .runtime import UnsupportedModelError
 from .discover import HeadLayout
 from .generic import GenericAdapter
 
@@ -50,11 +51,19 @@ class FalconAdapter(GenericAdapter):
     def value_slot(self, layer: int) -> ProjSlot:
         return self._slot(layer, 1)
 
-    def check_session(self, site: str, needs_row: bool, layers=None, plan=None) -> None:
-        if needs_row:
+    def row_module(self, layer: int):
+        """With eager attention, Falcon's attention module returns its probabilities ``[B, H, Q, T]`` as the second
+        output: the session reads rows there (Falcon computes attention inline, outside transformers' interface)."""
+        return self.attention(layer) if self.config._attn_implementation == "eager" else None
+
+    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
+        super(GenericAdapter, self).check_session(site, needs_row, plan)
+        if needs_row and self.config._attn_implementation != "eager":
             raise UnsupportedModelError(
-                "Falcon computes attention inline (not through transformers' attention interface), so attention rows "
-                "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
+                "Falcon computes attention inline (not through transformers' attention interface); its attention "
+                f"probabilities exist only with eager attention, not '{self.config._attn_implementation}': load it with "
+                "attn_implementation='eager' for row scorers, or use a scorer that reads no row (key_similarity, "
+                "constant, random)"
             )
         if site == "cache" and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
             raise UnsupportedModelError(

@@ -11,7 +11,8 @@ import inspect
 
 from torch import nn
 
-from .base import Adapter, ProjSlot, UnsupportedModelError
+from .base import Adapter, ProjSlot
+from .runtime import UnsupportedModelError
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
 
 
@@ -93,20 +94,21 @@ class GenericAdapter(Adapter):
     def value_slot(self, layer: int) -> ProjSlot:
         return kv_slots(self.attention(layer), self.heads(layer))[1]
 
-    def check_session(self, site: str, needs_row: bool, layers=None, plan=None) -> None:
-        layers = self.smoothable_layers() if layers is None else list(layers)
+    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
+        super().check_session(site, needs_row, plan)
+        layers = self.smoothable_layers() if plan is None else plan.active_layers()
+        kv = {i: self.heads(i).n_kv for i in layers}
+        if len(set(kv.values())) > 1:
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__}: the selected layers have different KV head counts ({kv}); one session "
+                "smooths layers of one head count: select layers with equal counts (config 'layers')"
+            )
         latent = [i for i in layers if self.heads(i).latent]
         if latent and plan is not None and not bool((plan.key[latent] == plan.value[latent]).all()):
             raise UnsupportedModelError(
                 f"{type(self.attention(latent[0])).__name__} (layer {latent[0]}) is multi-head latent attention: one "
                 "compressed latent produces both the keys and the values of every head, so keys and values can only "
                 "be smoothed together; use targets ['key', 'value'] on these layers"
-            )
-        kv = {i: self.heads(i).n_kv for i in layers}
-        if len(set(kv.values())) > 1:
-            raise UnsupportedModelError(
-                f"{type(self.model).__name__}: the selected layers have different KV head counts ({kv}); one session "
-                "smooths layers of one head count: select layers with equal counts (config 'layers')"
             )
         for i in layers:
             attn = self.attention(i)
@@ -118,6 +120,11 @@ class GenericAdapter(Adapter):
                 )
             if site == "kv_proj":
                 kv_slots(attn, self.heads(i))
+
+    def find_cache(self, args: tuple, kwargs: dict):
+        """The cache among an attention module's arguments; for encoder-decoder models its self-attention part."""
+        cache = super().find_cache(args, kwargs)
+        return getattr(cache, "self_attention_cache", cache)
 
     def smoothable_layers(self) -> list[int]:
         return self.structure.attention_layers()

@@ -1,7 +1,7 @@
 """GPT-2: discovered like any decoder (fused ``c_attn`` Conv1D, ``[q | k | v]``); one exception: with
 ``reorder_and_upcast_attn`` and eager attention it bypasses transformers' attention interface."""
 
-from .base import UnsupportedModelError
+from .runtime import UnsupportedModelError
 from .generic import GenericAdapter
 
 
@@ -9,10 +9,10 @@ class GPT2Adapter(GenericAdapter):
     name = "gpt2"
     model_types = ("gpt2",)
 
-    def check_session(self, site: str, needs_row: bool, layers=None, plan=None) -> None:
+    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
         if needs_row and getattr(self.config, "reorder_and_upcast_attn", False) and self.config._attn_implementation == "eager":
             raise UnsupportedModelError(
                 "GPT-2 with reorder_and_upcast_attn and eager attention bypasses transformers' attention interface, so "
                 "attention rows cannot be captured; use attn_implementation='sdpa' or a scorer without rows"
             )
-        super().check_session(site, needs_row, layers, plan)
+        super().check_session(site, needs_row, plan)

@@ -88,7 +88,9 @@ def check_run_settings(out: str | Path, settings: dict, legacy_marker: str | Non
     """Guard a resumable output directory: its ``settings.json`` must equal ``settings``.
 
     The first run writes the file; a rerun with other settings raises :class:`EvalInputError` naming the
-    fields that differ (resuming would otherwise mix samples of two runs). ``legacy_marker``: a file whose
+    fields that differ (resuming would otherwise mix samples of two runs). ``toolkit_version`` entries (at any
+    depth, e.g. inside a config) are informational and not compared, so a package upgrade can resume a run.
+    ``legacy_marker``: a file whose
     presence without ``settings.json`` means a run from before the guard existed (accepted as is).
     """
     import json
@@ -97,10 +99,20 @@ def check_run_settings(out: str | Path, settings: dict, legacy_marker: str | Non
     path = out / "settings.json"
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
-        diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        old_cmp, new_cmp = _without_version(old), _without_version(json.loads(json.dumps(settings)))
+        diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
         if diff:
             raise EvalInputError(f"{path}: this output directory holds a run with a different {', '.join(diff)}; "
                                  "use another output directory (or delete this one) to start a new run")
     elif legacy_marker is None or not (out / legacy_marker).exists():
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+
+
+def _without_version(obj):
+    """``obj`` with every ``toolkit_version`` key dropped (nested dicts and lists included)."""
+    if isinstance(obj, dict):
+        return {k: _without_version(v) for k, v in obj.items() if k != "toolkit_version"}
+    if isinstance(obj, list):
+        return [_without_version(v) for v in obj]
+    return obj

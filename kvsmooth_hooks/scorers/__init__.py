@@ -6,10 +6,11 @@ key) into one score per head. The session reduces head scores to the configured 
 feeds them to the window / rank / coefficient logic in :mod:`kvsmooth_hooks.smoothing`.
 
 To add a scorer: write ``scorers/my_scorer.py`` with a :class:`Scorer` subclass decorated by
-``@register_scorer("my_scorer")`` and import it below.
+``@register_scorer("my_scorer")`` and import it below. Parameters are a nested ``class Params(ScorerParams)``
+with pydantic fields; configs validate them and the JSON Schema lists them.
 """
 
-from .base import SCORERS, Scorer, ScoreInputs, build_scorer, register_scorer  # noqa: F401
+from .base import SCORERS, Scorer, ScoreInputs, ScorerParams, build_scorer, register_scorer  # noqa: F401
 from . import row_entropy, column_mass, first_token_mass, key_similarity, constant, random  # noqa: F401,E402
 
-__all__ = ["SCORERS", "Scorer", "ScoreInputs", "build_scorer", "register_scorer"]
+__all__ = ["SCORERS", "Scorer", "ScoreInputs", "ScorerParams", "build_scorer", "register_scorer"]

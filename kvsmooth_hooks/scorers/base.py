@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 SCORERS: dict[str, type["Scorer"]] = {}
 
@@ -37,6 +38,26 @@ class ScoreInputs:
     first_index: torch.Tensor | None = None
 
 
+class ScorerParams(BaseModel):
+    """A scorer's parameters (none by default). Subclass it inside a scorer as ``Params``, with pydantic
+    fields (types, bounds, descriptions): configs validate ``scorer.params`` with it, and the published
+    JSON Schema lists it under the scorer's name."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def params_error(name: str, exc: ValidationError) -> str:
+    """One line per bad parameter: ``scorer 'name' parameter 'p': message (got value)``."""
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(x) for x in err["loc"]) or "?"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"scorer '{name}' has no parameter '{field}'")
+        else:
+            parts.append(f"scorer '{name}' parameter '{field}': {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
 class Scorer:
     """Base class. Subclasses set the class attributes and implement :meth:`score`.
 
@@ -45,6 +66,7 @@ class Scorer:
         lagged (e.g. attention rows at ``kv_proj`` are the previous token's).
     head_axis: whether :meth:`score` returns one value per query head or per KV head.
     fixed_coefficient: the coefficient is lambda_ref whatever the policy (``constant``).
+    Params: the :class:`ScorerParams` model of its parameters; :attr:`p` holds the validated instance.
     """
 
     name: ClassVar[str] = "?"
@@ -53,17 +75,14 @@ class Scorer:
     exact_at: ClassVar[frozenset[str]] = frozenset({"cache", "kv_proj"})
     head_axis: ClassVar[Literal["query", "kv"]] = "query"
     fixed_coefficient: ClassVar[bool] = False
-    params_allowed: ClassVar[dict[str, type]] = {}
+    Params: ClassVar[type[ScorerParams]] = ScorerParams
 
     def __init__(self, **params: Any):
-        for key, value in params.items():
-            if key not in self.params_allowed:
-                allowed = sorted(self.params_allowed) or "none"
-                raise ValueError(f"scorer '{self.name}' has no parameter '{key}' (parameters: {allowed})")
-            if not isinstance(value, self.params_allowed[key]) or isinstance(value, bool):
-                raise ValueError(
-                    f"scorer '{self.name}' parameter '{key}' must be {self.params_allowed[key].__name__}, got {value!r}"
-                )
+        try:
+            self.p = self.Params.model_validate(params)
+        except ValidationError as exc:
+            allowed = sorted(self.Params.model_fields) or "none"
+            raise ValueError(f"{params_error(self.name, exc)} (parameters: {allowed})") from None
         self.params = params
 
     def init_state(self, batch: int, n_heads: int, n_kv_heads: int, device, layer: int = 0) -> dict[str, torch.Tensor]:

@@ -1,8 +1,9 @@
 """``column_mass``: attention a token has *received* from later queries (lagged by construction)."""
 
 import torch
+from pydantic import Field
 
-from .base import Scorer, ScoreInputs, register_scorer
+from .base import Scorer, ScoreInputs, ScorerParams, register_scorer
 
 
 @register_scorer("column_mass")
@@ -19,13 +20,13 @@ class ColumnMass(Scorer):
 
     needs_row = True
     exact_at = frozenset()
-    params_allowed = {"lag": int}
+
+    class Params(ScorerParams):
+        lag: int = Field(1, ge=1, le=1_000_000, description="how many positions back the scored token lies (>= 1)")
 
     def __init__(self, **params):
         super().__init__(**params)
-        self.lag = int(params.get("lag", 1))
-        if self.lag < 1:
-            raise ValueError(f"scorer 'column_mass' parameter 'lag' must be >= 1, got {self.lag}")
+        self.lag = self.p.lag
 
     def init_state(self, batch, n_heads, n_kv_heads, device, layer=0):
         return {"mass": torch.zeros(batch, n_heads, 0, device=device), "count": torch.zeros(batch, 0, device=device)}

@@ -1,8 +1,9 @@
 """``random``: seeded uniform scores (the control for any sink signal)."""
 
 import torch
+from pydantic import Field
 
-from .base import Scorer, ScoreInputs, register_scorer
+from .base import Scorer, ScoreInputs, ScorerParams, register_scorer
 
 
 @register_scorer("random")
@@ -13,10 +14,12 @@ class RandomScore(Scorer):
     """
 
     head_axis = "kv"
-    params_allowed = {"seed": int}
+
+    class Params(ScorerParams):
+        seed: int = Field(0, ge=0, le=2**31 - 1, description="generator seed (re-seeded per batch and layer)")
 
     def init_state(self, batch, n_heads, n_kv_heads, device, layer=0):
-        gen = torch.Generator().manual_seed(int(self.params.get("seed", 0)) * 1000003 + layer)
+        gen = torch.Generator().manual_seed(self.p.seed * 1000003 + layer)
         return {"gen": gen, "shape": (batch, n_kv_heads), "device": device}
 
     def score(self, state, inputs: ScoreInputs):

@@ -59,9 +59,10 @@ def test_adapter_and_hooks(llama_pair):
     assert (ad.name, ad.n_layers, ad.n_heads, ad.n_kv_heads, ad.head_dim) == ("transformer_lens", 2, 4, 2, 16)
     for site, per_layer in (("kv_proj", 2), ("cache", 1)):
         with smooth(tl, KVSmoothConfig(layers="all", site=site)) as s:
-            # one pre-hook per block (cache entries, prefill/decode at block 0), the last block's post-hook,
-            # per layer: hook_k + hook_v (kv_proj) or the attention module (cache), and hook_pattern for rows
-            assert len(s.handles) == 2 + 1 + 2 * (per_layer + 1)
+            # block 0's pre-hook (prefill/decode), the last block's post-hook, per layer: hook_k + hook_v
+            # (kv_proj) or the attention module (cache, which finds its cache entry in its own arguments),
+            # and hook_pattern for rows
+            assert len(s.handles) == 1 + 1 + 2 * (per_layer + 1)
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in tl.modules())
 
 

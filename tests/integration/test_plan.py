@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import tiny_llama
-from kvsmooth_hooks import KVSmoothConfig, PlanError, SmoothingPlan, Trace, resolve, smooth
+from kvsmooth_hooks import ConfigError, KVSmoothConfig, PlanError, SmoothingPlan, Trace, resolve, smooth
 from kvsmooth_hooks.cli import main as cli
 
 
@@ -55,8 +55,8 @@ def test_out_of_range_indices_say_the_model_sizes(model):
         resolve(KVSmoothConfig(overrides=[{"layers": [1], "heads": [5]}]), model)
     with pytest.raises(PlanError, match="cannot vary between the KV heads of a layer"):
         resolve(KVSmoothConfig(overrides=[{"layers": [1], "heads": [0], "window": 4}]), model)
-    with pytest.raises(PlanError, match="scorer 'random' has no parameter 'sed'"):
-        resolve(KVSmoothConfig(scorer={"name": "random", "sed": 1}), model)
+    with pytest.raises(ConfigError, match="scorer 'random' has no parameter 'sed'"):  # now at config time
+        KVSmoothConfig.from_dict({"scorer": {"name": "random", "sed": 1}})
 
 
 def test_disabled_kv_head_is_bit_identical_to_unhooked_while_others_change(model):

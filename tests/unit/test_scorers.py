@@ -47,7 +47,7 @@ def test_column_mass_accumulates_and_is_lagged():
     lag2.score(st2, ScoreInputs(row=torch.tensor([[[0.5, 0.5, 0.0]]])))
     # position 1 received 0.5 and 0.2 from two later queries: mean 0.35
     assert lag2.score(st2, ScoreInputs(row=torch.tensor([[[0.2, 0.2, 0.6, 0.0]]]))).item() == pytest.approx(0.35)
-    with pytest.raises(ValueError, match="lag' must be >= 1"):
+    with pytest.raises(ValueError, match="parameter 'lag': Input should be greater than or equal to 1"):
         build_scorer("column_mass", lag=0)
 
 
@@ -75,5 +75,5 @@ def test_constant_and_random():
     d = r.score(r.init_state(2, 4, 2, "cpu", layer=4), ScoreInputs())
     assert torch.equal(a, b) and not torch.equal(a, d)
     assert ((a >= 0) & (a < 1)).all()
-    with pytest.raises(ValueError, match="parameter 'seed' must be int"):
+    with pytest.raises(ValueError, match="parameter 'seed': Input should be a valid integer"):
         build_scorer("random", seed="x")

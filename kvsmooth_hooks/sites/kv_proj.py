@@ -1,0 +1,142 @@
+"""Site ``kv_proj``: rewrite the newest key / value projection output before it reaches the cache.
+
+Hooks: one forward hook per smoothed layer on each of the key and value projection modules (one on a
+fused QKV module), found through the adapter's :class:`~kvsmooth_hooks.adapters.ProjSlot` s. At decode
+steps the hook blends the new token's projection ``x_t`` with the previous *smoothed* projection kept in
+the layer state: ``x_t <- (1 - lam) x_t + lam x'_{t-1}``.
+
+Coefficients that depend only on earlier forwards (attention rows are the previous token's) are
+computed for all layers at the start of the decode forward; layers whose scorer needs the new key (or
+``smooth_prefill``) compute theirs inside their key hook (their own coefficient group).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..scorers import ScoreInputs
+from .base import DECODE, PREFILL, Site, SiteError, register_site
+
+
+@register_site("kv_proj")
+class KVProjSite(Site):
+    @classmethod
+    def check(cls, config, needs_row: bool) -> None:
+        if config.smooth_prefill and needs_row:
+            raise SiteError(
+                "smooth_prefill with site 'kv_proj' needs a scorer that reads no attention row (prompt rows do "
+                "not exist before the projections run): use key_similarity, constant or random, or site 'cache'"
+            )
+
+    def immediate(self, layer) -> bool:
+        return layer.scorer.needs_key or self.config.smooth_prefill
+
+    def register(self) -> list:
+        self.mode = None
+        self.weights: dict[int, dict] = {}
+        handles = []
+        for i, layer in self.state.layers.items():
+            ks, vs = self.adapter.key_slot(i), self.adapter.value_slot(i)
+            if ks.module is vs.module:
+                handles.append(ks.module.register_forward_hook(self._hook(layer, (("key", ks), ("value", vs)))))
+            else:
+                handles.append(ks.module.register_forward_hook(self._hook(layer, (("key", ks),))))
+                handles.append(vs.module.register_forward_hook(self._hook(layer, (("value", vs),))))
+        return handles
+
+    def begin(self, kind, info) -> None:
+        state = self.state
+        # a run that starts mid-stream has no previous smoothed projection: its first forward only remembers
+        self.mode = PREFILL if kind == DECODE and any(l.prev["key"] is None for l in state.layers.values()) else kind
+        if self.mode != DECODE:
+            return
+        for group in state.groups:  # coefficients from earlier forwards' rows, all layers at once
+            if not self.immediate(group.layers[0]):
+                for layer in group.layers:
+                    if not layer.scorer.needs_row:
+                        layer.score(ScoreInputs(first_index=state.first_index))
+                self._weights(group, group.step(tracing=state.tracing))
+
+    def on_row(self, layer, kind, row_fn) -> None:  # the newest row, used at the next decode step
+        layer.score(ScoreInputs(row=row_fn()[:, :, -1], first_index=self.state.first_index))
+
+    def _weights(self, group, lam: torch.Tensor) -> None:
+        """This step's blend weights per layer of ``group`` (``[B, Hkv, 1]`` each) for keys and values."""
+        c = group.consts(lam.device)
+        self.weights[id(group)] = {"key": (lam * c["kmask"]).unsqueeze(-1).unbind(1),
+                                   "value": (lam * c["vmask"]).unsqueeze(-1).unbind(1), "step": self.state.step}
+
+    def _hook(self, layer, slots):
+        state = self.state
+
+        def hook(module, args, output):
+            kind = self.mode if self.session.kind is not None else None
+            if kind is None:
+                return None
+            out = output
+            group = layer.group
+            with torch.no_grad():
+                for name, slot in slots:
+                    heads = slot.heads(out, layer.n_kv, layer.head_dim)  # [B, T, Hkv, D] view of the output
+                    if kind != DECODE:
+                        if kind == PREFILL and name == "key" and layer.scorer.needs_key:
+                            layer.scorer.observe_prompt(layer.scorer_state, heads.transpose(1, 2),
+                                                        state.valid[:, -heads.shape[1]:])
+                        if kind == PREFILL and self.config.smooth_prefill:
+                            out = self._smooth_prompt(layer, name, out, slot, heads)
+                        else:
+                            layer.prev[name] = heads[:, -1].clone()
+                        continue
+                    w = self.weights.get(id(group))
+                    if w is None or w["step"] != state.step:  # own group: needs this step's key
+                        if name != "key" and layer.scorer.needs_key:
+                            raise SiteError(
+                                f"layer {layer.index}: the value projection ran before the key projection, but "
+                                f"scorer '{layer.scorer.name}' needs the key; use site 'cache' for this model")
+                        layer.score(ScoreInputs(key=heads[:, -1], first_index=state.first_index))
+                        self._weights(group, group.step(tracing=state.tracing))
+                        w = self.weights[id(group)]
+                    weight = w[name][layer.slot]  # [B, Hkv, 1]
+                    if weight.dtype != heads.dtype:
+                        weight = weight.to(heads.dtype)
+                    if out.requires_grad:
+                        out = out.clone()
+                        heads = slot.heads(out, layer.n_kv, layer.head_dim)
+                    current = heads[:, -1]
+                    record = state.tracing and self.session.record_deltas
+                    before = current.float() if record else None
+                    new = current.lerp_(layer.prev[name], weight)  # in place: heads is a view of the module output
+                    layer.prev[name] = new
+                    if record:
+                        rec, key = group.record, ("dk" if name == "key" else "dv")
+                        if key not in rec or rec[key].shape[1] != len(group.layers):
+                            rec[key] = torch.zeros_like(group.lam)
+                        rec[key][:, layer.slot] = (new.float() - before).norm(dim=-1)
+            return out
+
+        return hook
+
+    def _smooth_prompt(self, layer, name: str, out, slot, heads):
+        """smooth_prefill (scorers without attention rows): sequential EMA over the prompt."""
+        t = heads.shape[1]
+        valid = self.state.valid[:, -t:].to(heads.device)
+        group = layer.group
+        if layer.prefill_lam is None:  # coefficients once per prompt, shared by the key and value hooks
+            if layer.scorer.needs_key and name != "key":
+                raise SiteError(f"layer {layer.index}: the value projection ran before the key projection")
+            lams = []
+            for pos in range(t):
+                layer.score(ScoreInputs(key=heads[:, pos], first_index=self.state.first_index))
+                lams.append(group.step(valid=valid[:, pos], tracing=False)[:, layer.slot])
+            layer.prefill_lam = lams
+        if out.requires_grad:
+            out = out.clone()
+        mask = group.consts(heads.device)["kmask" if name == "key" else "vmask"][layer.slot]
+        prev = heads[:, 0]
+        for pos in range(1, t):
+            has_prev = valid[:, pos] & valid[:, pos - 1]
+            lam = layer.prefill_lam[pos] * mask * has_prev[:, None]
+            prev = torch.lerp(heads[:, pos], prev, lam.unsqueeze(-1).to(prev.dtype))
+            slot.heads(out, layer.n_kv, layer.head_dim)[:, pos] = prev
+        layer.prev[name] = prev.clone()
+        return out
