@@ -49,8 +49,9 @@ PER_LAYER = ("layer_types", "layers_block_type", "block_types", "hybrid_override
 #: model types that need more than the generic shrink: settings applied after it (and why)
 EXTRA: dict[str, dict] = {
     "mllama_text_model": {"num_hidden_layers": 3, "cross_attention_layers": [1]},  # one cross-attention layer
-    "gemma3n_text": {"num_kv_shared_layers": 2, "num_hidden_layers": 4,  # 2 layers write KV, 2 reuse theirs
-                     "activation_sparsity_pattern": [0.0] * 4},
+    # 4 layers, the last 2 reuse the KV of the last earlier layer of their kind (sliding / full)
+    "gemma3n_text": {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "intermediate_size": [64] * 4,
+                     "activation_sparsity_pattern": [0.0] * 4, "layer_types": ["sliding_attention", "full_attention"] * 2},
 }
 
 N_LAYERS = 2
@@ -109,10 +110,17 @@ def shrink(cfg):
             kw[name] = shrink(v) if v is not None and hasattr(v, "model_type") else v
             continue
         kw[name] = _shrink_value(name, v, cfg)
+    n0 = next((getattr(cfg, k) for k in LAYERS if isinstance(getattr(cfg, k, None), int)
+               and not isinstance(getattr(cfg, k), bool)), None)
     n = next((kw[k] for k in LAYERS if isinstance(kw.get(k), int) and not isinstance(kw.get(k), bool)), N_LAYERS)
-    for key in PER_LAYER:
-        if isinstance(kw.get(key), (list, tuple)) and key != "mlp_only_layers":
-            kw[key], n = _cut_per_layer(kw[key], n)
+    per_layer = [k for k, v in kw.items() if isinstance(v, (list, tuple)) and v and (k in PER_LAYER or len(v) == n0)
+                 and k != "mlp_only_layers"]
+    for key in per_layer:  # kinds first: they may need more layers
+        kw[key], n = _cut_per_layer(kw[key], n)
+    for key in per_layer:  # numeric per-layer lists (sizes, sparsity): the first n entries, shrunk
+        v = kw[key]
+        if isinstance(v, (list, tuple)) and len(v) == n0 and not all(isinstance(x, (str, bool)) for x in v):
+            kw[key] = [_shrink_value(key, x, cfg) for x in v[:n]]
     for key in LAYERS:
         if isinstance(kw.get(key), int) and not isinstance(kw.get(key), bool) and kw[key] > 0:
             kw[key] = n if key not in {"encoder_layers", "num_encoder_layers", "depth", "vision_layers"} else min(kw[key], N_LAYERS)
@@ -150,8 +158,8 @@ def _shrink_value(name: str, v, cfg):
     return v
 
 
-def build(name: str, seed: int = 0):
-    """``(model, config)`` for the transformers class ``name``, tiny and random, in eval mode."""
+def build(name: str, seed: int = 0, attn_implementation: str | None = None):
+    """The transformers class ``name`` as a tiny random model in eval mode (``attn_implementation``: as loaded)."""
     import transformers
 
     cls = getattr(transformers, name)
@@ -161,5 +169,6 @@ def build(name: str, seed: int = 0):
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = cls(cfg).eval()
+        model = (cls(cfg) if attn_implementation is None
+                 else cls._from_config(cfg, attn_implementation=attn_implementation)).eval()
     return model

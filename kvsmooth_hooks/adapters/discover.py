@@ -178,6 +178,14 @@ def find_decoder(model: nn.Module) -> tuple[str, nn.Module, str, nn.ModuleList]:
             cands.sort(key=lambda c: (c[0].count(".") + (1 if c[0] else 0), -len(c[3])))
             p, attr, dec, lst = cands[0]
             return p, dec, attr, lst
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
+    if lists:
+        name, lst = max(lists, key=lambda x: len(x[1]))
+        kinds = sorted({_mixer_name(layer) for layer in lst})
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: no self-attention layer with a KV cache (its layer list `{name}` holds {kinds}); "
+            "KVSmooth smooths self-attention KV caches"
+        )
     raise UnsupportedModelError(
         f"{type(model).__name__}: no language decoder found (no list of layers holding attention modules outside "
         "vision/audio/encoder towers); kvsmooth_hooks needs a decoder whose layers hold self-attention"
