@@ -156,8 +156,8 @@ def sweep_one(name: str, sites=SITES) -> dict:
         r = check_site(model, inputs, base, site)
         if r["status"] == "refused" and "reads no row" in r["detail"]:
             alt = check_site(model, inputs, base, site, FALLBACK_SCORER)
-            r["row_scorer_refused"] = True
-            r = {**alt, "row_scorer_refused": True, "row_refusal": r["detail"]} if alt["status"] == "ok" else r
+            r = {**alt, "row_scorer_refused": True, "row_refusal": r["detail"]} if alt["status"] == "ok" else \
+                {**r, "fallback": alt}
         rec[site] = r
     rec["seconds"] = round(time.time() - t0, 2)
     return rec
@@ -217,7 +217,10 @@ def markdown_table(results: list[dict]) -> str:
     def cell(r):
         if r["status"] == "ok":
             return "works" + (f" (rows: {FALLBACK_SCORER})" if r.get("row_scorer_refused") else "")
-        return f"{r['status']}: {r['detail'][:200]}".replace("|", "/").replace("\n", " ")
+        text = f"{r['status']}: {r['detail'][:200]}"
+        if "fallback" in r:
+            text += f"; with {FALLBACK_SCORER}: {r['fallback']['status']}: {r['fallback']['detail'][:160]}"
+        return text.replace("|", "/").replace("\n", " ")
 
     for r in sorted(results, key=lambda r: r["class"]):
         if r.get("status") == "harness":

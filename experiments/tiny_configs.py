@@ -41,6 +41,8 @@ EXPERTS = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe
            "num_experts_per_tok": 2, "moe_topk": 2, "top_k": 2, "n_group": 1, "topk_group": 1,
            "first_k_dense_replace": 1, "n_shared_experts": 1, "num_shared_experts": 1}
 MLA = {"kv_lora_rank": 32, "q_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 16}
+OTHER = {"rotary_dim": 8, "mamba_n_heads": 8, "mamba_d_head": 16, "mamba_n_groups": 1, "n_groups": 1,
+         "mamba_dt_rank": 8, "time_step_rank": 8}
 PERIODS = {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 1}
 #: lists with one entry per layer
 PER_LAYER = ("layer_types", "layers_block_type", "block_types", "hybrid_override_pattern", "mlp_only_layers",
@@ -91,6 +93,19 @@ def _cut_per_layer(value, n: int):
     return kinds + [kinds[-1]] * (n - len(kinds)), n
 
 
+_MISSING = object()
+
+
+def _read(cfg, name):
+    """A config field's own value (per-layer-heterogeneous configs refuse global reads of some fields)."""
+    if name in vars(cfg):
+        return vars(cfg)[name]
+    try:
+        return getattr(cfg, name)
+    except Exception:  # noqa: BLE001 - AttributeError, AmbiguousGlobalPerLayerAttributeError
+        return _MISSING
+
+
 def _fields(cfg) -> list[str]:
     if dataclasses.is_dataclass(cfg):
         return [f.name for f in dataclasses.fields(cfg) if f.init]
@@ -103,15 +118,15 @@ def shrink(cfg):
     kw = {}
     subs = set(getattr(cls, "sub_configs", {}) or {})
     for name in _fields(cfg):
-        if name in SKIP_FIELDS or not hasattr(cfg, name):
+        v = _read(cfg, name)
+        if name in SKIP_FIELDS or v is _MISSING:
             continue
-        v = getattr(cfg, name)
         if name in subs or hasattr(v, "to_dict") and hasattr(v, "model_type"):
             kw[name] = shrink(v) if v is not None and hasattr(v, "model_type") else v
             continue
         kw[name] = _shrink_value(name, v, cfg)
-    n0 = next((getattr(cfg, k) for k in LAYERS if isinstance(getattr(cfg, k, None), int)
-               and not isinstance(getattr(cfg, k), bool)), None)
+    n0 = next((_read(cfg, k) for k in LAYERS if isinstance(_read(cfg, k), int) and not isinstance(_read(cfg, k), bool)),
+              None)
     n = next((kw[k] for k in LAYERS if isinstance(kw.get(k), int) and not isinstance(kw.get(k), bool)), N_LAYERS)
     per_layer = [k for k, v in kw.items() if isinstance(v, (list, tuple)) and v and (k in PER_LAYER or len(v) == n0)
                  and k != "mlp_only_layers"]
@@ -126,6 +141,9 @@ def shrink(cfg):
             kw[key] = n if key not in {"encoder_layers", "num_encoder_layers", "depth", "vision_layers"} else min(kw[key], N_LAYERS)
     if isinstance(kw.get("mlp_only_layers"), list):
         kw["mlp_only_layers"] = [i for i in kw["mlp_only_layers"] if i < n]
+    if "head_dim" in kw and kw["head_dim"] is None and "hidden_size" in kw and "num_attention_heads" in kw:
+        kw["head_dim"] = kw["hidden_size"] // kw["num_attention_heads"]
+    _fit_rope_sections(cls, kw)
     kw.update(EXTRA.get(getattr(cls, "model_type", ""), {}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -143,7 +161,7 @@ def _shrink_value(name: str, v, cfg):
         if name in HEADS:
             return min(v, N_HEADS)
         if name in KV_HEADS:
-            heads = next((getattr(cfg, h) for h in HEADS if isinstance(getattr(cfg, h, None), int)), None)
+            heads = next((_read(cfg, h) for h in HEADS if isinstance(_read(cfg, h), int)), None)
             if heads is not None and v >= heads:
                 return N_HEADS  # multi-head: as many KV heads as query heads
             return min(v, 2)
@@ -155,7 +173,32 @@ def _shrink_value(name: str, v, cfg):
             return min(v, MLA[name])
         if name in PERIODS:
             return PERIODS[name]
+        if name in OTHER:
+            return min(v, OTHER[name])
     return v
+
+
+def _fit_rope_sections(cls, kw: dict) -> None:
+    """Multimodal RoPE sections must add up to half the (rotary part of the) head dim: scale them down."""
+    rp = kw.get("rope_parameters")
+    if isinstance(rp, dict) and "mrope_section" not in rp and "mrope_section" in getattr(cls, "ignore_keys_at_rope_validation", ()):
+        rp = kw["rope_parameters"] = {**rp, "mrope_section": [2, 3, 3]}  # modeling defaults [16, 24, 24] in proportion
+    if not isinstance(rp, dict) or not isinstance(rp.get("mrope_section"), (list, tuple)):
+        return
+    heads = next((kw[h] for h in HEADS if isinstance(kw.get(h), int)), None)
+    hidden = next((kw[h] for h in HIDDEN if isinstance(kw.get(h), int)), None)
+    head_dim = kw.get("head_dim") if isinstance(kw.get("head_dim"), int) else (hidden // heads if hidden and heads else None)
+    if not head_dim:
+        return
+    frac = rp.get("partial_rotary_factor") or kw.get("partial_rotary_factor") or 1.0
+    target = int(head_dim * frac) // 2
+    sec = list(rp["mrope_section"])
+    total = sum(sec)
+    if total == target or total == 0:
+        return
+    new = [max(1, s * target // total) for s in sec]
+    new[0] += target - sum(new)
+    kw["rope_parameters"] = {**rp, "mrope_section": new}
 
 
 def build(name: str, seed: int = 0, attn_implementation: str | None = None):
@@ -164,7 +207,7 @@ def build(name: str, seed: int = 0, attn_implementation: str | None = None):
 
     cls = getattr(transformers, name)
     cfg = shrink(cls.config_class())
-    if ("CausalLM" in name or "LMHead" in name) and getattr(cfg, "is_decoder", None) is False:
+    if ("CausalLM" in name or "LMHead" in name or name.endswith("Decoder")) and getattr(cfg, "is_decoder", None) is False:
         cfg.is_decoder = True  # BERT-style encoders as decoders (causal, with a KV cache), as their docs ask
     torch.manual_seed(seed)
     with warnings.catch_warnings():

@@ -39,8 +39,8 @@ NON_LANGUAGE = ("vision", "visual", "image", "audio", "speech", "vq", "encoder",
                 "projector", "connector", "resampler", "qformer", "perceiver", "tokenizer", "codec", "talker",
                 "code2wav", "vocoder", "mtp", "depth_decoder", "depth_transformer")
 
-SEPARATE = (("k_proj", "v_proj"), ("key", "value"), ("k", "v"), ("wk", "wv"), ("k_lin", "v_lin"),
-            ("key_proj", "value_proj"), ("to_k", "to_v"), ("linear_k", "linear_v"))
+SEPARATE = (("k_proj", "v_proj"), ("key", "value"), ("k", "v"), ("wk", "wv"), ("Wk", "Wv"), ("k_lin", "v_lin"),
+            ("key_proj", "value_proj"), ("project_k", "project_v"), ("to_k", "to_v"), ("linear_k", "linear_v"))
 FUSED_CONTIGUOUS = ("qkv_proj", "c_attn", "Wqkv", "W_pack", "qkv", "wqkv", "in_proj", "qkv_linear", "to_qkv",
                     "query_key_value")
 FUSED_KV = ("kv_proj", "kv", "wkv", "to_kv")
@@ -109,6 +109,8 @@ def _is_attention_module(name: str, mod: nn.Module) -> bool:
 def _attention_in(layer: nn.Module, depth: int = 3) -> list[tuple[str, nn.Module]]:
     """Outermost attention-like submodules of ``layer`` (dotted names), at most ``depth`` levels down."""
     out: list[tuple[str, nn.Module]] = []
+    if _is_attention_module("", layer):  # layer lists of bare attention modules (XLM's `attentions`)
+        return [("", layer)]
 
     def walk(mod, prefix, d):
         for name, child in mod.named_children():
@@ -166,7 +168,7 @@ def find_decoder(model: nn.Module) -> tuple[str, nn.Module, str, nn.ModuleList]:
     roots.append(("", model))
     cfg = getattr(model, "config", None)
     passes = [NON_LANGUAGE]
-    if not getattr(cfg, "is_encoder_decoder", False) and getattr(cfg, "is_decoder", False):
+    if not getattr(cfg, "is_encoder_decoder", False):
         passes.append(tuple(t for t in NON_LANGUAGE if t != "encoder"))  # BERT-style decoders keep layers in .encoder
     for path, root, skip in [(p, r, s) for s in passes for p, r in roots]:
         for attr in LAYER_LIST_NAMES:
@@ -234,7 +236,7 @@ def _is_linear_attention(mod: nn.Module) -> bool:
     return any(t in cls for t in ("linearattention", "lightning", "deltanet", "mamba", "retention", "rwkv"))
 
 
-def classify_layer(index: int, layer: nn.Module) -> LayerInfo:
+def classify_layer(index: int, layer: nn.Module, config=None) -> LayerInfo:
     """What layer ``index`` of the decoder's list is (see :class:`LayerInfo`)."""
     found = _self_attention(layer)
     if found is None:
@@ -252,8 +254,8 @@ def classify_layer(index: int, layer: nn.Module) -> LayerInfo:
     window = getattr(attn, "sliding_window", None)
     window = int(window) if isinstance(window, int) and not isinstance(window, bool) else None
     if getattr(attn, "is_kv_shared_layer", False):
-        return LayerInfo(index, "shared_kv", layer, attn, cache_index, _safe_heads(attn), window, None, name)
-    return LayerInfo(index, "attention", layer, attn, cache_index, _safe_heads(attn), window, detail=name)
+        return LayerInfo(index, "shared_kv", layer, attn, cache_index, _safe_heads(attn, config), window, None, name)
+    return LayerInfo(index, "attention", layer, attn, cache_index, _safe_heads(attn, config), window, detail=name)
 
 
 # ---------------------------------------------------------------------------------------------- heads
@@ -279,7 +281,7 @@ def _out(mod) -> int | None:
 def head_layout(attn: nn.Module, config=None) -> HeadLayout:
     """Query heads, KV heads and head dims of one attention module, read from the module first."""
     cfg = getattr(attn, "config", None) or config
-    n_heads = _int(attn, "num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
+    n_heads = _int(attn, "num_heads", "num_attention_heads", "n_heads", "n_head", "num_attn_heads", "heads")
     if n_heads is None and cfg is not None:
         n_heads = _int(cfg, "num_attention_heads", "n_head", "num_heads", "decoder_attention_heads")
     groups = _int(attn, "num_key_value_groups", "num_kv_groups", "n_rep")
@@ -289,7 +291,10 @@ def head_layout(attn: nn.Module, config=None) -> HeadLayout:
     lora, rope = _int(attn, "kv_lora_rank"), _int(attn, "qk_rope_head_dim")
     if lora and rope and hasattr(attn, "kv_b_proj"):  # MLA: what is cached and projected is the latent
         return HeadLayout(int(n_heads), 1, lora, rope, latent=True)
-    k_dim = _int(attn, "head_dim", "head_size", "d_head", "attention_head_size", "key_value_proj_dim", "d_kv")
+    k_dim = _int(attn, "head_dim", "head_size", "d_head", "attention_head_size", "key_value_proj_dim", "d_kv", "dim_head")
+    split = _int(attn, "split_size")  # GPT-2 style: the model width split over the heads
+    if k_dim is None and split and n_heads:
+        k_dim = split // n_heads
     if k_dim is None and cfg is not None:
         k_dim = _int(cfg, "head_dim")
         if k_dim is None:
@@ -315,7 +320,7 @@ def head_layout(attn: nn.Module, config=None) -> HeadLayout:
     return HeadLayout(int(n_heads), int(n_kv), int(k_dim), int(v_dim or k_dim))
 
 
-def _safe_heads(attn):
+def _safe_heads(attn, config):
     try:
         return head_layout(attn)
     except UnsupportedModelError:
@@ -347,6 +352,11 @@ def kv_slots(attn: nn.Module, heads: HeadLayout) -> tuple[ProjSlot, ProjSlot]:
         if not isinstance(mod, nn.Module):
             continue
         width = _out(mod)
+        if width is None:
+            raise UnsupportedModelError(
+                f"{type(attn).__name__}.{name} is a {type(mod).__name__}, not a linear projection: its output layout is "
+                "unknown, so the 'kv_proj' site cannot find the keys and values in it; use site 'cache'"
+            )
         if width != q * dk + kv * (dk + dv):
             raise UnsupportedModelError(
                 f"{type(attn).__name__}.{name}: fused projection of width {width} does not match "
@@ -369,8 +379,9 @@ def discover(model: nn.Module) -> DecoderStructure:
     cfg = getattr(model, "config", None)
     structure = DecoderStructure(decoder, path, attr, encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
     owners: dict[int, int] = {}
+    text_cfg = getattr(decoder, "config", None) or getattr(cfg, "text_config", None) or cfg
     for i, layer in enumerate(layer_list):
-        info = classify_layer(i, layer)
+        info = classify_layer(i, layer, text_cfg)
         if info.kind == "attention":
             if info.cache_index in owners:  # a second layer writing the same cache entry reuses the first one's
                 info = LayerInfo(i, "shared_kv", layer, info.attention, info.cache_index, info.heads,

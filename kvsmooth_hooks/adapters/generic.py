@@ -11,9 +11,45 @@ import inspect
 
 from torch import nn
 
+from .base import CACHE_KWARGS
+
 from .base import Adapter, ProjSlot
+from .runtime import ForwardInfo
 from .runtime import UnsupportedModelError
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
+
+
+#: names under which attention modules receive the cache (FSMT: ``layer_state``)
+ATTENTION_CACHE_KWARGS = CACHE_KWARGS + ("layer_state", "past_key_value")
+
+
+def _params(module: nn.Module) -> dict:
+    try:
+        return dict(inspect.signature(module.forward).parameters)
+    except (TypeError, ValueError):
+        return {}
+
+
+def named_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict:
+    """A forward's arguments by name (positional ones bound to ``module.forward``'s signature)."""
+    if not args:
+        return kwargs
+    try:
+        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return kwargs
+    out = {}
+    for k, v in bound.items():
+        if isinstance(v, dict) and inspect.signature(module.forward).parameters[k].kind == inspect.Parameter.VAR_KEYWORD:
+            out.update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def takes_cache(module: nn.Module) -> bool:
+    """Whether ``module.forward`` has a parameter through which a KV cache can reach it."""
+    return any(n in _params(module) for n in ATTENTION_CACHE_KWARGS)
 
 
 def uses_attention_interface(attn: nn.Module) -> bool:
@@ -112,6 +148,16 @@ class GenericAdapter(Adapter):
             )
         for i in layers:
             attn = self.attention(i)
+            if not takes_cache(attn) and not takes_cache(self.decoder()):
+                raise UnsupportedModelError(
+                    f"{type(self.model).__name__} generates without a KV cache ({type(attn).__name__}.forward takes none): "
+                    "it recomputes every position at each step, so there are no cached keys and values to smooth"
+                )
+            if site == "kv_proj" and getattr(attn, "ngram", None):
+                raise UnsupportedModelError(
+                    f"{type(attn).__name__} (layer {i}) projects the main and n-gram prediction streams together, so its "
+                    "key/value projections do not hold one entry per generated token; use site 'cache'"
+                )
             if needs_row and not uses_attention_interface(attn):
                 raise UnsupportedModelError(
                     f"{type(attn).__name__} (layer {i}) computes attention inline, not through transformers' attention "
@@ -122,31 +168,46 @@ class GenericAdapter(Adapter):
                 kv_slots(attn, self.heads(i))
 
     def find_cache(self, args: tuple, kwargs: dict):
-        """The cache among an attention module's arguments; for encoder-decoder models its self-attention part."""
-        cache = super().find_cache(args, kwargs)
+        """The cache among an attention module's arguments (positional ones bound by the attention modules'
+        signature); for encoder-decoder models its self-attention part."""
+        cache = self._find(kwargs, ATTENTION_CACHE_KWARGS)
+        if cache is None and args:
+            attn = self.attention(self.smoothable_layers()[0])
+            cache = self._find(named_arguments(attn, args, kwargs), ATTENTION_CACHE_KWARGS)
         return getattr(cache, "self_attention_cache", cache)
+
+    def forward_info(self, args: tuple, kwargs: dict) -> ForwardInfo | None:
+        """As the base, with positional arguments bound by name (decoders called as ``encoder(hidden, mask, ...)``)."""
+        named = named_arguments(self.entry_module(), args, kwargs)
+        if named.get("input_ids") is None and named.get("inputs_embeds") is None and named.get("hidden_states") is not None:
+            named = {**named, "inputs_embeds": named["hidden_states"]}
+        return super().forward_info((), named)
 
     def smoothable_layers(self) -> list[int]:
         return self.structure.attention_layers()
 
     # ------------------------------------------------------------------ sizes (max over layers)
-    def _first(self) -> HeadLayout:
+    def _all(self) -> list[HeadLayout]:
         hs = [h for h in self._heads.values() if h is not None]
         if not hs:
-            raise UnsupportedModelError(f"{type(self.model).__name__}: no attention layer with readable head counts")
-        return hs[0]
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__}: cannot read the head counts of its attention modules "
+                f"({type(self.attention(self.smoothable_layers()[0])).__name__}: no num_heads / head_dim attributes); "
+                "an explicit adapter is needed"
+            )
+        return hs
 
     @property
     def n_heads(self) -> int:
-        return max(h.n_heads for h in self._heads.values() if h is not None)
+        return max(h.n_heads for h in self._all())
 
     @property
     def n_kv_heads(self) -> int:
-        return max(h.n_kv for h in self._heads.values() if h is not None)
+        return max(h.n_kv for h in self._all())
 
     @property
     def head_dim(self) -> int:
-        return max(h.k_dim for h in self._heads.values() if h is not None)
+        return max(h.k_dim for h in self._all())
 
     def model_type(self) -> str:
         return str(getattr(self.config, "model_type", "") or getattr(self.model.config, "model_type", ""))
