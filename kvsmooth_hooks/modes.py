@@ -31,7 +31,16 @@ def _generate(model, *args, **kwargs):
             )
     original = session._original_generate
     session._generating = session._fresh_generate = True
+    session._forwards = [0, 0]
     try:
-        return original(*args, **kwargs) if original is not None else type(model).generate(model, *args, **kwargs)
+        out = original(*args, **kwargs) if original is not None else type(model).generate(model, *args, **kwargs)
     finally:
         session._generating = session._fresh_generate = False
+    uncached, cached = session._forwards
+    if uncached > 1 and not cached and session.plan.active_layers():
+        raise SessionError(
+            f"kvsmooth: {type(model).__name__}.generate ran {uncached} forwards and none received a KV cache (this model "
+            "recomputes every position at each step), so nothing could be smoothed; KVSmooth needs a model that "
+            "generates with a KV cache"
+        )
+    return out

@@ -1,6 +1,7 @@
 """Architecture adapters: structure discovery for any Hugging Face decoder, plus the few true exceptions.
 
-``get_adapter(model)`` returns, in order: an adapter whose ``accepts(model)`` is true (TransformerLens),
+``get_adapter(model)`` returns, in order: an adapter whose ``accepts(model)`` is true (TransformerLens
+``HookedTransformer`` and ``TransformerBridge``),
 an explicit adapter listing the model's ``model_type`` (Falcon's fused layouts, GPT-2's eager-upcast
 path), else :class:`GenericAdapter`, which reads the decoder, its layers, their self-attention
 modules, key/value projections and head counts from the modules (:mod:`.discover`). A model it
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .runtime import ForwardInfo, UnsupportedModelError
+from .bridge import TransformerBridgeAdapter
 from .falcon import FalconAdapter
 from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
@@ -19,6 +21,7 @@ from .lens import HookedTransformerAdapter
 #: Explicit adapters, in lookup order; everything else goes to :class:`GenericAdapter`.
 ADAPTERS: list[type[Adapter]] = [
     HookedTransformerAdapter,
+    TransformerBridgeAdapter,
     GPT2Adapter,
     FalconAdapter,
 ]

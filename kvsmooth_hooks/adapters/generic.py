@@ -158,7 +158,7 @@ class GenericAdapter(Adapter):
                     f"{type(attn).__name__} (layer {i}) projects the main and n-gram prediction streams together, so its "
                     "key/value projections do not hold one entry per generated token; use site 'cache'"
                 )
-            if needs_row and not uses_attention_interface(attn):
+            if needs_row and self.row_module(i) is None and not uses_attention_interface(attn):
                 raise UnsupportedModelError(
                     f"{type(attn).__name__} (layer {i}) computes attention inline, not through transformers' attention "
                     "interface, so attention rows cannot be captured: use a scorer that reads no row "
