@@ -54,27 +54,44 @@ def _special_ids(cfg) -> set[int]:
     return ids
 
 
-def make_inputs(model, batch: int = 1, length: int = 8, seed: int = 1) -> dict:
-    """Text prompts (random ids that are not special tokens); audio / image inputs where the model needs them."""
+def make_inputs(model, batch: int = 1, length: int = 8, seed: int = 1) -> list[dict]:
+    """Candidate inputs, tried in order until the unhooked model generates: text prompts (random ids that are not
+    special tokens); audio features in both layouts; images (with the image tokens a wrapper expects)."""
     g = torch.Generator().manual_seed(seed)
     cfg = model.config
     special = _special_ids(cfg)
-    hi = 100
-    pool = torch.tensor([i for i in range(4, hi) if i not in special])
+    pool = torch.tensor([i for i in range(4, 100) if i not in special])
     ids = pool[torch.randint(len(pool), (batch, length), generator=g)]
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    text = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     main = getattr(model, "main_input_name", "input_ids")
     if main == "input_features":
         enc = getattr(cfg, "encoder_config", None) or getattr(cfg, "audio_config", None) or cfg
-        mels = getattr(enc, "num_mel_bins", None) or getattr(enc, "feature_size", None) or 80
-        frames = 2 * (getattr(enc, "max_source_positions", None) or 1500)
-        inputs = {"input_features": torch.randn(batch, mels, frames, generator=g)}
-    elif main == "pixel_values" and not getattr(cfg, "text_config", None):
-        vc = getattr(cfg, "encoder", None) or getattr(cfg, "vision_config", None) or cfg
-        size = getattr(vc, "image_size", 32)
-        size = size[0] if isinstance(size, (list, tuple)) else size
-        inputs = {"pixel_values": torch.randn(batch, getattr(vc, "num_channels", 3), size, size, generator=g)}
-    return inputs
+        mels = getattr(enc, "num_mel_bins", None) or getattr(enc, "feature_size", None) or getattr(enc, "input_feat_per_channel", None) or 80
+        frames = 2 * (getattr(enc, "max_source_positions", None) or 32)
+        return [{"input_features": torch.randn(batch, mels, frames, generator=g)},
+                {"input_features": torch.randn(batch, frames, mels, generator=g)}]
+    if main == "input_values":
+        return [{"input_values": torch.randn(batch, 4000, generator=g)}, text]
+    vc = getattr(cfg, "vision_config", None) or getattr(cfg, "encoder", None)
+    size = getattr(vc, "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    out = [text]
+    if isinstance(size, int):
+        pix = torch.randn(batch, getattr(vc, "num_channels", 3), size, size, generator=g)
+        if main == "pixel_values" and getattr(cfg, "text_config", None) is None:
+            return [{"pixel_values": pix}, text]
+        tok = getattr(cfg, "image_token_index", None) or getattr(cfg, "image_token_id", None)
+        nq = getattr(cfg, "num_query_tokens", None)
+        if isinstance(tok, int) and isinstance(nq, int):  # BLIP-2 / InstructBLIP: one image token per query token
+            ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
+            out.append({"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix})
+        tok = tok if isinstance(tok, int) else getattr(cfg, "video_token_index", None)
+        if isinstance(tok, int) and isinstance(nq, int) and len(out) == 1:
+            ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
+            out.append({"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix[:, :, None]})
+        out.append({**text, "pixel_values": pix})
+        out.append({**text, "pixel_values": pix[:, None]})  # [B, images, C, H, W] (IDEFICS)
+    return out
 
 
 def _generate(model, inputs: dict):
@@ -135,8 +152,17 @@ def sweep_one(name: str, sites=SITES) -> dict:
         model.generation_config.forced_eos_token_id = None
         if getattr(model.config, "is_encoder_decoder", False) and model.generation_config.decoder_start_token_id is None:
             model.generation_config.decoder_start_token_id = 0
-        inputs = make_inputs(model)
-        base = _generate(model, inputs)
+        if model.generation_config.bos_token_id is None:
+            model.generation_config.bos_token_id = 1
+        errors = []
+        for inputs in make_inputs(model):
+            try:
+                base = _generate(model, inputs)
+                break
+            except Exception as exc:  # noqa: BLE001 - next candidate
+                errors.append(exc)
+        else:
+            raise errors[0]
     except Exception as exc:  # noqa: BLE001
         rec.update(status="harness", detail=f"{type(exc).__name__}: {str(exc)[:300]}", seconds=round(time.time() - t0, 2))
         return rec

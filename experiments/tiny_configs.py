@@ -50,6 +50,13 @@ PER_LAYER = ("layer_types", "layers_block_type", "block_types", "hybrid_override
 
 #: model types that need more than the generic shrink: settings applied after it (and why)
 EXTRA: dict[str, dict] = {
+    "reformer": {"axial_pos_embds_dim": [32, 32]},  # must add up to hidden_size
+    "bamba": {"attn_layer_indices": [1]},  # default None: no attention layer at all
+    # BLIP-2 / InstructBLIP place the query-token features at image tokens, whose id has no default
+    "blip-2": {"image_token_index": 50}, "instructblip": {"image_token_index": 50},
+    "instructblipvideo": {"video_token_index": 50},
+    "deepseek_v2": {"num_experts_per_tok": 2},  # default None: no router top-k
+    "mamba2": {"num_heads": 8, "head_dim": 16},  # num_heads * head_dim = expand * hidden_size
     "mllama_text_model": {"num_hidden_layers": 3, "cross_attention_layers": [1]},  # one cross-attention layer
     # 4 layers, the last 2 reuse the KV of the last earlier layer of their kind (sliding / full)
     "gemma3n_text": {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "intermediate_size": [64] * 4,
@@ -106,6 +113,10 @@ def _read(cfg, name):
         return _MISSING
 
 
+def key_present(kw: dict, *keys) -> bool:
+    return all(isinstance(kw.get(k), int) for k in keys)
+
+
 def _fields(cfg) -> list[str]:
     if dataclasses.is_dataclass(cfg):
         return [f.name for f in dataclasses.fields(cfg) if f.init]
@@ -141,6 +152,12 @@ def shrink(cfg):
             kw[key] = n if key not in {"encoder_layers", "num_encoder_layers", "depth", "vision_layers"} else min(kw[key], N_LAYERS)
     if isinstance(kw.get("mlp_only_layers"), list):
         kw["mlp_only_layers"] = [i for i in kw["mlp_only_layers"] if i < n]
+    for key, v in list(kw.items()):  # indices of attention layers (hybrids): keep those that exist, at least one
+        if ("attn" in key or "attention" in key) and "layer" in key and isinstance(v, (list, tuple)) and v \
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
+            kw[key] = [i for i in v if 0 <= i < n] or [n - 1]
+    if key_present(kw, "d_head", "d_model", "n_head"):  # XLNet: d_head = d_model / n_head
+        kw["d_head"] = kw["d_model"] // kw["n_head"]
     if "head_dim" in kw and kw["head_dim"] is None and "hidden_size" in kw and "num_attention_heads" in kw:
         kw["head_dim"] = kw["hidden_size"] // kw["num_attention_heads"]
     _fit_rope_sections(cls, kw)

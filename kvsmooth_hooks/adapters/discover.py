@@ -288,8 +288,8 @@ def head_layout(attn: nn.Module, config=None) -> HeadLayout:
     n_kv = _int(attn, "num_key_value_heads", "num_kv_heads", "n_kv_heads", "kv_heads")
     if n_kv is None and groups and n_heads:
         n_kv = n_heads // groups
-    lora, rope = _int(attn, "kv_lora_rank"), _int(attn, "qk_rope_head_dim")
-    if lora and rope and hasattr(attn, "kv_b_proj"):  # MLA: what is cached and projected is the latent
+    lora, rope = _int(attn, "kv_lora_rank"), _int(attn, "qk_rope_head_dim") or 0
+    if lora and hasattr(attn, "kv_b_proj") and hasattr(attn, "kv_a_proj_with_mqa"):  # MLA: the latent is cached
         return HeadLayout(int(n_heads), 1, lora, rope, latent=True)
     k_dim = _int(attn, "head_dim", "head_size", "d_head", "attention_head_size", "key_value_proj_dim", "d_kv", "dim_head")
     split = _int(attn, "split_size")  # GPT-2 style: the model width split over the heads
@@ -332,11 +332,11 @@ def kv_slots(attn: nn.Module, heads: HeadLayout) -> tuple[ProjSlot, ProjSlot]:
     """``(key slot, value slot)``: the modules whose outputs are the key and value projections."""
     if heads.latent:  # MLA: [latent (k_dim) | shared rotary key (v_dim)], smoothed together
         mod = getattr(attn, "kv_a_proj_with_mqa", None)
-        if isinstance(mod, nn.Module) and _out(mod) == heads.k_dim + heads.v_dim:
+        if isinstance(mod, nn.Module) and _out(mod) == heads.k_dim + heads.v_dim and heads.v_dim:
             return ProjSlot(mod, 0, heads.k_dim), ProjSlot(mod, heads.k_dim, heads.k_dim + heads.v_dim)
         raise UnsupportedModelError(
-            f"{type(attn).__name__}: multi-head latent attention without a `kv_a_proj_with_mqa` projection of width "
-            f"{heads.k_dim + heads.v_dim}; use site 'cache'"
+            f"{type(attn).__name__}: multi-head latent attention whose `kv_a_proj_with_mqa` is not [latent ({heads.k_dim}) "
+            f"| rotary key ({heads.v_dim})]; the 'kv_proj' site cannot split it: use site 'cache'"
         )
     for k, v in SEPARATE:
         km, vm = getattr(attn, k, None), getattr(attn, v, None)
