@@ -5,15 +5,10 @@ batched step. Shapes: ``B`` sequences, ``La`` layers of the group, ``U`` score u
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from .plan import SmoothingPlan
 from .smoothing import coefficient, coefficient_bounds, fifo_rank, linear_position, new_window, push_window
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .state import LayerState
 
 
 class CoefficientGroup:
@@ -21,7 +16,7 @@ class CoefficientGroup:
 
     ``record``: the last traced step's ``score`` / ``rank`` / ``lambda`` (and ``dk`` / ``dv``), ``[B, La, H]``."""
 
-    def __init__(self, plan: SmoothingPlan, layers: list[LayerState]):
+    def __init__(self, plan: SmoothingPlan, layers: list):
         self.layers = layers
         idx = [l.index for l in layers]
         self.policy = plan.policy[idx[0]]
@@ -107,10 +102,10 @@ def _select(t, idx):
     return t.index_select(0, idx.to(t.device)) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
 
 
-def build_groups(plan: SmoothingPlan, layers: dict[int, LayerState], immediate) -> list[CoefficientGroup]:
+def build_groups(plan: SmoothingPlan, layers: dict, immediate) -> list[CoefficientGroup]:
     """Group layers by (policy, window length, device); layers for which ``immediate(layer)`` is true get a
     group of their own (their coefficient is needed inside their own hook)."""
-    buckets: dict[tuple, list[LayerState]] = {}
+    buckets: dict[tuple, list] = {}
     for i, layer in layers.items():
         key = ("own", i) if immediate(layer) else (plan.policy[i], int(plan.window[i].max()), str(layer.device))
         buckets.setdefault(key, []).append(layer)

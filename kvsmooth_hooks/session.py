@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import types
 import warnings
-import weakref
 
 import torch
 
@@ -207,14 +206,21 @@ class Session:
             )
         elif info.q_len == 1:
             kind = DECODE
-        elif self._generating:
+        elif self._generating and st.step > 0:
             raise SessionError(
-                f"kvsmooth: generate() ran a forward of {info.q_len} new tokens on a running generation (assisted, "
+                f"kvsmooth: generate() ran a forward of {info.q_len} new tokens after decoding began (assisted, "
                 "prompt-lookup or speculative decoding verify several draft tokens at once); smoothing needs one "
                 "token per forward: use greedy, sampling or beam search"
             )
-        else:
-            kind = EXTEND  # a manual loop fed several tokens: not smoothed, the state follows
+        else:  # more prompt (chunked prefill) or a manual loop feeding several tokens: not smoothed, the state follows
+            if self.config.smooth_prefill:
+                raise SessionError("kvsmooth: smooth_prefill needs the whole prompt in one forward; this one adds "
+                                   f"{info.q_len} tokens to a cache of {info.past} (chunked prefill?): set "
+                                   "prefill_chunk_size=None or smooth_prefill: false")
+            kind = EXTEND
+            st.extend(info.mask, info.q_len)
+        if kind == DECODE and st.step == 0:
+            check_prompt_mask(st.valid)  # the whole prompt is known now (also after a chunked prefill)
         self.kind = kind
         self.site.begin(kind, info)
         return None
@@ -223,17 +229,15 @@ class Session:
         total = info.past + info.q_len
         valid = info.mask if info.mask is not None else torch.ones(info.batch, total, dtype=torch.bool)
         valid = valid.to(info.device)
-        check_prompt_mask(valid)
         self._fresh_generate = False
-        try:
-            ref = weakref.ref(info.cache)
-        except TypeError:
-            ref = (lambda c=info.cache: c)
-        self.state.reset(ref, info.batch, valid, prompt_len=total, mid_stream=info.past > 0)
+        # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
+        # holds the rest of the prompt, which is never smoothed
+        kind = DECODE if info.past > 0 and info.q_len == 1 and not self._generating else PREFILL
+        self.state.reset(info.cache, info.batch, valid, prompt_len=total, mid_stream=kind == DECODE)
         if self._undo_reorder is not None:
             self._undo_reorder()
         self._undo_reorder = self.adapter.watch_reorder(info.cache, self._on_reorder)
-        return DECODE if info.past > 0 and info.q_len == 1 else PREFILL
+        return kind
 
     def _on_reorder(self, beam_idx: torch.Tensor) -> None:
         if self.attached:

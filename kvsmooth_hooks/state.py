@@ -9,6 +9,8 @@ per-sequence tensors. Shapes: ``B`` sequences, ``T`` positions, ``La`` layers of
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .groups import CoefficientGroup, _select, build_groups
@@ -104,9 +106,14 @@ class GenerationState:
         self._trace_perm = None if order == list(self.layers) else torch.tensor([order.index(i) for i in self.layers])
 
     def reset(self, cache, batch: int, valid: torch.Tensor, prompt_len: int, mid_stream: bool = False) -> None:
-        """A new run: ``cache`` a weak reference to its cache object; ``valid`` bool ``[B, T]`` over every position
-        the cache holds after this forward; ``mid_stream``: the cache already held positions the session never saw."""
-        self.cache, self.batch, self.step, self.mid_stream = cache, batch, 0, mid_stream
+        """A new run: ``cache`` its cache object (kept as a weak reference); ``valid`` bool ``[B, T]`` over every position
+        the cache holds after this forward; ``mid_stream``: the run starts at a decode step on a cache whose
+        earlier positions the session never saw (a manual loop)."""
+        try:
+            self.cache = weakref.ref(cache)
+        except TypeError:  # a cache type without weak references: held until the next run
+            self.cache = lambda c=cache: c
+        self.batch, self.step, self.mid_stream = batch, 0, mid_stream
         self.valid = valid
         self.first_index = valid.to(torch.int8).argmax(-1)
         for layer in self.layers.values():
@@ -115,6 +122,14 @@ class GenerationState:
             group.reset(batch, group.layers[0].device or valid.device)
         if self.tracing:
             self.trace.begin_run(batch, prompt_len)
+
+    def extend(self, mask: torch.Tensor | None, n: int) -> None:
+        """``n`` more positions joined the run without a decode step (chunked prefill, a manual multi-token
+        forward): ``mask`` bool ``[B, T]`` over every position (None: they are all real)."""
+        if mask is None:
+            mask = torch.cat([self.valid, self.valid.new_ones(self.batch, n)], 1)
+        self.valid = mask.to(self.valid.device)
+        self.first_index = self.valid.to(torch.int8).argmax(-1)
 
     def reorder(self, beam_idx: torch.Tensor) -> None:
         """Beam search reordered the cache: every per-sequence tensor follows."""

@@ -147,7 +147,7 @@ class Adapter:
                 raise UnsupportedModelError(
                     f"{type(self.model).__name__} uses attn_implementation '{impl}', which kvsmooth_hooks does not "
                     "support (its BlockMask carries no per-position padding the session can read); load the model "
-                    "with attn_implementation='sdpa' or 'eager' (flash_attention_2 also works)"
+                    "with attn_implementation='sdpa' or 'eager'"
                 )
 
     # -------------------------------------------------------------- sizes

@@ -8,18 +8,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from ..registry import registrar
+
 SCORERS: dict[str, type["Scorer"]] = {}
 
 
-def register_scorer(name: str):
-    """Class decorator adding a :class:`Scorer` subclass to :data:`SCORERS` under ``name``."""
-
-    def wrap(cls):
-        cls.name = name
-        SCORERS[name] = cls
-        return cls
-
-    return wrap
+register_scorer = registrar(SCORERS, "scorer")
 
 
 @dataclass

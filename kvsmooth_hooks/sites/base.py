@@ -8,8 +8,8 @@ looks at another site, and the session never asks which site it runs:
 ``register()``                add this site's hooks (through the adapter), return their handles
 ``begin(kind, info)``         at the start of a forward (``PREFILL``, ``DECODE`` or ``EXTEND``), after the
                               generation state was reset for a new run
-``on_row(layer, row_fn)``     an attention row of ``layer`` is available during this forward
-                              (``row_fn(rows=slice)`` returns float32 ``[B, Hq, R, T]``)
+``on_row(layer, kind, rows)`` an attention row of ``layer`` is available during this forward
+                              (``rows(rows=slice(-1, None))`` returns float32 ``[B, Hq, R, T]``)
 ``end(kind)``                 when the forward is done (edits that need every layer's new entry)
 ============================  ==========================================================================
 
@@ -18,7 +18,8 @@ own hook (it then gets a coefficient group of its own); ``check(config, needs_ro
 the site cannot serve before any hook is registered.
 
 Kinds of forward: ``PREFILL`` (first forward of a run: the prompt, or a continued cache's new tokens),
-``DECODE`` (one new token per sequence), ``EXTEND`` (several new tokens on a running generation
+``DECODE`` (one new token per sequence; also the first forward of a run that a manual loop starts on an
+existing cache: then ``state.mid_stream`` is True and ``state.step`` 0), ``EXTEND`` (several new tokens on a running generation
 outside ``generate``: not smoothed, the state only follows).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import SessionError
+from ..registry import registrar
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters import ForwardInfo
@@ -41,15 +43,7 @@ class SiteError(SessionError):
     """A site cannot serve this config or this model."""
 
 
-def register_site(name: str):
-    """Class decorator adding a :class:`Site` subclass to :data:`SITES` under ``name``."""
-
-    def wrap(cls):
-        cls.name = name
-        SITES[name] = cls
-        return cls
-
-    return wrap
+register_site = registrar(SITES, "site")
 
 
 class Site:

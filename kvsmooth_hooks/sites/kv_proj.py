@@ -47,7 +47,7 @@ class KVProjSite(Site):
     def begin(self, kind, info) -> None:
         state = self.state
         # a run that starts mid-stream has no previous smoothed projection: its first forward only remembers
-        self.mode = PREFILL if kind == DECODE and any(l.prev["key"] is None for l in state.layers.values()) else kind
+        self.mode = PREFILL if kind == DECODE and state.step == 0 and state.mid_stream else kind
         if self.mode != DECODE:
             return
         for group in state.groups:  # coefficients from earlier forwards' rows, all layers at once

@@ -78,10 +78,12 @@ def test_kv_proj_site_same_tokens_as_hf_llama(llama_pair):
     torch.testing.assert_close(lam_tl, lam_hf, atol=1e-5, rtol=0)
 
 
-def test_cache_site_same_as_hf_without_rotary(gpt2_pair):
+@pytest.mark.parametrize("smooth_prefill", [False, True])
+def test_cache_site_same_as_hf_without_rotary(gpt2_pair, smooth_prefill):
+    """smooth_prefill with a row scorer included: prompt rows come from hook_pattern (refused before issue 10)."""
     hf, tl = gpt2_pair
     ids, mask = _batch()
-    cfg = KVSmoothConfig(layers="all")
+    cfg = KVSmoothConfig(layers="all", smooth_prefill=smooth_prefill)
     a, b, lam_hf, lam_tl = _both(hf, tl, cfg, ids, mask)
     plain = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=N, do_sample=False)
     assert not torch.equal(a, plain)
