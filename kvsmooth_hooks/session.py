@@ -68,7 +68,6 @@ class Session:
         self.attached = False
         self._depth = 0
         self._generating = self._fresh_generate = False
-        self._forwards = [0, 0]  # forwards without / with a KV cache since the last generate() started
         self._undo_reorder = None
         self._original_generate = None
         active = self.plan.active_layers()
@@ -186,7 +185,6 @@ class Session:
     def _pre_forward(self, module, args, kwargs):
         self.kind = None
         info = self.adapter.forward_info(args, kwargs)
-        self._forwards[info is not None] += 1  # generate() refuses to finish silently when none had a cache
         if info is None:
             return None
         if self.probe is not None and not self.probe.active():
@@ -271,8 +269,6 @@ class Session:
 
     def _pattern_hook(self, layer):
         def hook(module, args, pattern):  # [B, Hq, Q, T]
-            if isinstance(pattern, tuple):  # an attention module's (output, probabilities)
-                pattern = pattern[1]
             if self.kind is not None:
                 self.site.on_row(layer, self.kind, lambda rows=slice(-1, None): pattern[:, :, rows].float())
 

@@ -11,6 +11,16 @@ from .discover import HeadLayout
 from .generic import GenericAdapter
 
 
+class _SecondOutput:
+    """Hooks registered here receive ``module``'s second output (its attention probabilities) as their output."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def register_forward_hook(self, hook):
+        return self.module.register_forward_hook(lambda mod, args, out: hook(mod, args, out[1]))
+
+
 class FalconAdapter(GenericAdapter):
     """Discovered structure (``transformer.h[i].self_attention``); the fused layout and KV heads from the config."""
 
@@ -54,7 +64,7 @@ class FalconAdapter(GenericAdapter):
     def row_module(self, layer: int):
         """With eager attention, Falcon's attention module returns its probabilities ``[B, H, Q, T]`` as the second
         output: the session reads rows there (Falcon computes attention inline, outside transformers' interface)."""
-        return self.attention(layer) if self.config._attn_implementation == "eager" else None
+        return _SecondOutput(self.attention(layer)) if self.config._attn_implementation == "eager" else None
 
     def check_session(self, site: str, needs_row: bool, plan=None) -> None:
         super(GenericAdapter, self).check_session(site, needs_row, plan)
