@@ -37,7 +37,7 @@ KV_HEADS = {"num_key_value_heads", "num_kv_heads", "n_kv_heads", "multi_query_gr
 FFN = {"intermediate_size", "ffn_dim", "encoder_ffn_dim", "decoder_ffn_dim", "n_inner", "d_ff", "ffn_hidden_size",
        "moe_intermediate_size", "shared_expert_intermediate_size", "expert_intermediate_size", "d_kv_ffn",
        "mlp_dim", "inner_hidden_size"}
-EXPERTS = {"num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+EXPERTS = {"moe_k": 2, "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
            "num_experts_per_tok": 2, "moe_topk": 2, "top_k": 2, "n_group": 1, "topk_group": 1,
            "first_k_dense_replace": 1, "n_shared_experts": 1, "num_shared_experts": 1}
 MLA = {"kv_lora_rank": 32, "q_lora_rank": 32, "qk_rope_head_dim": 16, "qk_nope_head_dim": 16, "v_head_dim": 16}
@@ -57,6 +57,10 @@ EXTRA: dict[str, dict] = {
     "instructblipvideo": {"video_token_index": 50},
     "deepseek_v2": {"num_experts_per_tok": 2},  # default None: no router top-k
     "mamba2": {"num_heads": 8, "head_dim": 16},  # num_heads * head_dim = expand * hidden_size
+    "dots1": {"n_routed_experts": 4, "num_experts_per_tok": 2},  # defaults None
+    "lfm2_moe": {"layer_types": ["conv", "full_attention"]},  # default None
+    "granitemoehybrid": {"layer_types": ["linear_attention", "attention"]},  # default: no attention layer
+    "helium": {"head_dim": 16},  # its output projection assumes head_dim = hidden / heads
     "mllama_text_model": {"num_hidden_layers": 3, "cross_attention_layers": [1]},  # one cross-attention layer
     # 4 layers, the last 2 reuse the KV of the last earlier layer of their kind (sliding / full)
     "gemma3n_text": {"num_hidden_layers": 4, "num_kv_shared_layers": 2, "intermediate_size": [64] * 4,
@@ -158,6 +162,8 @@ def shrink(cfg):
             kw[key] = [i for i in v if 0 <= i < n] or [n - 1]
     if key_present(kw, "d_head", "d_model", "n_head"):  # XLNet: d_head = d_model / n_head
         kw["d_head"] = kw["d_model"] // kw["n_head"]
+    if "num_key_value_heads" in kw and kw["num_key_value_heads"] is None and isinstance(kw.get("num_attention_heads"), int):
+        kw["num_key_value_heads"] = kw["num_attention_heads"]
     if "head_dim" in kw and kw["head_dim"] is None and "hidden_size" in kw and "num_attention_heads" in kw:
         kw["head_dim"] = kw["hidden_size"] // kw["num_attention_heads"]
     _fit_rope_sections(cls, kw)

@@ -7,40 +7,39 @@ another layer's KV) are reported by :meth:`GenericAdapter.layer_kind` and never 
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 from torch import nn
 
-from .base import CACHE_KWARGS
-
-from .base import Adapter, ProjSlot
-from .runtime import ForwardInfo
-from .runtime import UnsupportedModelError
+from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
-
+from .runtime import ForwardInfo, UnsupportedModelError
 
 #: names under which attention modules receive the cache (FSMT: ``layer_state``)
 ATTENTION_CACHE_KWARGS = CACHE_KWARGS + ("layer_state", "past_key_value")
 
 
-def _params(module: nn.Module) -> dict:
+@functools.lru_cache(maxsize=None)
+def _signature(cls: type) -> inspect.Signature | None:
     try:
-        return dict(inspect.signature(module.forward).parameters)
+        return inspect.signature(cls.forward)
     except (TypeError, ValueError):
-        return {}
+        return None
 
 
 def named_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict:
     """A forward's arguments by name (positional ones bound to ``module.forward``'s signature)."""
-    if not args:
+    sig = _signature(type(module)) if args else None
+    if sig is None:
         return kwargs
     try:
-        bound = inspect.signature(module.forward).bind_partial(*args, **kwargs).arguments
-    except (TypeError, ValueError):
+        bound = sig.bind_partial(module, *args, **kwargs).arguments
+    except TypeError:
         return kwargs
     out = {}
-    for k, v in bound.items():
-        if isinstance(v, dict) and inspect.signature(module.forward).parameters[k].kind == inspect.Parameter.VAR_KEYWORD:
+    for k, v in list(bound.items())[1:]:  # drop self
+        if sig.parameters[k].kind == inspect.Parameter.VAR_KEYWORD:
             out.update(v)
         else:
             out[k] = v
@@ -49,7 +48,8 @@ def named_arguments(module: nn.Module, args: tuple, kwargs: dict) -> dict:
 
 def takes_cache(module: nn.Module) -> bool:
     """Whether ``module.forward`` has a parameter through which a KV cache can reach it."""
-    return any(n in _params(module) for n in ATTENTION_CACHE_KWARGS)
+    sig = _signature(type(module))
+    return sig is not None and any(n in sig.parameters for n in ATTENTION_CACHE_KWARGS)
 
 
 def uses_attention_interface(attn: nn.Module) -> bool:
