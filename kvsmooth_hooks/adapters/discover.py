@@ -212,7 +212,8 @@ def _self_attention(layer: nn.Module) -> tuple[str, nn.Module] | None:
 def _is_linear_attention(mod: nn.Module) -> bool:
     """Attention-named modules that keep a recurrent state instead of a KV cache (linear attention, SSMs)."""
     cls = type(mod).__name__.lower()
-    return any(t in cls for t in ("linearattention", "lightning", "deltanet", "mamba", "retention", "rwkv"))
+    return any(t in cls for t in ("linearattention", "lightning", "deltanet", "deltaattention", "mamba", "retention",
+                                  "rwkv"))
 
 
 def classify_layer(index: int, layer: nn.Module, config=None) -> LayerInfo:

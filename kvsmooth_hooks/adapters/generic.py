@@ -134,10 +134,10 @@ class GenericAdapter(Adapter):
         super().check_session(site, needs_row, plan)
         layers = self.smoothable_layers() if plan is None else plan.active_layers()
         kv = {i: self.heads(i).n_kv for i in layers}
-        if len(set(kv.values())) > 1:
+        if len(set(kv.values())) > 1 and plan is not None and plan.granularity == "head":
             raise UnsupportedModelError(
-                f"{type(self.model).__name__}: the selected layers have different KV head counts ({kv}); one session "
-                "smooths layers of one head count: select layers with equal counts (config 'layers')"
+                f"{type(self.model).__name__}: the selected layers have different KV head counts ({kv}); at granularity "
+                "'head' one session needs one count: use granularity 'layer', or select layers with equal counts"
             )
         latent = [i for i in layers if self.heads(i).latent]
         if latent and plan is not None and not bool((plan.key[latent] == plan.value[latent]).all()):

@@ -51,6 +51,9 @@ def _out(mod) -> int | None:
         return None
     if isinstance(mod, nn.Linear):
         return mod.out_features
+    inner = getattr(mod, "_original_component", None)  # TransformerLens 4 LinearBridge around an nn.Linear
+    if isinstance(inner, nn.Module):
+        return _out(inner)
     w = getattr(mod, "weight", None)
     if w is not None and w.dim() == 2:  # Conv1D (GPT-2) stores [in, out]
         return int(w.shape[1] if type(mod).__name__ == "Conv1D" else w.shape[0])
@@ -119,7 +122,14 @@ def kv_slots(attn: nn.Module, heads: HeadLayout) -> tuple[ProjSlot, ProjSlot]:
         )
     for k, v in SEPARATE:
         km, vm = getattr(attn, k, None), getattr(attn, v, None)
-        if isinstance(km, nn.Module) and isinstance(vm, nn.Module) and not isinstance(km, nn.Parameter):
+        if isinstance(km, nn.Module) and isinstance(vm, nn.Module):
+            for name, mod in ((k, km), (v, vm)):
+                if _out(mod) is None:
+                    raise UnsupportedModelError(
+                        f"{type(attn).__name__}.{name} is a {type(mod).__name__}, not a linear projection: its output "
+                        "layout is unknown, so the 'kv_proj' site cannot find the new token's keys and values in it; "
+                        "use site 'cache'"
+                    )
             return ProjSlot(km), ProjSlot(vm)
     q, kv, dk, dv = heads.n_heads, heads.n_kv, heads.k_dim, heads.v_dim
     for name in FUSED_KV:

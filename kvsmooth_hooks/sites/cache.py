@@ -104,7 +104,9 @@ class CacheSite(Site):
                 current = [t[:, :, pos] for t in tensors]
                 weights = (lam * c[mask]).unsqueeze(-1).to(tensors[0].dtype)
                 before = torch.stack(current, 1).float() if record else None
-                torch._foreach_lerp_(current, [t[:, :, prev] for t in tensors], list(weights.unbind(1)))
+                ws = [w if w.shape[1] == x.shape[1] else w[:, :x.shape[1]]  # layers with fewer KV heads than H
+                      for w, x in zip(weights.unbind(1), current)]
+                torch._foreach_lerp_(current, [t[:, :, prev] for t in tensors], ws)
                 if before is not None:
                     group.record[name] = (torch.stack(current, 1).float() - before).norm(dim=-1)
 

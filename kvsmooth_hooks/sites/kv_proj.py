@@ -96,7 +96,7 @@ class KVProjSite(Site):
                         layer.score(ScoreInputs(key=heads[:, -1], first_index=state.first_index))
                         self._weights(group, group.step(tracing=state.tracing))
                         w = self.weights[id(group)]
-                    weight = w[name][layer.slot]  # [B, Hkv, 1]
+                    weight = w[name][layer.slot][:, :layer.n_kv]  # [B, Hkv, 1] (layers may have fewer than H)
                     if weight.dtype != heads.dtype:
                         weight = weight.to(heads.dtype)
                     if out.requires_grad:

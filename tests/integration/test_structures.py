@@ -1,4 +1,5 @@
-"""One model per structural kind (hybrid, shared KV, cross-attention, encoder-decoder, MLA, Falcon): discovery
+"""One model per structural kind (hybrid, shared KV, cross-attention, encoder-decoder, MLA, Falcon, KV head counts
+that differ between layers): discovery
 reads the structure, and both sites equal reference decode loops written here without the package.
 
 The references find attention modules and projections by the models' own attribute names, capture eager
@@ -78,6 +79,12 @@ def _falcon(model):  # multi-query: query_key_value = [q (H*D) | k (D) | v (D)]
     return attn, proj
 
 
+def _mimo(model):  # KV heads differ between layers (2, then 4), and value heads are narrower than key heads
+    attn = {i: l.self_attn for i, l in enumerate(model.model.layers)}
+    proj = {i: [(a.k_proj, None), (a.v_proj, None)] for i, a in attn.items()}
+    return attn, proj
+
+
 KINDS = {
     "hybrid": ("JambaForCausalLM", _jamba),
     "shared_kv": ("Gemma3nForCausalLM", _gemma3n),
@@ -85,6 +92,7 @@ KINDS = {
     "encoder_decoder": ("T5ForConditionalGeneration", _t5),
     "mla": ("DeepseekV3ForCausalLM", _deepseek),
     "falcon": ("FalconForCausalLM", _falcon),
+    "mixed_kv_heads": ("MiMoV2FlashForCausalLM", _mimo),
 }
 
 
@@ -266,6 +274,13 @@ def test_mla_refuses_smoothing_keys_without_values():
     with pytest.raises(UnsupportedModelError, match="multi-head latent attention.*targets"):
         with smooth(model, KVSmoothConfig(layers="all", targets=["key"])):
             model.generate(input_ids=ids, max_new_tokens=2)
+
+
+def test_mixed_kv_head_counts_need_layer_granularity():
+    model = _model("MiMoV2FlashForCausalLM")
+    with pytest.raises(UnsupportedModelError, match="different KV head counts .*granularity 'layer'"):
+        with smooth(model, KVSmoothConfig(layers="all", granularity="head")):
+            pass
 
 
 def test_falcon_row_scorer_needs_eager_and_says_so():
