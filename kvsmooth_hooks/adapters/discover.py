@@ -216,16 +216,24 @@ def _is_linear_attention(mod: nn.Module) -> bool:
                                   "rwkv"))
 
 
-def classify_layer(index: int, layer: nn.Module, config=None) -> LayerInfo:
-    """What layer ``index`` of the decoder's list is (see :class:`LayerInfo`)."""
+#: fragments of ``config.layer_types`` entries that name layers without a KV cache
+NO_CACHE_TYPES = ("linear", "mamba", "conv", "recurrent", "ssm", "delta", "rwkv", "retention")
+
+
+def classify_layer(index: int, layer: nn.Module, config=None, layer_type: str | None = None) -> LayerInfo:
+    """What layer ``index`` of the decoder's list is (see :class:`LayerInfo`). ``layer_type``: the config's
+    ``layer_types[index]`` when it has one (it outranks class names, which carry the model's name)."""
     found = _self_attention(layer)
-    if found is None:
+    declared = isinstance(layer_type, str)
+    no_cache = declared and any(t in layer_type.lower() for t in NO_CACHE_TYPES)
+    if found is None or no_cache:
         cross = [n for n, m in _attention_in(layer) if _is_cross(n, m)]
-        if cross:
+        if cross and not no_cache:
             return LayerInfo(index, "cross_attention", layer, detail=cross[0])
-        return LayerInfo(index, _mixer_name(layer), layer)
+        kind = type(found[1]).__name__ if found is not None else _mixer_name(layer)
+        return LayerInfo(index, kind, layer, detail=layer_type or "")
     name, attn = found
-    if _is_linear_attention(attn):
+    if not declared and _is_linear_attention(attn):
         return LayerInfo(index, type(attn).__name__, layer, detail=name)
     cache_index = getattr(attn, "layer_idx", None)
     if cache_index is None:
@@ -246,8 +254,10 @@ def discover(model: nn.Module) -> DecoderStructure:
     structure = DecoderStructure(decoder, path, attr, encoder_decoder=bool(getattr(cfg, "is_encoder_decoder", False)))
     owners: dict[int, int] = {}
     text_cfg = getattr(decoder, "config", None) or getattr(cfg, "text_config", None) or cfg
+    types = getattr(text_cfg, "layer_types", None)
+    types = types if isinstance(types, (list, tuple)) and len(types) == len(layer_list) else [None] * len(layer_list)
     for i, layer in enumerate(layer_list):
-        info = classify_layer(i, layer, text_cfg)
+        info = classify_layer(i, layer, text_cfg, types[i])
         if info.kind == "attention":
             if info.cache_index in owners:  # a second layer writing the same cache entry reuses the first one's
                 info = LayerInfo(i, "shared_kv", layer, info.attention, info.cache_index, info.heads,
