@@ -84,7 +84,10 @@ def make_inputs(model, batch: int = 1, length: int = 8, seed: int = 1) -> list[d
         nq = getattr(cfg, "num_query_tokens", None)
         if isinstance(tok, int) and isinstance(nq, int):  # BLIP-2 / InstructBLIP: one image token per query token
             ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
-            out.append({"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix})
+            img = {"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix}
+            if getattr(cfg, "qformer_config", None) is not None:  # InstructBLIP: the Q-Former reads the prompt too
+                img = {**img, "qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
+            out.append(img)
         tok = tok if isinstance(tok, int) else getattr(cfg, "video_token_index", None)
         if isinstance(tok, int) and isinstance(nq, int) and len(out) == 1:
             ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
