@@ -236,8 +236,11 @@ def markdown_table(results: list[dict]) -> str:
         f"{s['classes']} generative classes, **{s['ok_both']} work on both sites** "
         f"(cache: {s['cache']['ok']}, kv_proj: {s['kv_proj']['ok']}); refusals and harness limits are listed with "
         "their reason. *works* = λ=0 bit-identical logits, λ=0.9 changes them, no hook left. "
-        f"`(rows: {FALLBACK_SCORER})` = the default row scorer is refused (attention computed inline), "
-        f"`{FALLBACK_SCORER}` works.",
+        f"`(rows: {FALLBACK_SCORER})` = the default row scorer is refused (attention computed inline, outside "
+        f"transformers' attention interface), `{FALLBACK_SCORER}` works (Falcon: row scorers work with "
+        "`attn_implementation='eager'`). *layers (attention)*: entries of the decoder's layer list (those with their "
+        "own self-attention cache). *harness*: the sweep could not build or run the unhooked tiny model (a limit of "
+        "the harness's generated configs and inputs, not a result about kvsmooth_hooks).",
         "",
         "| class | model type | decoder | layers (attention) | cache | kv_proj |",
         "|---|---|---|---|---|---|",
@@ -256,8 +259,9 @@ def markdown_table(results: list[dict]) -> str:
             lines.append(f"| {r['class']} | | | | harness: {r['detail'][:160].replace('|', '/')} | |".replace("\n", " "))
             continue
         kinds = ", ".join(k for k in r.get("layer_kinds", []) if k != "attention")
-        layers = f"{r.get('layers', '')} ({r.get('attention_layers', '')})" + (f"; also {kinds}" if kinds else "")
-        lines.append(f"| {r['class']} | {r.get('model_type', '')} | `{r.get('decoder', '')}` | {layers} | "
+        layers = f"{r['layers']} ({r['attention_layers']})" + (f"; also {kinds}" if kinds else "") if "layers" in r else "—"
+        decoder = f"`{r['decoder']}`" if r.get("decoder") else "—"
+        lines.append(f"| {r['class']} | {r.get('model_type', '')} | {decoder} | {layers} | "
                      f"{cell(r['cache'])} | {cell(r['kv_proj'])} |")
     return "\n".join(lines)
 
