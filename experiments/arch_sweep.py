@@ -71,7 +71,7 @@ def make_inputs(model, batch: int = 1, length: int = 8, seed: int = 1) -> list[d
         return [{"input_features": torch.randn(batch, mels, frames, generator=g)},
                 {"input_features": torch.randn(batch, frames, mels, generator=g)}]
     if main == "input_values":
-        return [{"input_values": torch.randn(batch, 4000, generator=g)}, text]
+        return [{"input_values": torch.randn(batch, 16000, generator=g)}, text]
     vc = getattr(cfg, "vision_config", None) or getattr(cfg, "encoder", None)
     size = getattr(vc, "image_size", None)
     size = size[0] if isinstance(size, (list, tuple)) else size
@@ -155,6 +155,9 @@ def sweep_one(name: str, sites=SITES) -> dict:
         model.generation_config.forced_eos_token_id = None
         if getattr(model.config, "is_encoder_decoder", False) and model.generation_config.decoder_start_token_id is None:
             model.generation_config.decoder_start_token_id = 0
+        langs = getattr(model.config, "languages", None)
+        if hasattr(model, "set_default_language") and langs:  # X-MOD: one adapter per language
+            model.set_default_language(langs[0])
         if model.generation_config.bos_token_id is None:
             model.generation_config.bos_token_id = 1
         errors = []
