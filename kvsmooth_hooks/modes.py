@@ -31,7 +31,15 @@ def _generate(model, *args, **kwargs):
             )
     original = session._original_generate
     session._generating = session._fresh_generate = True
+    session.state.cache = None  # set again by the first forward that carries a cache (every call starts a run anyway)
     try:
-        return original(*args, **kwargs) if original is not None else type(model).generate(model, *args, **kwargs)
+        out = original(*args, **kwargs) if original is not None else type(model).generate(model, *args, **kwargs)
     finally:
         session._generating = session._fresh_generate = False
+    if session.state.cache is None and session.plan.active_layers():
+        raise SessionError(
+            f"kvsmooth: {type(model).__name__}.generate ran without passing a KV cache to its decoder (this model "
+            "recomputes every position at each step, or generate was told not to cache), so nothing could be "
+            "smoothed; KVSmooth needs generation with a KV cache"
+        )
+    return out

@@ -226,6 +226,7 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
                 policy[r] = ov.policy
             if ov.scorer is not None:
                 scorer[r] = ov.scorer
+    _only_smoothable(config, adapter, enabled)
     for r in range(n_layers):  # scorer parameters were validated with the config
         if SCORERS[scorer[r].name].fixed_coefficient:
             policy[r] = "fixed"
@@ -241,6 +242,21 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
         policy=policy,
         scorer=scorer,
     )
+
+
+def _only_smoothable(config: KVSmoothConfig, adapter, enabled: torch.Tensor) -> None:
+    """Layers without a self-attention cache of their own (Mamba / linear-attention mixers, cross-attention,
+    shared-KV layers) are never enabled: 'all' and slices skip them, an index that names one is an error."""
+    n_layers = enabled.shape[0]
+    smoothable = set(adapter.smoothable_layers())
+    explicit = [("layers", config.layers)] + [(f"overrides[{k}].layers", ov.layers)
+                                              for k, ov in enumerate(config.overrides) if ov.enabled is not False]
+    for where, spec in explicit:
+        if isinstance(spec, list):
+            bad = [i % n_layers for i in spec if -n_layers <= i < n_layers and i % n_layers not in smoothable]
+            if bad:
+                raise PlanError(f"{where}: {adapter.describe_layer(bad[0])}; smoothable layers: {sorted(smoothable)}")
+    enabled[[i for i in range(n_layers) if i not in smoothable]] = False
 
 
 __all__ = ["SmoothingPlan", "PlanError", "resolve", "select_layers", "ConfigError"]

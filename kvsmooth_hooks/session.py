@@ -163,7 +163,7 @@ class Session:
     # ------------------------------------------------------------------ registration
     def _register(self) -> None:
         ad = self.adapter
-        ad.check_session(self.plan.site, self.needs_row)
+        ad.check_session(self.plan.site, self.needs_row, self.plan)
         self.handles.append(ad.entry_module().register_forward_pre_hook(eager_only(self._pre_forward), with_kwargs=True))
         self.handles.append(ad.exit_module().register_forward_hook(eager_only(self._post_forward)))
         self.handles.extend(self.site.register())

@@ -1,46 +1,47 @@
-"""Architecture adapters: one small file per family, plus this registry.
+"""Architecture adapters: structure discovery for any Hugging Face decoder, plus the few true exceptions.
 
-``get_adapter(model)`` picks the adapter from ``config.model_type`` (the language config for
-multimodal models). To add an architecture, write ``adapters/<family>.py`` with an
-:class:`Adapter` subclass listing its ``model_types`` and add it to :data:`ADAPTERS` below.
+``get_adapter(model)`` returns, in order: an adapter whose ``accepts(model)`` is true (TransformerLens
+``HookedTransformer`` and ``TransformerBridge``),
+an explicit adapter listing the model's ``model_type`` (Falcon's fused layouts, GPT-2's eager-upcast
+path), else :class:`GenericAdapter`, which reads the decoder, its layers, their self-attention
+modules, key/value projections and head counts from the modules (:mod:`.discover`). A model it
+cannot read raises :class:`UnsupportedModelError` naming the missing piece.
 """
 
 from __future__ import annotations
 
 from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .runtime import ForwardInfo, UnsupportedModelError
+from .bridge import TransformerBridgeAdapter
 from .falcon import FalconAdapter
+from .generic import GenericAdapter
 from .gpt2 import GPT2Adapter
-from .gpt_neox import GPTNeoXAdapter
 from .lens import HookedTransformerAdapter
-from .llama import LlamaFamilyAdapter
-from .phi3 import Phi3Adapter
 
-#: Registry, in lookup order.
+#: Explicit adapters, in lookup order; everything else goes to :class:`GenericAdapter`.
 ADAPTERS: list[type[Adapter]] = [
     HookedTransformerAdapter,
-    LlamaFamilyAdapter,
+    TransformerBridgeAdapter,
     GPT2Adapter,
-    GPTNeoXAdapter,
     FalconAdapter,
-    Phi3Adapter,
 ]
 
 
 def supported_model_types() -> list[str]:
+    """Model types with an explicit adapter (all others are discovered)."""
     return sorted({t for a in ADAPTERS for t in a.model_types})
 
 
 def get_adapter(model) -> Adapter:
-    """The adapter for ``model``, or :class:`UnsupportedModelError` naming the supported types."""
+    """The adapter for ``model``, or :class:`UnsupportedModelError` naming what is missing."""
     for adapter in ADAPTERS:
         if getattr(adapter, "accepts", None) and adapter.accepts(model):
             return adapter(model)
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise UnsupportedModelError(
-            f"{type(model).__name__} is not a Hugging Face PreTrainedModel (no .config); kvsmooth_hooks "
-            f"supports model types {supported_model_types()}"
+            f"{type(model).__name__} is not a Hugging Face PreTrainedModel (no .config) nor a TransformerLens "
+            "HookedTransformer; kvsmooth_hooks hooks those"
         )
     types = [getattr(cfg, "model_type", None)]
     text = getattr(cfg, "text_config", None)
@@ -49,17 +50,8 @@ def get_adapter(model) -> Adapter:
     for adapter in ADAPTERS:
         if any(t in adapter.model_types for t in types if t):
             return adapter(model)
-    if getattr(text if text is not None else cfg, "is_encoder_decoder", False):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} uses an encoder-decoder language model (model_type '{types[0]}', e.g. T5 in "
-            "InstructBLIP-FlanT5); kvsmooth_hooks smooths decoder-only self-attention caches: use a decoder-only "
-            f"variant (OPT or Vicuna/Llama language model). Supported model types: {supported_model_types()}"
-        )
-    raise UnsupportedModelError(
-        f"{type(model).__name__} (model_type '{types[-1]}') has no kvsmooth_hooks adapter; supported "
-        f"model types: {supported_model_types()} (and TransformerLens HookedTransformer). Adding one is a short file: "
-        "see docs/adapters.md"
-    )
+    return GenericAdapter(model)
 
 
-__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "ForwardInfo", "ProjSlot", "UnsupportedModelError", "get_adapter", "supported_model_types"]
+__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "ForwardInfo", "GenericAdapter", "ProjSlot", "UnsupportedModelError",
+           "get_adapter", "supported_model_types"]

@@ -59,8 +59,8 @@ class ProjSlot:
         if output.dim() == 4:
             return output
         x = output[..., self.start:self.stop]
-        if self.interleave is None:
-            return x.unflatten(-1, (n_kv, head_dim))
+        if self.interleave is None:  # the slice's own width per head (value heads may differ from key heads)
+            return x.unflatten(-1, (n_kv, -1))
         per_group, index = self.interleave
         return x.unflatten(-1, (n_kv, per_group, head_dim))[..., index, :]
 
@@ -104,6 +104,14 @@ class Adapter:
     def layers(self) -> Sequence[nn.Module]:
         return list(getattr(self.decoder(), self.layers_attr))
 
+    def smoothable_layers(self) -> list[int]:
+        """Indices of layers with a self-attention KV cache of their own (all layers unless an adapter says)."""
+        return list(range(self.n_layers))
+
+    def describe_layer(self, layer: int) -> str:
+        """Why ``layer`` cannot be smoothed (for error messages)."""
+        return f"layer {layer} has no self-attention KV cache of its own"
+
     def attention(self, layer: int) -> nn.Module:
         return _get(self.layers()[layer], self.attention_attr)
 
@@ -133,9 +141,9 @@ class Adapter:
                 return p.device
         return None
 
-    def check_session(self, site: str, needs_row: bool) -> None:
-        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows).
-        Subclasses extend it (call ``super()``)."""
+    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
+        """Raise :class:`UnsupportedModelError` if this model cannot serve ``site`` (or attention rows) for
+        ``plan`` (its active layers and targets). Subclasses extend it (call ``super()``)."""
         for cfg in self.attention_configs():
             impl = str(getattr(cfg, "_attn_implementation", "") or "")
             if "flex_attention" in impl:

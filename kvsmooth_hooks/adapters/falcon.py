@@ -5,23 +5,46 @@
 * neither: per head ``[q_h, k_h, v_h]`` like GPT-NeoX.
 """
 
-from .base import Adapter, ProjSlot, UnsupportedModelError
+from .base import ProjSlot
+from .runtime import UnsupportedModelError
+from .discover import HeadLayout
+from .generic import GenericAdapter
 
 
-class FalconAdapter(Adapter):
-    """Layers at ``transformer.h``, attention ``h[i].self_attention``."""
+class _SecondOutput:
+    """Hooks registered here receive ``module``'s second output (its attention probabilities) as their output."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def register_forward_hook(self, hook):
+        return self.module.register_forward_hook(lambda mod, args, out: hook(mod, args, out[1]))
+
+
+class FalconAdapter(GenericAdapter):
+    """Discovered structure (``transformer.h[i].self_attention``); the fused layout and KV heads from the config."""
 
     name = "falcon"
     model_types = ("falcon",)
-    attention_attr = "self_attention"
-    layers_attr = "h"
+
+    def heads(self, layer: int) -> HeadLayout:
+        c = self.config
+        h = int(c.num_attention_heads)
+        kv = int(c.num_kv_heads) if c.new_decoder_architecture else (1 if c.multi_query else h)
+        d = int(c.hidden_size) // h
+        return HeadLayout(h, kv, d, d)
+
+    @property
+    def n_heads(self) -> int:
+        return self.heads(0).n_heads
 
     @property
     def n_kv_heads(self) -> int:
-        c = self.config
-        if c.new_decoder_architecture:
-            return int(c.num_kv_heads)
-        return 1 if c.multi_query else self.n_heads
+        return self.heads(0).n_kv
+
+    @property
+    def head_dim(self) -> int:
+        return self.heads(0).k_dim
 
     def _slot(self, layer: int, index: int) -> ProjSlot:
         qkv, c, d = self.attention(layer).query_key_value, self.config, self.head_dim
@@ -38,12 +61,19 @@ class FalconAdapter(Adapter):
     def value_slot(self, layer: int) -> ProjSlot:
         return self._slot(layer, 1)
 
-    def check_session(self, site: str, needs_row: bool) -> None:
-        super().check_session(site, needs_row)
-        if needs_row:
+    def row_module(self, layer: int):
+        """With eager attention, Falcon's attention module returns its probabilities ``[B, H, Q, T]`` as the second
+        output: the session reads rows there (Falcon computes attention inline, outside transformers' interface)."""
+        return _SecondOutput(self.attention(layer)) if self.config._attn_implementation == "eager" else None
+
+    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
+        super(GenericAdapter, self).check_session(site, needs_row, plan)
+        if needs_row and self.config._attn_implementation != "eager":
             raise UnsupportedModelError(
-                "Falcon computes attention inline (not through transformers' attention interface), so attention rows "
-                "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
+                "Falcon computes attention inline (not through transformers' attention interface); its attention "
+                f"probabilities exist only with eager attention, not '{self.config._attn_implementation}': load it with "
+                "attn_implementation='eager' for row scorers, or use a scorer that reads no row (key_similarity, "
+                "constant, random)"
             )
         if site == "cache" and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
             raise UnsupportedModelError(

@@ -5,9 +5,11 @@ fused QKV module), found through the adapter's :class:`~kvsmooth_hooks.adapters.
 steps the hook blends the new token's projection ``x_t`` with the previous *smoothed* projection kept in
 the layer state: ``x_t <- (1 - lam) x_t + lam x'_{t-1}``.
 
-Separate key and value modules still cost one kernel op per layer and step: when the prefill showed that
-the key hook runs first, the key hook only keeps its view and the value hook blends both in one
-``torch._foreach_lerp_`` (not with ``record_deltas`` or gradients, which take one op per projection).
+Each projection is blended in its own hook, as soon as it exists: one kernel op per projection and step
+(one ``torch._foreach_lerp_`` for both on a fused QKV module). Deferring the key's blend to the value hook
+would save an op, but many attention modules transform the key before the value projection runs (``k_norm``
+in Qwen3, Gemma 2/3/3n, OLMo 2, ...), so a late in-place edit of the key projection would silently not
+reach the attention.
 
 Coefficients that depend only on earlier forwards (attention rows are the previous token's) are
 computed for all layers at the start of the decode forward; layers whose scorer needs the new key (or
@@ -38,9 +40,6 @@ class KVProjSite(Site):
     def register(self) -> list:
         self.mode = None
         self.weights: dict[int, dict] = {}
-        self.fuse: dict[int, bool] = {}  # layer -> its key hook runs before its value hook (seen at prefill)
-        self.pending: dict[int, tuple] = {}  # layer -> (name, key view, weight) for the value hook to blend
-        self._key_ran: set[int] = set()
         handles = []
         for i, layer in self.state.layers.items():
             ks, vs = self.adapter.key_slot(i), self.adapter.value_slot(i)
@@ -53,7 +52,6 @@ class KVProjSite(Site):
 
     def begin(self, kind, info) -> None:
         state = self.state
-        self._key_ran.clear()
         # a run that starts mid-stream has no previous smoothed projection: its first forward only remembers
         self.mode = PREFILL if kind == DECODE and state.step == 0 and state.mid_stream else kind
         if self.mode != DECODE:
@@ -69,11 +67,7 @@ class KVProjSite(Site):
         layer.score(ScoreInputs(row=row_fn()[:, :, -1], first_index=self.state.first_index))
 
     def end(self, kind) -> None:
-        if self.pending:
-            layers = sorted(self.pending)
-            self.pending.clear()
-            raise SiteError(f"kvsmooth: layer(s) {layers}: the key projection ran but the value projection did not "
-                            "in this forward, so the new key was not smoothed; use site 'cache' for this model")
+        pass
 
     def _weights(self, group, lam: torch.Tensor) -> None:
         """This step's blend weights of ``group``'s layers, ``[B, La, Hkv, 1]`` for keys and for values."""
@@ -113,11 +107,6 @@ class KVProjSite(Site):
                 for name, slot in slots:
                     heads = slot.heads(out, layer.n_kv, layer.head_dim)  # [B, T, Hkv, D] view of the output
                     if kind != DECODE:
-                        if len(slots) == 1:  # which of the layer's two projection hooks runs first
-                            if name == "key":
-                                self._key_ran.add(layer.index)
-                            else:
-                                self.fuse[layer.index] = layer.index in self._key_ran
                         if kind == PREFILL and name == "key" and layer.scorer.needs_key:
                             layer.scorer.observe_prompt(layer.scorer_state, heads.transpose(1, 2),
                                                         state.valid[:, -heads.shape[1]:])
@@ -135,7 +124,7 @@ class KVProjSite(Site):
                         layer.score(ScoreInputs(key=heads[:, -1], first_index=state.first_index))
                         self._weights(group, group.step(tracing=state.tracing))
                         w = self.weights[id(group)]
-                    weight = self._weight(w, name, heads.dtype, layer.slot)  # [B, Hkv, 1]
+                    weight = self._weight(w, name, heads.dtype, layer.slot)[:, :layer.n_kv]  # [B, Hkv, 1]; layers may have fewer than H
                     if out.requires_grad:
                         out = out.clone()
                         heads = slot.heads(out, layer.n_kv, layer.head_dim)
@@ -152,10 +141,8 @@ class KVProjSite(Site):
                         if key not in rec or rec[key].shape[1] != len(group.layers):
                             rec[key] = torch.zeros_like(group.lam)
                         rec[key][:, layer.slot] = (new.float() - before).norm(dim=-1)
-                if todo and todo[0][0] == "key" and len(slots) == 1 and self.fuse.get(layer.index):
-                    self.pending[layer.index] = todo[0]  # blended together with the value
-                elif todo:
-                    self._blend(layer, [self.pending.pop(layer.index)] + todo if layer.index in self.pending else todo)
+                if todo:
+                    self._blend(layer, todo)
             return out
 
         return hook

@@ -156,25 +156,32 @@ def test_sliding_window_too_small_for_the_cache_site():
         model.generate(ids, max_new_tokens=3, do_sample=False)
 
 
-def test_encoder_decoder_language_model_is_refused():
+def test_encoder_decoder_language_model_smooths_only_the_decoder_self_attention():
+    """InstructBLIP-FlanT5: the T5 decoder's self-attention is hooked (not the encoder, not cross-attention)."""
     import transformers as T
 
-    t5 = T.T5Config(vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)
+    t5 = T.T5Config(vocab_size=160, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4, decoder_start_token_id=0)
     cfg = T.InstructBlipConfig(vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                   num_attention_heads=4, image_size=16, patch_size=8),
                                qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                    num_attention_heads=4, vocab_size=100),
                                text_config=t5.to_dict(), num_query_tokens=4)
-    model = T.InstructBlipForConditionalGeneration(cfg)
-    with pytest.raises(UnsupportedModelError, match="encoder-decoder"):
-        get_adapter(model)
+    model = T.InstructBlipForConditionalGeneration(cfg).eval()
+    ad = get_adapter(model)
+    assert ad.decoder() is model.language_model.decoder
+    assert [ad.attention(i) for i in range(ad.n_layers)] == [b.layer[0].SelfAttention for b in ad.layers()]
+    before = n_hooks(model)
+    with smooth(model, KVSmoothConfig(layers="all", site="cache")) as s:
+        assert n_hooks(model.language_model.decoder) == len(s.handles) == 2 + ad.n_layers
+        assert n_hooks(model.language_model.encoder) == 0 and n_hooks(model.vision_model) == 0
+    assert n_hooks(model) == before
 
 
-def test_unsupported_architecture_names_class_and_supported_types():
+def test_model_without_self_attention_names_its_layer_kinds():
     import transformers as T
 
-    model = T.BloomForCausalLM(T.BloomConfig(vocab_size=64, hidden_size=32, n_layer=1, n_head=4))
-    with pytest.raises(UnsupportedModelError, match=r"BloomForCausalLM \(model_type 'bloom'\).*gpt2"):
+    model = T.MambaForCausalLM(T.MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, state_size=4))
+    with pytest.raises(UnsupportedModelError, match=r"MambaForCausalLM: no self-attention layer .*MambaMixer"):
         get_adapter(model)
 
 

@@ -227,12 +227,11 @@ def test_pipeline_works_inside_session(model):
 
 
 def test_unsupported_models_are_named():
-    from transformers import BertConfig, BertLMHeadModel
+    from transformers import MambaConfig, MambaForCausalLM
 
-    bert = BertLMHeadModel(BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                      intermediate_size=32, is_decoder=True))
-    with pytest.raises(UnsupportedModelError, match="BertLMHeadModel.*model_type 'bert'.*supported model types"):
-        smooth(bert, KVSmoothConfig())
+    mamba = MambaForCausalLM(MambaConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1, state_size=4))
+    with pytest.raises(UnsupportedModelError, match="MambaForCausalLM: no self-attention layer .*MambaMixer"):
+        smooth(mamba, KVSmoothConfig())
     with pytest.raises(UnsupportedModelError, match="Linear is not a Hugging Face"):
         smooth(torch.nn.Linear(2, 2), KVSmoothConfig())
 

@@ -13,7 +13,7 @@ pytest.importorskip("accelerate")
 
 from helpers import no_eos, tiny_llama  # noqa: E402
 from kvsmooth_hooks import KVSmoothConfig, Session, get_adapter, smooth  # noqa: E402
-from kvsmooth_hooks.adapters import LlamaFamilyAdapter  # noqa: E402
+from kvsmooth_hooks.adapters import GenericAdapter  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 8
@@ -63,7 +63,7 @@ def test_groups_are_per_device():
     """Layers on different devices never share a batched coefficient group (no cross-device stack)."""
     model = tiny_llama(layers=4)
 
-    class TwoDevices(LlamaFamilyAdapter):
+    class TwoDevices(GenericAdapter):
         def layer_device(self, layer):
             return torch.device("cuda", layer // 2)  # only read here, nothing is allocated
 
