@@ -27,6 +27,8 @@ def _text(name):
         return T.MistralForCausalLM(T.MistralConfig(**b, num_key_value_heads=2, sliding_window=4))
     if name == "qwen2":
         return T.Qwen2ForCausalLM(T.Qwen2Config(**b, num_key_value_heads=2))
+    if name == "qwen3":  # k_norm on the key projection's output before the value projection runs
+        return T.Qwen3ForCausalLM(T.Qwen3Config(**b, num_key_value_heads=2, head_dim=8))
     if name == "gemma2":  # layer 0 sliding (window 4), layer 1 global
         return T.Gemma2ForCausalLM(T.Gemma2Config(**b, num_key_value_heads=2, head_dim=8, sliding_window=4))
     if name == "gemma3_text":
@@ -93,7 +95,7 @@ def _vlm(name):
     raise KeyError(name)
 
 
-TEXT = ["llama", "mistral", "qwen2", "gemma2", "gemma3_text", "phi", "opt", "gpt2", "gpt_neox", "falcon", "falcon_new",
+TEXT = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi", "opt", "gpt2", "gpt_neox", "falcon", "falcon_new",
         "phi3"]
 VLM = ["llava", "qwen2_vl", "qwen2_5_vl", "instructblip"]
 #: fused QKV: one kv_proj hook per layer
