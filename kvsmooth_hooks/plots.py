@@ -40,43 +40,14 @@ def clip_bound_shares(trace, run: int = -1, atol: float = 1e-6) -> dict[str, tor
     return {"lower": low, "inside": 1 - low - high, "upper": high}
 
 
-#: metadata a saved trace must carry to be plotted
-TRACE_KEYS = ("format", "config", "layers", "n_kv_heads", "identity", "runs", "notes")
-
-
-def check_trace_file(path) -> None:
-    """Refuse, with the reason and the fix, a file that is not a complete kvsmooth_hooks trace."""
-    from safetensors import SafetensorError, safe_open
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"trace file '{p}' does not exist" + (" (it is a directory)" if p.is_dir() else ""))
-    try:
-        with safe_open(str(p), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"'{p}' is not a safetensors file ({exc}); give a trace written by "
-                         "`session.trace.save(...)` or `kvsmooth demo --save-trace FILE`") from None
-    if meta.get("format") != "kvsmooth_hooks.trace/1":
-        raise ValueError(f"'{p}' is a safetensors file but not a kvsmooth_hooks trace (metadata format="
-                         f"{meta.get('format')!r}); plans are shown with `kvsmooth plan`, traces come from "
-                         "`session.trace.save(...)`")
-    missing = [k for k in TRACE_KEYS if k not in meta]
-    if missing:
-        raise ValueError(f"trace '{p}' lacks its {', '.join(missing)} metadata (the config, layers and "
-                         "clip band the plots need); it was not written by Trace.save or was edited: save the trace "
-                         "again from the session")
-
-
 def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
     """Write the three PNGs for ``path`` (a trace .safetensors) into ``out_dir``; returns their paths."""
     from .trace import Trace
 
-    check_trace_file(path)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"plot output '{out}' is a file; give a directory (it is created if missing)")
-    trace = Trace.load(path)
+    trace = Trace.load(path)  # refuses non-safetensors files, other files and incomplete traces, naming the file
     if not trace.runs or trace.runs[run].n_steps == 0:
         raise ValueError(f"trace '{path}' holds no decode step to plot")
     out.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,10 @@ import torch
 FIELDS = ("score", "rank", "lambda", "dk", "dv")
 
 
+#: metadata every saved trace carries (see ``Trace._meta``)
+META_KEYS = ("format", "config", "layers", "n_kv_heads", "identity", "runs", "notes")
+
+
 @dataclass
 class TraceRun:
     """One generate call (one batch of sequences)."""
@@ -148,14 +152,25 @@ class Trace:
 
         from .config import KVSmoothConfig
 
+        from safetensors import SafetensorError
+
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"trace file '{path}' does not exist")
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            if meta.get("format") != "kvsmooth_hooks.trace/1":
-                raise ValueError(f"'{path}' is not a kvsmooth_hooks trace (metadata format={meta.get('format')!r})")
-            data = {k: fh.get_tensor(k) for k in fh.keys()}
+            raise FileNotFoundError(f"trace file '{path}' does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("format") != "kvsmooth_hooks.trace/1":
+                    raise ValueError(f"'{path}' is a safetensors file but not a kvsmooth_hooks trace (metadata format="
+                                     f"{meta.get('format')!r}); traces come from `session.trace.save(...)`")
+                data = {k: fh.get_tensor(k) for k in fh.keys()}
+        except (SafetensorError, OSError) as exc:
+            raise ValueError(f"'{path}' is not a safetensors file ({exc}); give a trace written by "
+                             "`session.trace.save(...)` or `kvsmooth demo --save-trace FILE`") from None
+        missing = [k for k in META_KEYS if k not in meta]
+        if missing:
+            raise ValueError(f"trace '{path}' lacks its {', '.join(missing)} metadata (the config, layers and clip band "
+                             "a trace needs); it was not written by Trace.save or was edited: save it again")
         cfg = json.loads(meta["config"])
         trace = cls(
             json.loads(meta["layers"]),

@@ -2,7 +2,7 @@ import json, sys, time
 import torch
 from kvsmooth_hooks import KVSmoothConfig
 from kvsmooth_hooks.models import load_smollm2
-from kvsmooth_hooks.eval.grounded import evaluate_config
+from kvsmooth_hooks.benchmarks.grounded import evaluate_config
 torch.set_num_threads(1)
 model, tok = load_smollm2(quiet=True)
 arms = {"baseline": None,
