@@ -97,13 +97,8 @@ class Session:
                 "plan": {"lambda_ref": p.lambda_ref[active].tolist(), "clip": p.clip[active].tolist(),
                          "window": p.window[active].tolist(), "scorer": [p.scorer[i].dump() for i in active]}}
 
-    @property
-    def layers(self):
-        return self.state.layers
-
-    @property
-    def groups(self):
-        return self.state.groups
+    layers = property(lambda self: self.state.layers)
+    groups = property(lambda self: self.state.groups)
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> "Session":
@@ -186,7 +181,7 @@ class Session:
     # ------------------------------------------------------------------ forwards
     def _pre_forward(self, module, args, kwargs):
         self.kind = None
-        info = self.adapter.forward_info(args, kwargs)
+        info = self.adapter.forward_info(args, kwargs, self._known_past)
         if info is None:
             return None
         if self.probe is not None and not self.probe.active():
@@ -238,6 +233,11 @@ class Session:
             self._undo_reorder()
         self._undo_reorder = self.adapter.watch_reorder(info.cache, self._on_reorder)
         return kind
+
+    def _known_past(self, cache) -> int | None:
+        """Inside generate() a static cache grows by each forward's tokens: its length without a host sync."""
+        st = self.state
+        return self.total if self._generating and not self._fresh_generate and st.cache and st.cache() is cache else None
 
     def _on_reorder(self, beam_idx: torch.Tensor) -> None:
         if self.attached:

@@ -14,7 +14,8 @@ sites make to that model:
 * forwards: :meth:`entry_module` (its pre-hook classifies each forward from :meth:`forward_info`) and
   :meth:`exit_module` (its hook ends the forward);
 * the cache: :meth:`find_cache` (in an attention module's forward arguments), :meth:`layer_kv`
-  (one layer's ``[B, Hkv, T, D]`` keys / values, editable in place), :meth:`read_kv` / :meth:`write_kv`
+  (one layer's ``[B, Hkv, T, D]`` keys / values, editable in place), :meth:`layers_kv` (several layers at the
+  end of a forward, from the decoder's cache: ``cache_at_end``), :meth:`read_kv` / :meth:`write_kv`
   (one position per sequence) and :meth:`watch_reorder` (beam search).
 
 Subclasses override only what differs (see ``lens.py`` for a model with its own cache type).
@@ -23,16 +24,13 @@ Subclasses override only what differs (see ``lens.py`` for a model with its own 
 from __future__ import annotations
 
 from dataclasses import dataclass
-import weakref
 from typing import Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from .runtime import ForwardInfo, UnsupportedModelError, check_cache_layer, is_static_cache, mask_2d
-
-#: Keyword names under which attention modules and decoders receive the KV cache.
-CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
+from .cache_access import CACHE_KWARGS, CacheAccess
+from .runtime import ForwardInfo, UnsupportedModelError, mask_2d
 
 
 @dataclass(frozen=True)
@@ -65,7 +63,7 @@ class ProjSlot:
         return x.unflatten(-1, (n_kv, per_group, head_dim))[..., index, :]
 
 
-class Adapter:
+class Adapter(CacheAccess):
     """Base adapter for HF decoders laid out as ``decoder.layers[i].self_attn.{k,v}_proj``."""
 
     name: ClassVar[str] = "base"
@@ -77,11 +75,16 @@ class Adapter:
     layers_attr: ClassVar[str] = "layers"
     key_attr: ClassVar[str] = "k_proj"
     value_attr: ClassVar[str] = "v_proj"
+    #: True if the cache the decoder receives (:attr:`ForwardInfo.cache`) holds every layer's entries, so that a
+    #: site can read them all with :meth:`layers_kv` when the forward ends instead of hooking each attention module
+    #: (Hugging Face caches). False where each attention module gets its own cache object (TransformerLens).
+    cache_at_end: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = self.text_config()
         self._cache_index: dict[int, int] = {}  # layer_kv runs per layer and step: resolve the index once
+        self._init_runtime()
 
     # -------------------------------------------------------------- structure
     def text_config(self):
@@ -203,8 +206,9 @@ class Adapter:
         """The module whose forward hook runs when a forward is done (end-of-forward edits). Default: the decoder."""
         return self.decoder()
 
-    def forward_info(self, args: tuple, kwargs: dict) -> ForwardInfo | None:
-        """What one forward of :meth:`entry_module` is about; None when it runs without a cache."""
+    def forward_info(self, args: tuple, kwargs: dict, known_past: Callable | None = None) -> ForwardInfo | None:
+        """What one forward of :meth:`entry_module` is about; None when it runs without a cache.
+        ``known_past(cache)``: the cached length if the caller knows it (a static cache it has followed), else None."""
         x = kwargs.get("inputs_embeds")
         if x is None:
             x = kwargs.get("input_ids", args[0] if args else None)
@@ -215,7 +219,10 @@ class Adapter:
         if cache is None:
             return None
         batch, q_len = int(x.shape[0]), int(x.shape[1])
-        past, static = int(cache.get_seq_length()), is_static_cache(cache)
+        static = self._is_static(cache)
+        # a static cache's length is a device tensor: reading it is a host sync, skipped when the session knows it
+        past = known_past(cache) if static and known_past is not None else None
+        past = int(cache.get_seq_length()) if past is None else past
         return ForwardInfo(batch, q_len, past, cache,
                            mask_2d(kwargs.get("attention_mask"), batch, past + q_len, static), x.device, static)
 
@@ -234,59 +241,6 @@ class Adapter:
                 seen.add(id(cfg))
                 out.append(cfg)
         return out
-
-    # -------------------------------------------------------------- runtime: the KV cache
-    def find_cache(self, args: tuple, kwargs: dict):
-        """The cache object among an attention module's forward arguments, or None."""
-        return self._find(kwargs, CACHE_KWARGS)
-
-    @staticmethod
-    def _find(kwargs: dict, names: tuple[str, ...]):
-        for name in names:
-            cache = kwargs.get(name)
-            if cache is not None:
-                return cache
-        return None
-
-    def layer_kv(self, cache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Layer ``layer``'s cached ``(keys, values)``, each ``[B, Hkv, T, D]`` and editable in place
-        (writes reach the cache). Raises :class:`UnsupportedModelError` for caches that cannot be edited."""
-        entry = check_cache_layer(cache, self.cache_index(layer))
-        return entry.keys, entry.values
-
-    def read_kv(self, cache, layer: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values ``[B, Hkv, D]`` at one position per sequence (``positions [B]`` long)."""
-        keys, values = self.layer_kv(cache, layer)
-        idx = positions.to(keys.device).view(-1, 1, 1, 1).expand(-1, keys.shape[1], 1, keys.shape[3])
-        return keys.gather(2, idx).squeeze(2), values.gather(2, idx).squeeze(2)
-
-    def write_kv(self, cache, layer: int, positions: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Overwrite keys / values ``[B, Hkv, D]`` at one position per sequence (``positions [B]`` long)."""
-        k, v = self.layer_kv(cache, layer)
-        idx = positions.to(k.device).view(-1, 1, 1, 1).expand(-1, k.shape[1], 1, k.shape[3])
-        k.scatter_(2, idx, keys.unsqueeze(2).to(k.dtype))
-        v.scatter_(2, idx, values.unsqueeze(2).to(v.dtype))
-
-    def watch_reorder(self, cache, callback: Callable[[torch.Tensor], None]) -> Callable[[], None] | None:
-        """Call ``callback(beam_idx)`` after ``cache`` reorders its sequences (beam search).
-        Returns a function that undoes the wrapping, or None if this cache never reorders."""
-        if "reorder_cache" in vars(cache) or not hasattr(cache, "reorder_cache"):
-            return None
-        original = cache.reorder_cache
-
-        def reorder_cache(beam_idx, _orig=original):
-            _orig(beam_idx)
-            callback(beam_idx)
-
-        cache.reorder_cache = reorder_cache
-        ref = weakref.ref(cache)
-
-        def undo():
-            c = ref()
-            if c is not None and "reorder_cache" in vars(c):
-                del c.reorder_cache
-
-        return undo
 
 
 def _get(obj, path: str):

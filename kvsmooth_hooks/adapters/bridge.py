@@ -72,6 +72,7 @@ def fix_bridge_cache(bridge) -> list:
 class TransformerBridgeAdapter(GenericAdapter):
     name = "transformer_bridge"
     model_types = ()
+    cache_at_end = False  # attention bridges may hold the cache under other names: the cache site hooks each one
 
     @classmethod
     def accepts(cls, model) -> bool:
@@ -96,7 +97,7 @@ class TransformerBridgeAdapter(GenericAdapter):
             )
         super().check_session(site, needs_row, plan)
 
-    def forward_info(self, args: tuple, kwargs: dict):
+    def forward_info(self, args: tuple, kwargs: dict, known_past=None):
         """``bridge.generate`` starts with ``cache=None`` and lets the decoder create its ``DynamicCache``; the session
         must see that cache from the prompt on, so the same ``DynamicCache(config=...)`` the decoder would make is
         passed in (the decoder's own default, so the run is unchanged)."""
@@ -104,7 +105,7 @@ class TransformerBridgeAdapter(GenericAdapter):
             from transformers import DynamicCache
 
             kwargs["cache"] = DynamicCache(config=self.decoder().config)  # in place: the forward receives it
-        return super().forward_info(args, kwargs)
+        return super().forward_info(args, kwargs, known_past)
 
     def row_module(self, layer: int):
         return getattr(self.attention(layer), "hook_pattern", None)

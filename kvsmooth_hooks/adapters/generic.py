@@ -73,6 +73,7 @@ class GenericAdapter(Adapter):
         self.config = self.text_config()
         attn = [l for l in self.structure.layers if l.kind == "attention"]
         self._heads = {l.index: l.heads for l in attn}
+        self._init_runtime()
 
     # ------------------------------------------------------------------ structure
     def text_config(self):
@@ -176,12 +177,12 @@ class GenericAdapter(Adapter):
             cache = self._find(named_arguments(attn, args, kwargs), ATTENTION_CACHE_KWARGS)
         return getattr(cache, "self_attention_cache", cache)
 
-    def forward_info(self, args: tuple, kwargs: dict) -> ForwardInfo | None:
+    def forward_info(self, args: tuple, kwargs: dict, known_past=None) -> ForwardInfo | None:
         """As the base, with positional arguments bound by name (decoders called as ``encoder(hidden, mask, ...)``)."""
         named = named_arguments(self.entry_module(), args, kwargs)
         if named.get("input_ids") is None and named.get("inputs_embeds") is None and named.get("hidden_states") is not None:
             named = {**named, "inputs_embeds": named["hidden_states"]}
-        return super().forward_info((), named)
+        return super().forward_info((), named, known_past)
 
     def smoothable_layers(self) -> list[int]:
         return self.structure.attention_layers()

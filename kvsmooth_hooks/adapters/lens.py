@@ -34,6 +34,7 @@ class HookedTransformerAdapter(Adapter):
     model_types = ()
     attention_attr = "attn"
     layers_attr = "blocks"
+    cache_at_end = False  # each attention module receives its own cache entry: the cache site hooks each one
 
     @classmethod
     def accepts(cls, model) -> bool:
@@ -51,7 +52,7 @@ class HookedTransformerAdapter(Adapter):
     def exit_module(self):
         return self.layers()[-1]
 
-    def forward_info(self, args: tuple, kwargs: dict) -> ForwardInfo | None:
+    def forward_info(self, args: tuple, kwargs: dict, known_past=None) -> ForwardInfo | None:
         """At ``blocks[0]``: the residual stream ``[B, T, d_model]`` and layer 0's cache entry (before it grows)."""
         entry = kwargs.get(ENTRY_KWARG)
         if entry is None:

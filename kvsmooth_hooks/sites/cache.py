@@ -1,12 +1,17 @@
 """Site ``cache``: edit the newest cache entry after the attention ran (the paper's formulation).
 
-Hooks: one forward hook per smoothed layer's attention module. It finds the cache in the module's
-arguments (through the adapter) and keeps that layer's ``[B, Hkv, T, D]`` keys / values for the end of
-the forward. At the end of a decode forward, per coefficient group: stack the layers' scores, push
-windows, rank, clip -> ``lam [B, La, H]``, and one ``torch._foreach_lerp_`` rewrites position -1 of
-every layer's keys and values from position -2 (``K[-1] <- (1 - lam) K[-1] + lam K[-2]``). A static
-cache (``cache_implementation="static"``: ``[B, H, max_cache_len, D]``) is edited at the absolute
-positions ``past`` and ``past - 1``; left padding keeps every sequence's newest token at the same one.
+Reading the cache: with Hugging Face caches (``adapter.cache_at_end``) every smoothed layer's ``[B, Hkv, T, D]``
+keys / values are read from the cache the decoder received when its forward is done: no hook per layer. Each
+decode step checks that every layer's entries were rewritten during the step (a dynamic cache layer gets new
+storage at every step), so a layer whose attention wrote some other cache raises instead of being skipped.
+Adapters whose attention modules each receive their own cache object (TransformerLens) get one forward hook per
+smoothed attention module that finds the cache in the module's arguments.
+
+At the end of a decode forward, per coefficient group: stack the layers' scores, push windows, rank, clip ->
+``lam [B, La, H]``, and one ``torch._foreach_lerp_`` rewrites position -1 of every layer's keys and values from
+position -2 (``K[-1] <- (1 - lam) K[-1] + lam K[-2]``). A static cache (``cache_implementation="static"``:
+``[B, H, max_cache_len, D]``) is edited at the absolute positions ``past`` and ``past - 1``; left padding keeps
+every sequence's newest token at the same one.
 
 ``smooth_prefill``: the prompt positions are walked in order at the end of the prefill, like decode steps.
 """
@@ -24,11 +29,18 @@ from .base import DECODE, PREFILL, Site, SiteError, register_site
 class CacheSite(Site):
     def register(self) -> list:
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        return [layer.attn.register_forward_hook(self._hook(layer), with_kwargs=True)
-                for layer in self.state.layers.values()]
+        self.cache, self.seen = None, {}  # seen: layer -> data pointer of its keys at the previous decode step
+        layers = list(self.state.layers.values())
+        self._indices = [layer.index for layer in layers]
+        self._keyed = [layer for layer in layers if not layer.scorer.needs_row or layer.scorer.needs_key]
+        if self.adapter.cache_at_end:
+            return []
+        return [layer.attn.register_forward_hook(self._hook(layer), with_kwargs=True) for layer in layers]
 
     def begin(self, kind, info) -> None:
-        self.kv = {}
+        self.kv, self.cache = {}, info.cache
+        if kind != DECODE or self.state.step == 0:  # a new run: its storage may reuse a finished run's addresses
+            self.seen = {}
         # the newest entry and the one before it; the prompt's length (smooth_prefill) in a static cache
         self.pos = (info.past, info.past - 1) if info.static else (-1, -2)
         self.static_len = info.past + info.q_len if info.static else None
@@ -38,8 +50,27 @@ class CacheSite(Site):
                 "before this generation (its earlier positions were never seen); start from an empty cache"
             )
 
+    def _read(self, kind) -> None:
+        """``cache_at_end``: every smoothed layer's entries from the decoder's cache, once the forward is done."""
+        pairs = self.adapter.layers_kv(self.cache, self._indices)
+        self.kv = dict(zip(self._indices, pairs))
+        if kind == DECODE and self.static_len is None:
+            seen = self.seen
+            for i, (keys, _) in zip(self._indices, pairs):
+                ptr = keys.data_ptr()
+                if seen.get(i) == ptr:
+                    raise SiteError(
+                        f"kvsmooth: layer {i}'s entries in the cache the decoder received did not change during this "
+                        "decode step: its attention wrote another cache object, which the 'cache' site cannot see; "
+                        "use site 'kv_proj' for this model"
+                    )
+                seen[i] = ptr
+        for layer in self._keyed:
+            self._observe(layer, kind, self.kv[layer.index][0])
+
     def _hook(self, layer):
-        adapter, state = self.adapter, self.state
+        """Adapters without ``cache_at_end``: the layer's cache, found in its attention module's arguments."""
+        adapter = self.adapter
 
         def hook(module, args, kwargs, output):
             kind = self.session.kind
@@ -50,22 +81,28 @@ class CacheSite(Site):
                 return None
             keys, values = adapter.layer_kv(cache, layer.index)
             self.kv[layer.index] = (keys, values)
-            scorer = layer.scorer
-            if scorer.needs_row and not (kind == PREFILL and scorer.needs_key):  # nothing else to do per layer
-                return None
-            with torch.no_grad():
-                if scorer.needs_key and self.static_len is not None:  # the written positions of a static cache
-                    keys = keys[:, :, : self.static_len]
-                if kind == PREFILL and scorer.needs_key:
-                    scorer.observe_prompt(layer.scorer_state, keys, state.valid[:, -keys.shape[2]:])
-                elif kind == DECODE and not scorer.needs_row:
-                    if scorer.needs_key and state.step == 0 and state.mid_stream:  # the history it never saw
-                        scorer.observe_prompt(layer.scorer_state, keys[:, :, :-1], state.valid[:, -keys.shape[2]:-1])
-                    layer.score(ScoreInputs(key=keys[:, :, -1] if scorer.needs_key else None,
-                                            first_index=state.first_index))
+            if not layer.scorer.needs_row or layer.scorer.needs_key:
+                self._observe(layer, kind, keys)
             return None
 
         return hook
+
+    def _observe(self, layer, kind, keys: torch.Tensor) -> None:
+        """Scorers that read keys (``keys [B, Hkv, T, D]``, this forward's cache) or nothing: prompt keys at the
+        prefill, the newest key's score at a decode step (row scorers are scored from attention rows instead)."""
+        scorer, state = layer.scorer, self.state
+        if scorer.needs_row and not (kind == PREFILL and scorer.needs_key):  # nothing else to do per layer
+            return
+        with torch.no_grad():
+            if scorer.needs_key and self.static_len is not None:  # the written positions of a static cache
+                keys = keys[:, :, : self.static_len]
+            if kind == PREFILL and scorer.needs_key:
+                scorer.observe_prompt(layer.scorer_state, keys, state.valid[:, -keys.shape[2]:])
+            elif kind == DECODE and not scorer.needs_row:
+                if scorer.needs_key and state.step == 0 and state.mid_stream:  # the history it never saw
+                    scorer.observe_prompt(layer.scorer_state, keys[:, :, :-1], state.valid[:, -keys.shape[2]:-1])
+                layer.score(ScoreInputs(key=keys[:, :, -1] if scorer.needs_key else None,
+                                        first_index=state.first_index))
 
     def on_row(self, layer, kind, row_fn) -> None:
         if kind == DECODE:
@@ -74,13 +111,15 @@ class CacheSite(Site):
             layer.stash = row_fn
 
     def end(self, kind) -> None:
+        if self.adapter.cache_at_end and (kind == DECODE or (kind == PREFILL and (self._keyed or self.config.smooth_prefill))):
+            self._read(kind)
         if kind == DECODE:
             for group in self.state.groups:
                 lam = group.step(tracing=self.state.tracing)
                 self._blend(group, lam, *self.pos, record=self.state.tracing and self.session.record_deltas)
         elif kind == PREFILL and self.config.smooth_prefill:
             self._smooth_prompt()
-        self.kv = {}
+        self.kv, self.cache = {}, None
 
     def _tensors(self, group: CoefficientGroup, attr: int) -> list[torch.Tensor]:
         try:

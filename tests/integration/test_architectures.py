@@ -45,7 +45,7 @@ def test_hooks_per_layer_only_on_the_language_decoder(name, site):
     ad = get_adapter(model)
     before, dec_before = n_hooks(model), n_hooks(ad.decoder())
     with smooth(model, cfg_for(name, site=site)) as s:
-        per_layer = 1 if site == "cache" or name in FUSED else 2
+        per_layer = 0 if site == "cache" else 1 if name in FUSED else 2  # cache: entries read from the decoder's cache
         assert len(s.handles) == 2 + ad.n_layers * per_layer
         added = n_hooks(model) - before
         assert added == len(s.handles)
@@ -171,9 +171,13 @@ def test_encoder_decoder_language_model_smooths_only_the_decoder_self_attention(
     assert ad.decoder() is model.language_model.decoder
     assert [ad.attention(i) for i in range(ad.n_layers)] == [b.layer[0].SelfAttention for b in ad.layers()]
     before = n_hooks(model)
+    from kvsmooth_hooks.probe import _LISTENERS
+
     with smooth(model, KVSmoothConfig(layers="all", site="cache")) as s:
-        assert n_hooks(model.language_model.decoder) == len(s.handles) == 2 + ad.n_layers
+        assert n_hooks(model.language_model.decoder) == len(s.handles) == 2  # entries read from the decoder's cache
         assert n_hooks(model.language_model.encoder) == 0 and n_hooks(model.vision_model) == 0
+        listened = {id(m) for m in model.modules()} & set(_LISTENERS)  # attention rows: decoder self-attention only
+        assert listened == {id(b.layer[0].SelfAttention) for b in ad.layers()}
     assert n_hooks(model) == before
 
 

@@ -42,17 +42,23 @@ def gen(model, ids, mask, n=12, **kw):
 
 @pytest.mark.parametrize("site", ["cache", "kv_proj"])
 def test_hooks_one_per_layer_inside_none_after(model, batch, site):
+    """cache site: one attention-row listener per smoothed layer, no module hook per layer (every layer's entries are
+    read from the decoder's cache when the forward ends); kv_proj: one hook on each of k_proj and v_proj."""
+    from kvsmooth_hooks.probe import _LISTENERS
+
     assert count_hooks(model) == 0
+    attn = [model.model.layers[i].self_attn for i in range(6)]
     with smooth(model, KVSmoothConfig(site=site, **CFG)) as session:
-        per_site = 1 if site == "cache" else 2  # attention module / k_proj + v_proj
+        assert {i for i in range(6) if id(attn[i]) in _LISTENERS} == set(LAYERS)
+        per_site = 0 if site == "cache" else 2
         for i in range(6):
-            attn = model.model.layers[i].self_attn
-            n = len(attn._forward_hooks) if site == "cache" else len(attn.k_proj._forward_hooks) + len(attn.v_proj._forward_hooks)
+            n = len(attn[i]._forward_hooks) + len(attn[i].k_proj._forward_hooks) + len(attn[i].v_proj._forward_hooks)
             assert n == (per_site if i in LAYERS else 0), i
         assert count_hooks(model) == per_site * len(LAYERS) + 2  # + decoder pre/post hooks
         assert len(session.handles) == count_hooks(model)
         gen(model, *batch)
     assert count_hooks(model) == 0
+    assert not any(id(a) in _LISTENERS for a in attn)
     assert kvsmooth_registry_keys() == []
     assert model.config._attn_implementation == "sdpa"
 
