@@ -43,6 +43,7 @@ class CoefficientGroup:
         self.key_is_lam = bool(torch.equal(self._cpu["kmask"], on))
         self.value_is_lam = bool(torch.equal(self._cpu["vmask"], on))
         self.n_kv = enabled.shape[1]
+        self.mixed_heads = any(layer.n_kv != self.n_kv for layer in layers)  # some layers have fewer KV heads than H
         self._dev: dict = {}
         for slot, layer in enumerate(layers):
             layer.join(self, slot)

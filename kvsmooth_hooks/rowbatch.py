@@ -34,6 +34,8 @@ class RowBatch:
     def __init__(self, layers: list, groups: list[tuple]):
         self.layers, self.groups = layers, groups
         self.slots = {id(layer.attn): i for i, layer in enumerate(layers)}
+        covered = {id(layer) for group, _, _ in groups for layer in group.layers}
+        self.loose = [i for i, layer in enumerate(layers) if id(layer) not in covered]  # read through layer.unit
         self.clear()
 
     @classmethod
@@ -57,31 +59,32 @@ class RowBatch:
     def clear(self) -> None:
         self.logits: torch.Tensor | None = None
         self.mask: torch.Tensor | None = None
+        self.outs: tuple = ()  # per slot: ``[B * Hkv, Hq / Hkv, T]`` views of logits
+        self.shape: tuple = ()  # (B, Hkv, T, dtype) of this step
         self.filled = [False] * len(self.layers)
 
     def write(self, module, query: torch.Tensor, key: torch.Tensor, mask, kwargs: dict) -> bool:
         """Logits of the single new query ``query [B, Hq, 1, D]`` over ``key [B, Hkv, T, D]`` into the
         module's slot (GQA without repeating the keys). Returns False if this call cannot be batched."""
+        if torch.is_grad_enabled():  # a forward with gradients: the rows only feed the scores
+            with torch.no_grad():
+                return self.write(module, query, key, mask, kwargs)
         slot = self.slots.get(id(module))
-        if slot is None or query.shape[2] != 1:
+        b, hq, q_len, d = query.shape
+        if slot is None or q_len != 1 or kwargs.get("softcap") or kwargs.get("position_bias") is not None \
+                or kwargs.get("s_aux") is not None:
             return False
-        if kwargs.get("softcap") or kwargs.get("position_bias") is not None or kwargs.get("s_aux") is not None:
-            return False
-        b, hq, _, d = query.shape
-        hkv, t = key.shape[1], key.shape[2]
-        if self.logits is None:
+        _, hkv, t, _ = key.shape
+        shape = (b, hkv, t, query.dtype)
+        if not self.outs:  # the first layer of this step: one buffer for all slots
             self.logits = query.new_empty((len(self.layers), b, hq, t))
-            self.mask = mask
-        elif self.logits.shape[1:] != (b, hq, t) or self.logits.dtype != query.dtype:
+            self.outs = self.logits.view(len(self.layers), b * hkv, hq // hkv, t).unbind(0)
+            self.mask, self.shape = mask, shape
+        elif shape != self.shape:
             return False
-        out = self.logits[slot].view(b * hkv, hq // hkv, t)
         scaling = kwargs.get("scaling")
-        out.baddbmm_(
-            query.reshape(b * hkv, hq // hkv, d),
-            key.reshape(b * hkv, t, d).transpose(1, 2),
-            beta=0.0,
-            alpha=d**-0.5 if scaling is None else scaling,
-        )
+        self.outs[slot].baddbmm_(query.reshape(b * hkv, hq // hkv, d), key.reshape(b * hkv, t, d).mT,
+                                 beta=0.0, alpha=d**-0.5 if scaling is None else scaling)
         if mask is not self.mask:  # a layer with its own mask (sliding window next to global): mask it now
             _mask_logits(self.logits[slot], mask, t)
         self.filled[slot] = True
@@ -94,31 +97,33 @@ class RowBatch:
         """Float32 ``[La, B, Hq, T]`` attention probabilities of every slot (unfilled slots hold garbage)."""
         logits = self.logits.float()  # the buffer is this step's own: masked in place
         if self.mask is not None:
-            _mask_logits(logits, self.mask, logits.shape[-1])
+            logits = _mask_logits(logits, self.mask, logits.shape[-1], inplace=False)
         return torch.softmax(logits, -1)
 
     def score(self, first_index: torch.Tensor | None) -> None:
-        """Score the written slots (one scorer call for all layers), set each layer's ``unit [B, U]`` and give
-        every complete group its units ``[B, La, U]`` (``group.stacked``); then forget this step."""
+        """Score the written slots (one scorer call for all layers), give every group its units ``[B, La, U]``
+        (``group.stacked``) when all slots were written, else set each written layer's ``unit [B, U]``; then
+        forget this step."""
         if any(self.filled):
             first = self.layers[0]
             raw = first.scorer.score({}, ScoreInputs(row=self.probs(), first_index=first_index))  # [La, B, Hq]
             units = head_units(raw, first.n_kv, first.per_head, first.scorer.head_axis).transpose(0, 1)  # [B, La, U]
-            for slot, layer in enumerate(self.layers):
+            complete = self.complete()
+            for slot in self.loose if complete else range(len(self.layers)):
                 if self.filled[slot]:
-                    layer.unit = units[:, slot]
-            if self.complete():
+                    self.layers[slot].unit = units[:, slot]
+            if complete:
                 for group, start, n in self.groups:
                     group.stacked = units.narrow(1, start, n)
         self.clear()
 
 
-def _mask_logits(logits: torch.Tensor, mask: torch.Tensor, t: int) -> torch.Tensor:
-    """Apply an attention mask of the newest query in place. logits ``[..., B, Hq, T]``; mask bool
-    (True = attend) or additive ``[B|1, 1|Hq, Q, T']``, or a 2-D padding mask ``[B, T']``."""
+def _mask_logits(logits: torch.Tensor, mask: torch.Tensor, t: int, inplace: bool = True) -> torch.Tensor:
+    """Apply an attention mask of the newest query (in place, or as one new tensor). logits ``[..., B, Hq, T]``;
+    mask bool (True = attend) or additive ``[B|1, 1|Hq, Q, T']``, or a 2-D padding mask ``[B, T']``."""
     if mask.dim() == 2:
         return logits.masked_fill_(~mask[:, None, -t:].to(torch.bool), float("-inf"))
     m = mask[:, :, -1, :t]  # [B|1, 1|Hq, T]
-    if m.dtype == torch.bool:
-        return logits.masked_fill_(~m, float("-inf"))
+    if m.dtype == torch.bool:  # one op where a new tensor will do (a static cache's unwritten positions)
+        return logits.masked_fill_(~m, float("-inf")) if inplace else torch.where(m, logits, float("-inf"))
     return logits.add_(m)

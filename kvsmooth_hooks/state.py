@@ -60,6 +60,7 @@ class LayerState:
         self.unit: torch.Tensor | None = None  # newest unit score [B, U]
         self.stash = None  # smooth_prefill at the cache site: a function giving prompt rows
         self.prev = {"key": None, "value": None}  # kv_proj: last smoothed projection [B, Hkv, D]
+        self.pending = None  # kv_proj: this step's key blend (view, weight), waiting for the value hook
         self.prefill_lam: list[torch.Tensor] | None = None
 
     def reorder(self, idx: torch.Tensor) -> None:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .cache_access import CACHE_KWARGS, CacheAccess
+from .order import key_untouched_until_value
 from .runtime import ForwardInfo, UnsupportedModelError, mask_2d
 
 
@@ -130,6 +131,14 @@ class Adapter(CacheAccess):
 
     def value_slot(self, layer: int) -> ProjSlot:
         return ProjSlot(getattr(self.attention(layer), self.value_attr))
+
+    def key_blend_waits(self, layer: int) -> bool:
+        """Whether layer ``layer``'s key projection output is read only after its value projection ran, so the
+        ``kv_proj`` site may blend both in the value hook, as one op (:mod:`.order`). False for fused projections."""
+        attn, ks, vs = self.attention(layer), self.key_slot(layer), self.value_slot(layer)
+        names = {id(m): n for n, m in attn.named_children()}
+        k, v = names.get(id(ks.module)), names.get(id(vs.module))
+        return ks.module is not vs.module and k is not None and v is not None and key_untouched_until_value(type(attn), k, v)
 
     def layer_device(self, layer: int) -> torch.device | None:
         """Where layer ``layer`` runs: accelerate's execution device under ``device_map``, else its parameters' device."""

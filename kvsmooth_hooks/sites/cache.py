@@ -151,14 +151,15 @@ class CacheSite(Site):
                         group.record[name] = torch.zeros_like(lam)
                     continue
                 tensors = first if attr == 0 else self._tensors(group, 1)
-                cur = [t[:, :, pos] for t in tensors]
+                cur = [t.select(2, pos) for t in tensors]
                 current.append(cur)
-                previous += [t[:, :, prev] for t in tensors]
+                previous += [t.select(2, prev) for t in tensors]
                 if same:  # the target mask is the enabled mask: lambda itself, converted once for K and V
                     lam_w = lam.unsqueeze(-1).to(tensors[0].dtype) if lam_w is None else lam_w
                 ws = (lam_w if same else (lam * c[mask]).unsqueeze(-1).to(tensors[0].dtype)).unbind(1)
-                weights += [w if w.shape[1] == x.shape[1] else w[:, :x.shape[1]]  # layers with fewer KV heads than H
-                            for w, x in zip(ws, cur)]
+                if group.mixed_heads:  # layers with fewer KV heads than H
+                    ws = [w if w.shape[1] == x.shape[1] else w[:, :x.shape[1]] for w, x in zip(ws, cur)]
+                weights += ws
             before = [torch.stack(cur, 1).float() for cur in current] if record else None
             if current:  # keys and values of every layer of the group: one fused op
                 torch._foreach_lerp_([t for cur in current for t in cur], previous, weights)

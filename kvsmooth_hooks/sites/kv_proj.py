@@ -2,14 +2,16 @@
 
 Hooks: one forward hook per smoothed layer on each of the key and value projection modules (one on a
 fused QKV module), found through the adapter's :class:`~kvsmooth_hooks.adapters.ProjSlot` s. At decode
-steps the hook blends the new token's projection ``x_t`` with the previous *smoothed* projection kept in
-the layer state: ``x_t <- (1 - lam) x_t + lam x'_{t-1}``.
+steps the new token's projection ``x_t`` is blended with the previous *smoothed* projection kept in the
+layer state: ``x_t <- (1 - lam) x_t + lam x'_{t-1}``.
 
-Each projection is blended in its own hook, as soon as it exists: one kernel op per projection and step
-(one ``torch._foreach_lerp_`` for both on a fused QKV module). Deferring the key's blend to the value hook
-would save an op, but many attention modules transform the key before the value projection runs (``k_norm``
-in Qwen3, Gemma 2/3/3n, OLMo 2, ...), so a late in-place edit of the key projection would silently not
-reach the attention.
+One kernel op per layer and step where the model allows it: on a fused QKV module both blends are one
+``torch._foreach_lerp_``; with separate projections the key hook only notes the key's view and the value
+hook blends both in one op, *if* the attention reads nothing from the key projection's output before the
+value projection ran (``adapter.key_blend_waits``, decided from the attention's source: Llama, Mistral,
+Qwen 2, Gemma 2/3, ...). Where it does (``k_norm`` in Qwen 3, OLMo 2, Gemma 3n, ...) the key is blended in
+its own hook, as soon as it exists: a late in-place edit would not reach the attention. A key left waiting
+at the end of a forward (its value projection never ran) raises.
 
 Coefficients that depend only on earlier forwards (attention rows are the previous token's) are
 computed for all layers at the start of the decode forward; layers whose scorer needs the new key (or
@@ -40,18 +42,21 @@ class KVProjSite(Site):
     def register(self) -> list:
         self.mode = None
         self.weights: dict[int, dict] = {}
+        self.waiting = 0  # keys noted by key hooks whose value hook has not run yet
         handles = []
         for i, layer in self.state.layers.items():
             ks, vs = self.adapter.key_slot(i), self.adapter.value_slot(i)
             if ks.module is vs.module:
                 handles.append(ks.module.register_forward_hook(self._hook(layer, (("key", ks), ("value", vs)))))
             else:
-                handles.append(ks.module.register_forward_hook(self._hook(layer, (("key", ks),))))
+                wait = self.adapter.key_blend_waits(i) and not layer.scorer.needs_key
+                handles.append(ks.module.register_forward_hook(self._hook(layer, (("key", ks),), wait)))
                 handles.append(vs.module.register_forward_hook(self._hook(layer, (("value", vs),))))
         return handles
 
     def begin(self, kind, info) -> None:
         state = self.state
+        self._drop_waiting()
         # a run that starts mid-stream has no previous smoothed projection: its first forward only remembers
         self.mode = PREFILL if kind == DECODE and state.step == 0 and state.mid_stream else kind
         if self.mode != DECODE:
@@ -66,8 +71,20 @@ class KVProjSite(Site):
     def on_row(self, layer, kind, row_fn) -> None:  # the newest row, used at the next decode step
         layer.score(ScoreInputs(row=row_fn()[:, :, -1], first_index=self.state.first_index))
 
+    def _drop_waiting(self) -> bool:
+        """Forget keys still waiting for their value hook (a forward that raised, or one that broke the order)."""
+        waited, self.waiting = self.waiting, 0
+        if waited:
+            for layer in self.state.layers.values():
+                layer.pending = None
+        return bool(waited)
+
     def end(self, kind) -> None:
-        pass
+        if self._drop_waiting():
+            raise SiteError(
+                "kvsmooth: a key projection ran without its value projection after it in this forward, so its deferred "
+                "blend was never applied; this attention module does not run as its source reads. Report the model: "
+                "its adapter's key_blend_waits must return False")
 
     def _weights(self, group, lam: torch.Tensor) -> None:
         """This step's blend weights of ``group``'s layers, ``[B, La, Hkv, 1]`` for keys and for values."""
@@ -93,7 +110,8 @@ class KVProjSite(Site):
         for name, new in zip(names, current):
             layer.prev[name] = new
 
-    def _hook(self, layer, slots):
+    def _hook(self, layer, slots, wait: bool = False):
+        """``slots``: ``(name, ProjSlot)`` s of this module; ``wait``: a key whose blend the value hook does."""
         state = self.state
 
         def hook(module, args, output):
@@ -131,6 +149,10 @@ class KVProjSite(Site):
                     current = heads[:, -1]
                     record = state.tracing and self.session.record_deltas
                     if not (record or out.requires_grad):
+                        if wait:  # blended with the value, in the value hook
+                            layer.pending = (current, weight)
+                            self.waiting += 1
+                            return out
                         todo.append((name, current, weight))
                         continue
                     before = current.float() if record else None
@@ -141,6 +163,10 @@ class KVProjSite(Site):
                         if key not in rec or rec[key].shape[1] != len(group.layers):
                             rec[key] = torch.zeros_like(group.lam)
                         rec[key][:, layer.slot] = (new.float() - before).norm(dim=-1)
+                if layer.pending is not None and not wait:  # the value hook: the key noted by this layer's key hook
+                    todo.append(("key",) + layer.pending)
+                    layer.pending = None
+                    self.waiting -= 1
                 if todo:
                     self._blend(layer, todo)
             return out
