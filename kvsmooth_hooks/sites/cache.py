@@ -141,6 +141,13 @@ class CacheSite(Site):
                 "run the forward under torch.no_grad() / torch.inference_mode(), or use site 'kv_proj' "
                 "(it supports gradients)"
             )
+        if group.plain and not record:  # keys and values of every layer, lambda as it is: one fused op
+            keys, values = first, self._tensors(group, 1)
+            w = lam.unsqueeze(-1).to(keys[0].dtype).unbind(1)  # [B, H, 1] per layer
+            with torch.no_grad():
+                torch._foreach_lerp_([t.select(2, pos) for t in keys] + [t.select(2, pos) for t in values],
+                                     [t.select(2, prev) for t in keys] + [t.select(2, prev) for t in values], w + w)
+            return
         c = group.consts(lam.device)
         current, previous, weights, lam_w = [], [], [], None
         with torch.no_grad():
