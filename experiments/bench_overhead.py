@@ -2,7 +2,9 @@
 
 Paired runs alternate baseline and smoothed generation (same prompt, greedy, exactly N new
 tokens); the table reports the median of the per-pair time ratios, which cancels slow drifts
-of the machine. Arms:
+of the machine, and the ratio of the median decode step (one forward of the model, timed by hooks on the
+outermost module of both sides) over every step of every pair, which also ignores steps another job on the
+machine interrupted. Arms:
 
 * ``baseline``: the model as loaded (sdpa attention), no hooks;
 * ``kvsmooth``: ``with smooth(model, cfg)`` (site ``cache``, the paper's defaults): sdpa kept,
@@ -174,13 +176,31 @@ def main(argv=None) -> int:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    def timed(fn):
-        """(wall seconds, CPU seconds of this process): on a shared machine the CPU time is the steadier one."""
+    steps: list[float] = []  # wall seconds of each forward of the running generate (the first is the prompt)
+    started = [0.0]
+
+    def step_start(*_):
         sync()
+        started[0] = time.perf_counter()
+
+    def step_end(*_):
+        sync()
+        steps.append(time.perf_counter() - started[0])
+
+    for m in ([model, smoothed_model] if args.compile else [model]):  # outermost: the same cost on both sides
+        m.register_forward_pre_hook(step_start)
+        m.register_forward_hook(step_end)
+
+    def timed(fn):
+        """(wall seconds, CPU seconds of this process, decode-step seconds): on a shared machine the CPU time is
+        steadier than the wall time, and the median decode step steadier still (it ignores the steps another job
+        interrupted)."""
+        sync()
+        steps.clear()
         t0, c0 = time.perf_counter(), time.process_time()
         fn()
         sync()
-        return time.perf_counter() - t0, time.process_time() - c0
+        return time.perf_counter() - t0, time.process_time() - c0, steps[1:]
 
     def baseline():
         model.generate(**inputs, **gen)
@@ -234,15 +254,18 @@ def main(argv=None) -> int:
     print(f"machine: {platform.processor() or platform.machine()}{card}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}, smoothed layers {layers[0]}..{layers[-1]}")
     print("\n| arm | median wall s (arm / baseline) | median wall ratio | wall ratio min-max | "
-          "median CPU-time ratio | CPU ratio min-max | tok/s (arm) |")
-    print("|---|---|---|---|---|---|---|")
+          "median CPU-time ratio | CPU ratio min-max | median decode step ms (arm / baseline) | step ratio | tok/s (arm) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for a in arms:
         wall = [s[0] / b[0] for b, s in results[a]]
         cpu = [s[1] / b[1] for b, s in results[a]]
         arm_t = statistics.median(s[0] for _, s in results[a])
         base_t = statistics.median(b[0] for b, _ in results[a])
+        arm_step = statistics.median(x for _, s in results[a] for x in s[2]) * 1000  # every decode step of every pair
+        base_step = statistics.median(x for b, _ in results[a] for x in b[2]) * 1000
         print(f"| {a} | {arm_t:.2f} / {base_t:.2f} | {statistics.median(wall):.3f} | {min(wall):.3f}-{max(wall):.3f} | "
-              f"{statistics.median(cpu):.3f} | {min(cpu):.3f}-{max(cpu):.3f} | {args.new_tokens / arm_t:.1f} |")
+              f"{statistics.median(cpu):.3f} | {min(cpu):.3f}-{max(cpu):.3f} | {arm_step:.2f} / {base_step:.2f} | "
+              f"{arm_step / base_step:.3f} | {args.new_tokens / arm_t:.1f} |")
     print("\ncommand: python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
     return 0
 

@@ -57,7 +57,7 @@ class ProjSlot:
         """This projection inside ``output [B, T, width]`` as a ``[B, T, Hkv, D]`` view (writes reach ``output``)."""
         if output.dim() == 4:
             return output
-        x = output[..., self.start:self.stop]
+        x = output if self.start is None and self.stop is None else output[..., self.start:self.stop]
         if self.interleave is None:  # the slice's own width per head (value heads may differ from key heads)
             return x.unflatten(-1, (n_kv, -1))
         per_group, index = self.interleave

@@ -93,11 +93,14 @@ class KVProjSite(Site):
             "key": (lam if group.key_is_lam else lam * c["kmask"]).unsqueeze(-1),
             "value": (lam if group.value_is_lam else lam * c["vmask"]).unsqueeze(-1), "step": self.state.step}
 
-    def _weight(self, w: dict, name: str, dtype, slot: int) -> torch.Tensor:
-        """One layer's ``[B, Hkv, 1]`` weight, converted to the projection's dtype once per group and step."""
-        if w[name].dtype != dtype:
-            w[name] = w[name].to(dtype)
-        return w[name][:, slot]
+    def _weight(self, w: dict, name: str, dtype, layer) -> torch.Tensor:
+        """``layer``'s ``[B, Hkv, 1]`` weight (its own KV heads): the group's weights converted to the projection's
+        dtype and split per layer once per group, step and dtype."""
+        views = w.get((name, dtype))
+        if views is None:
+            views = w[(name, dtype)] = [v if l.n_kv == v.shape[1] else v[:, :l.n_kv]
+                                        for v, l in zip(w[name].to(dtype).unbind(1), layer.group.layers)]
+        return views[layer.slot]
 
     def _blend(self, layer, todo: list[tuple]) -> None:
         """``x_t <- lerp(x_t, x'_{t-1}, w)`` in place for each ``(name, view, weight)``: one fused op."""
@@ -115,60 +118,65 @@ class KVProjSite(Site):
         state = self.state
 
         def hook(module, args, output):
-            kind = self.mode if self.session.kind is not None else None
-            if kind is None:
+            if self.session.kind is None:
                 return None
+            if torch.is_grad_enabled():
+                with torch.no_grad():
+                    return body(output)
+            return body(output)
+
+        def body(output):
+            kind = self.mode
             out = output
             group = layer.group
             todo = []
-            with torch.no_grad():
-                for name, slot in slots:
-                    heads = slot.heads(out, layer.n_kv, layer.head_dim)  # [B, T, Hkv, D] view of the output
-                    if kind != DECODE:
-                        if kind == PREFILL and name == "key" and layer.scorer.needs_key:
-                            layer.scorer.observe_prompt(layer.scorer_state, heads.transpose(1, 2),
-                                                        state.valid[:, -heads.shape[1]:])
-                        if kind == PREFILL and self.config.smooth_prefill:
-                            out = self._smooth_prompt(layer, name, out, slot, heads)
-                        else:
-                            layer.prev[name] = heads[:, -1].clone()
-                        continue
-                    w = self.weights.get(id(group))
-                    if w is None or w["step"] != state.step:  # own group: needs this step's key
-                        if name != "key" and layer.scorer.needs_key:
-                            raise SiteError(
-                                f"layer {layer.index}: the value projection ran before the key projection, but "
-                                f"scorer '{layer.scorer.name}' needs the key; use site 'cache' for this model")
-                        layer.score(ScoreInputs(key=heads[:, -1], first_index=state.first_index))
-                        self._weights(group, group.step(tracing=state.tracing))
-                        w = self.weights[id(group)]
-                    weight = self._weight(w, name, heads.dtype, layer.slot)[:, :layer.n_kv]  # [B, Hkv, 1]; layers may have fewer than H
-                    if out.requires_grad:
-                        out = out.clone()
-                        heads = slot.heads(out, layer.n_kv, layer.head_dim)
-                    current = heads[:, -1]
-                    record = state.tracing and self.session.record_deltas
-                    if not (record or out.requires_grad):
-                        if wait:  # blended with the value, in the value hook
-                            layer.pending = (current, weight)
-                            self.waiting += 1
-                            return out
-                        todo.append((name, current, weight))
-                        continue
-                    before = current.float() if record else None
-                    new = current.lerp_(layer.prev[name], weight)  # in place: heads is a view of the module output
-                    layer.prev[name] = new
-                    if record:
-                        rec, key = group.record, ("dk" if name == "key" else "dv")
-                        if key not in rec or rec[key].shape[1] != len(group.layers):
-                            rec[key] = torch.zeros_like(group.lam)
-                        rec[key][:, layer.slot] = (new.float() - before).norm(dim=-1)
-                if layer.pending is not None and not wait:  # the value hook: the key noted by this layer's key hook
-                    todo.append(("key",) + layer.pending)
-                    layer.pending = None
-                    self.waiting -= 1
-                if todo:
-                    self._blend(layer, todo)
+            for name, slot in slots:
+                heads = slot.heads(out, layer.n_kv, layer.head_dim)  # [B, T, Hkv, D] view of the output
+                if kind != DECODE:
+                    if kind == PREFILL and name == "key" and layer.scorer.needs_key:
+                        layer.scorer.observe_prompt(layer.scorer_state, heads.transpose(1, 2),
+                                                    state.valid[:, -heads.shape[1]:])
+                    if kind == PREFILL and self.config.smooth_prefill:
+                        out = self._smooth_prompt(layer, name, out, slot, heads)
+                    else:
+                        layer.prev[name] = heads[:, -1].clone()
+                    continue
+                w = self.weights.get(id(group))
+                if w is None or w["step"] != state.step:  # own group: needs this step's key
+                    if name != "key" and layer.scorer.needs_key:
+                        raise SiteError(
+                            f"layer {layer.index}: the value projection ran before the key projection, but "
+                            f"scorer '{layer.scorer.name}' needs the key; use site 'cache' for this model")
+                    layer.score(ScoreInputs(key=heads[:, -1], first_index=state.first_index))
+                    self._weights(group, group.step(tracing=state.tracing))
+                    w = self.weights[id(group)]
+                weight = self._weight(w, name, heads.dtype, layer)  # [B, Hkv, 1]
+                if out.requires_grad:
+                    out = out.clone()
+                    heads = slot.heads(out, layer.n_kv, layer.head_dim)
+                current = heads.select(1, -1)
+                record = state.tracing and self.session.record_deltas
+                if not (record or out.requires_grad):
+                    if wait:  # blended with the value, in the value hook
+                        layer.pending = (current, weight)
+                        self.waiting += 1
+                        return out
+                    todo.append((name, current, weight))
+                    continue
+                before = current.float() if record else None
+                new = current.lerp_(layer.prev[name], weight)  # in place: heads is a view of the module output
+                layer.prev[name] = new
+                if record:
+                    rec, key = group.record, ("dk" if name == "key" else "dv")
+                    if key not in rec or rec[key].shape[1] != len(group.layers):
+                        rec[key] = torch.zeros_like(group.lam)
+                    rec[key][:, layer.slot] = (new.float() - before).norm(dim=-1)
+            if layer.pending is not None and not wait:  # the value hook: the key noted by this layer's key hook
+                todo.append(("key",) + layer.pending)
+                layer.pending = None
+                self.waiting -= 1
+            if todo:
+                self._blend(layer, todo)
             return out
 
         return hook

@@ -201,3 +201,23 @@ def test_deferred_key_blend_left_waiting_raises():
     del attn.forward
     with smooth(model, KVSmoothConfig(site="kv_proj", layers="all")):  # the session left nothing waiting behind
         model.generate(ids, max_new_tokens=4, do_sample=False)
+
+
+def test_static_cache_length_not_read_at_each_decode_step(monkeypatch):
+    """A static cache's length is a device tensor (reading it is a host sync on a GPU): inside generate() the
+    session follows it instead of asking the cache at every forward."""
+    from transformers import StaticCache
+
+    calls = []
+    original = StaticCache.get_seq_length
+    monkeypatch.setattr(StaticCache, "get_seq_length", lambda self, *a, **k: calls.append(1) or original(self, *a, **k))
+    model = tiny_llama(layers=4)
+    ids, mask = _batch()
+    kw = dict(input_ids=ids, attention_mask=mask, max_new_tokens=8, min_new_tokens=8, do_sample=False,
+              cache_implementation="static")
+    model.generate(**kw)
+    vanilla, calls[:] = len(calls), []
+    with smooth(model, KVSmoothConfig(layers="1:-1")) as s:
+        model.generate(**kw)
+    assert len(calls) - vanilla <= 1, (vanilla, len(calls))  # the prompt's forward only
+    assert s.trace.tensor("lambda").shape[0] == 7 and s.trace.tensor("lambda").abs().sum() > 0
