@@ -1,6 +1,7 @@
 """The architecture sweep (experiments/arch_sweep.py) as a test: per class and site, lambda 0 gives bit-identical
-logits, lambda 0.9 changes them and no hook is left, or the library refuses with a clear error; never a crash
-and never a silent no-op.
+logits, lambda 0.9 changes them, so does lambda 0.9 on the keys alone (a key edit that does not reach the
+attention fails here), and no hook is left; or the library refuses with a clear error; never a crash and never a
+silent no-op.
 
 By default a fast subset: one class per structural kind plus the expected refusals. ``KVSMOOTH_FULL_SWEEP=1``
 runs every generative class of the installed transformers (CI runs it as its own step; about 8 minutes on two
@@ -39,9 +40,14 @@ FAST = {
     "DeepseekV3ForCausalLM": "ok",  # multi-head latent attention
     "Qwen3VLForConditionalGeneration": "ok",  # VLM with M-RoPE
     "FalconForCausalLM": "ok",  # inline attention: row scorers refused with sdpa, key_similarity works
+    "Qwen3ForCausalLM": "ok",  # k_norm reads the key projection before the value projection runs
     "MambaForCausalLM": "refused",  # no attention at all
     "OpenAIGPTLMHeadModel": "refused",  # generates without a KV cache
 }
+
+#: blend ops per layer and decode step at kv_proj: fused QKV or a key that waits for the value hook (1), else 2
+KV_PROJ_OPS = {"LlamaForCausalLM": 1, "GPT2LMHeadModel": 1, "Phi3ForCausalLM": 1, "Gemma2ForCausalLM": 1,
+               "Qwen3ForCausalLM": 2, "Gemma3nForCausalLM": 2}
 
 
 @pytest.mark.parametrize("name", sorted(generative_classes()) if FULL else sorted(FAST))
@@ -58,6 +64,8 @@ def test_class_works_or_is_refused_clearly(name):
             assert len(r["detail"]) > 40 and "Error" in r["detail"].split(":")[0], r["detail"]
         if name in FAST:
             assert r["status"] == FAST[name], f"{name} {site}: {r['detail']}"
+    if name in KV_PROJ_OPS:
+        assert rec["kv_proj_ops"] == KV_PROJ_OPS[name], rec
 
 
 def test_recorded_sweep_meets_the_floor():
