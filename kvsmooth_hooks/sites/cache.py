@@ -2,8 +2,8 @@
 
 Reading the cache: with Hugging Face caches (``adapter.cache_at_end``) every smoothed layer's ``[B, Hkv, T, D]``
 keys / values are read from the cache the decoder received when its forward is done: no hook per layer. Each
-decode step checks that every layer's entries were rewritten during the step (a dynamic cache layer gets new
-storage at every step), so a layer whose attention wrote some other cache raises instead of being skipped.
+decode step checks that every layer's entries were rewritten during the step (a dynamic cache layer holds a new
+tensor after every step), so a layer whose attention wrote some other cache raises instead of being skipped.
 Adapters whose attention modules each receive their own cache object (TransformerLens) get one forward hook per
 smoothed attention module that finds the cache in the module's arguments.
 
@@ -18,6 +18,8 @@ every sequence's newest token at the same one.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..groups import CoefficientGroup
@@ -29,7 +31,7 @@ from .base import DECODE, PREFILL, Site, SiteError, register_site
 class CacheSite(Site):
     def register(self) -> list:
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.cache, self.seen = None, {}  # seen: layer -> data pointer of its keys at the previous decode step
+        self.cache, self.seen = None, {}  # seen: layer -> weak reference to its keys at the previous decode step
         layers = list(self.state.layers.values())
         self._indices = [layer.index for layer in layers]
         self._keyed = [layer for layer in layers if not layer.scorer.needs_row or layer.scorer.needs_key]
@@ -39,7 +41,7 @@ class CacheSite(Site):
 
     def begin(self, kind, info) -> None:
         self.kv, self.cache = {}, info.cache
-        if kind != DECODE or self.state.step == 0:  # a new run: its storage may reuse a finished run's addresses
+        if kind != DECODE or self.state.step == 0:  # a new run
             self.seen = {}
         # the newest entry and the one before it; the prompt's length (smooth_prefill) in a static cache
         self.pos = (info.past, info.past - 1) if info.static else (-1, -2)
@@ -57,14 +59,16 @@ class CacheSite(Site):
         if kind == DECODE and self.static_len is None:
             seen = self.seen
             for i, (keys, _) in zip(self._indices, pairs):
-                ptr = keys.data_ptr()
-                if seen.get(i) == ptr:
+                # the same tensor object as at the last step: never replaced. (Identity, not the data pointer: a beam
+                # reorder frees the last step's storage, and the next step's may reuse its address.)
+                last = seen.get(i)
+                if last is not None and last() is keys:
                     raise SiteError(
                         f"kvsmooth: layer {i}'s entries in the cache the decoder received did not change during this "
                         "decode step: its attention wrote another cache object, which the 'cache' site cannot see; "
                         "use site 'kv_proj' for this model"
                     )
-                seen[i] = ptr
+                seen[i] = weakref.ref(keys)
         for layer in self._keyed:
             self._observe(layer, kind, self.kv[layer.index][0])
 

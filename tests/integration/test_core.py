@@ -1,5 +1,7 @@
 """Core invariants of the hook machinery on tiny random Llamas (no downloads)."""
 
+import copy
+
 import pytest
 import torch
 from transformers.masking_utils import AttentionMaskInterface
@@ -279,3 +281,34 @@ def test_head_granularity_gives_per_kv_head_lambdas(model, batch):
         gen(model, *batch, n=20)
     lam = s.trace.tensor("lambda")
     assert not torch.equal(lam[..., 0], lam[..., 1])
+
+
+@pytest.mark.parametrize("from_step", ["prefill", "decode"])
+def test_cache_site_layer_writing_another_cache_raises(batch, from_step):
+    """The cache site reads every layer's entries from the decoder's cache when the forward ends; a layer whose
+    attention writes some other cache object must raise, not be skipped silently: never written (from the prefill
+    on) or no longer rewritten (from the first decode step on: its keys stay the same tensor)."""
+    from transformers import DynamicCache
+
+    model = tiny_llama()
+    attn = model.model.layers[2].self_attn
+    other = [DynamicCache(config=model.config)]
+    original = attn.forward
+
+    def forward(hidden_states, *args, **kwargs):
+        if from_step == "prefill" or hidden_states.shape[1] == 1:
+            for name in ("cache", "past_key_values"):
+                if kwargs.get(name) is not None:
+                    if from_step == "decode" and not other[0].get_seq_length(2):  # a copy of the prompt's cache
+                        other[0] = copy.deepcopy(kwargs[name])
+                    kwargs[name] = other[0]
+        return original(hidden_states, *args, **kwargs)
+
+    attn.forward = forward
+    match = "did not write the cache" if from_step == "prefill" else "did not change during this decode step"
+    with pytest.raises((SessionError, UnsupportedModelError), match=f"layer 2.*{match}"):
+        with smooth(model, KVSmoothConfig(**CFG)):
+            gen(model, *batch)
+    del attn.forward
+    with smooth(model, KVSmoothConfig(**CFG)):  # the same model without the detour smooths fine
+        gen(model, *batch)
