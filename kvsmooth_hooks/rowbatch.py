@@ -122,8 +122,9 @@ def _mask_logits(logits: torch.Tensor, mask: torch.Tensor, t: int, inplace: bool
     """Apply an attention mask of the newest query (in place, or as one new tensor). logits ``[..., B, Hq, T]``;
     mask bool (True = attend) or additive ``[B|1, 1|Hq, Q, T']``, or a 2-D padding mask ``[B, T']``."""
     if mask.dim() == 2:
-        return logits.masked_fill_(~mask[:, None, -t:].to(torch.bool), float("-inf"))
-    m = mask[:, :, -1, :t]  # [B|1, 1|Hq, T]
+        m = mask[:, None, -t:].to(torch.bool)  # [B, 1, T]
+    else:
+        m = mask[:, :, -1, :t]  # [B|1, 1|Hq, T]
     if m.dtype == torch.bool:  # one op where a new tensor will do (a static cache's unwritten positions)
         return logits.masked_fill_(~m, float("-inf")) if inplace else torch.where(m, logits, float("-inf"))
-    return logits.add_(m)
+    return logits.add_(m) if inplace else logits + m

@@ -17,6 +17,12 @@ from .runtime import UnsupportedModelError, check_cache_layer, is_static_cache
 CACHE_KWARGS = ("cache", "past_key_values", "layer_past")
 
 
+def self_attention_part(cache):
+    """The part of ``cache`` that holds self-attention entries: an encoder-decoder cache's
+    ``self_attention_cache`` (the decoder's own keys / values), any other cache as it is."""
+    return getattr(cache, "self_attention_cache", cache)
+
+
 class CacheAccess:
     """Mixin of :class:`~.base.Adapter`: finding, reading and editing the cache (see the module doc)."""
 
@@ -60,7 +66,7 @@ class CacheAccess:
         """``(keys, values)`` of each of ``layers`` (each ``[B, Hkv, T, D]``, editable in place) from the cache the
         decoder received (:attr:`ForwardInfo.cache`), read when its forward is done (``cache_at_end``). Each cache
         layer object is checked (:func:`check_cache_layer`) the first time it is seen; a layer without entries raises."""
-        cache = getattr(cache, "self_attention_cache", cache)  # encoder-decoder caches: the decoder's own part
+        cache = self_attention_part(cache)
         store = getattr(cache, "layers", None)
         if store is None:
             check_cache_layer(cache, 0)  # raises: no per-layer storage

@@ -13,6 +13,7 @@ import inspect
 from torch import nn
 
 from .base import CACHE_KWARGS, Adapter, ProjSlot
+from .cache_access import self_attention_part
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
 from .runtime import ForwardInfo, UnsupportedModelError
 
@@ -175,7 +176,7 @@ class GenericAdapter(Adapter):
         if cache is None and args:
             attn = self.attention(self.smoothable_layers()[0])
             cache = self._find(named_arguments(attn, args, kwargs), ATTENTION_CACHE_KWARGS)
-        return getattr(cache, "self_attention_cache", cache)
+        return self_attention_part(cache)
 
     def forward_info(self, args: tuple, kwargs: dict, known_past=None) -> ForwardInfo | None:
         """As the base, with positional arguments bound by name (decoders called as ``encoder(hidden, mask, ...)``)."""

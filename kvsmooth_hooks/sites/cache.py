@@ -85,8 +85,7 @@ class CacheSite(Site):
                 return None
             keys, values = adapter.layer_kv(cache, layer.index)
             self.kv[layer.index] = (keys, values)
-            if not layer.scorer.needs_row or layer.scorer.needs_key:
-                self._observe(layer, kind, keys)
+            self._observe(layer, kind, keys)
             return None
 
         return hook
