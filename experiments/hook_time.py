@@ -6,7 +6,14 @@ row listener, the decoder's pre/post hooks, and inside the post hook the cache s
 baseline/smoothed runs this needs no second run, so it stays meaningful on a machine shared with other
 jobs. PyTorch's own hook dispatch is not included.
 
+``--paired N`` also runs N interleaved pairs of an unhooked and a smoothed ``generate`` and times every decode
+step (hooks on the outermost module, as ``bench_overhead.py`` does). Per smoothed step it subtracts the time
+spent in kvsmooth's code during that step, which answers whether smoothing slows the model's own work
+(caches, allocator) or only adds its own: if the median of (step - own) equals the median unhooked step, the
+whole overhead is the toolkit's code.
+
     python experiments/hook_time.py --new-tokens 128 --repeats 2
+    python experiments/hook_time.py --new-tokens 64 --repeats 0 --paired 8
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--paired", type=int, default=0, help="interleaved unhooked/smoothed pairs, per-step split")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -34,6 +42,7 @@ def main(argv=None) -> int:
     from kvsmooth_hooks.sites import cache as C
 
     acc: dict[str, float] = {}
+    own_now = [0.0]  # kvsmooth time inside the current decode step (--paired)
 
     def timed(name, fn):
         @functools.wraps(fn)
@@ -42,7 +51,10 @@ def main(argv=None) -> int:
             try:
                 return fn(*a, **k)
             finally:
-                acc[name] = acc.get(name, 0.0) + time.perf_counter() - t
+                dt = time.perf_counter() - t
+                acc[name] = acc.get(name, 0.0) + dt
+                if name not in ("row_listeners", "blend"):  # nested in dispatch / post-forward
+                    own_now[0] += dt
 
         return wrapper
 
@@ -61,7 +73,9 @@ def main(argv=None) -> int:
         lst = P._LISTENERS.get(id(module))
         if lst is not None:
             lst(module, q, k, mask, kw, out[1])
-        acc["attention_dispatch"] = acc.get("attention_dispatch", 0.0) + (t1 - t0) + (time.perf_counter() - t2)
+        dt = (t1 - t0) + (time.perf_counter() - t2)
+        acc["attention_dispatch"] = acc.get("attention_dispatch", 0.0) + dt
+        own_now[0] += dt
         return out
 
     P._Dispatch.__call__ = dispatch
@@ -87,7 +101,54 @@ def main(argv=None) -> int:
         ms = {k: acc.get(k, 0.0) * 1000 / steps for k in
               ("attention_dispatch", "row_listeners", "pre_forward", "post_forward", "blend")}
         print(f"| {r} | {total:.2f} | {own / total * 100:.1f} % | " + " | ".join(f"{v:.2f}" for v in ms.values()) + " |")
+    if args.paired:
+        paired(model, inputs, gen, args.paired, own_now)
     return 0
+
+
+def paired(model, inputs, gen, pairs: int, own_now: list) -> None:
+    """Interleaved unhooked / smoothed runs; per decode step: its wall time and, smoothed, kvsmooth's share."""
+    import statistics
+
+    from kvsmooth_hooks import KVSmoothConfig, smooth
+
+    steps: list[float] = []
+    owns: list[float] = []
+
+    def pre(module, args, kwargs):
+        own_now[0] = 0.0
+        steps.append(time.perf_counter())
+
+    def post(module, args, output):
+        steps[-1] = time.perf_counter() - steps[-1]
+        owns.append(own_now[0])
+
+    handles = [model.register_forward_pre_hook(pre, with_kwargs=True), model.register_forward_hook(post)]
+    base, smoothed, own = [], [], []
+    model.generate(**inputs, **gen)  # warm-up of the unhooked side
+    try:
+        for p in range(pairs):
+            for arm in ("base", "smoothed") if p % 2 == 0 else ("smoothed", "base"):
+                steps.clear()
+                owns.clear()
+                if arm == "base":
+                    model.generate(**inputs, **gen)
+                    base += steps[1:]  # decode steps only (the first forward is the prompt)
+                else:
+                    with smooth(model, KVSmoothConfig()):
+                        model.generate(**inputs, **gen)
+                    smoothed += steps[1:]
+                    own += owns[1:]
+    finally:
+        for h in handles:
+            h.remove()
+    b, s, o = statistics.median(base), statistics.median(smoothed), statistics.median(own)
+    rest = statistics.median(x - y for x, y in zip(smoothed, own))
+    print(f"\n{pairs} interleaved pairs, {len(base)} decode steps per side (median over all steps):\n")
+    print("| unhooked step ms | smoothed step ms | ratio | kvsmooth code ms/step | smoothed step minus kvsmooth code ms | "
+          "its ratio to the unhooked step |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {b * 1e3:.2f} | {s * 1e3:.2f} | {s / b:.4f} | {o * 1e3:.2f} | {rest * 1e3:.2f} | {rest / b:.4f} |")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..eval.grounded import PROMPT, Scene, make_scenes, repetition_rate, score_description, summarize
+from ..eval.records import append_jsonl, read_resumable_jsonl
 from .registry import register_benchmark
 from .base import Benchmark, Item
 
@@ -53,20 +54,6 @@ def _chat_texts(tokenizer, prompts: list[str]) -> list[str]:
     return [p + "\n" for p in prompts]
 
 
-def _read_done(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by an interrupted run: redo that sample
-                continue
-            done[rec["scene_id"]] = rec
-    return done
-
-
 def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_jsonl: str | Path | None = None,
                        batch_size: int = 10, max_new_tokens: int = 64, progress: bool = True,
                        n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -82,10 +69,8 @@ def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_j
     from ..session import generate
 
     out = Path(out_jsonl) if out_jsonl else None
-    done = _read_done(out) if out else {}
+    done = read_resumable_jsonl(out, "scene_id", key_fn=str) if out else {}
     todo = [s for s in scenes if s.scene_id not in done]
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -105,8 +90,7 @@ def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_j
                    "description": text, "seconds": round(seconds, 4), **score_description(text, scene.objects)}
             done[scene.scene_id] = rec
             if out:
-                with out.open("a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+                append_jsonl(out, [rec])
         bar.update(len(batch))
     bar.close()
     return summarize([done[s.scene_id] for s in scenes], n_bootstrap=n_bootstrap, seed=seed)

@@ -23,7 +23,7 @@ from .pope import (
     PopeResult, binary_metrics, compute_opope, compute_pope, load_pope_answers, load_pope_questions, parse_yes_no,
 )
 from .records import (
-    EvalInputError, EvalInputWarning, read_captions, read_json, read_records, read_resumable_jsonl,
+    EvalInputError, EvalInputWarning, read_captions, read_json, read_records, read_resumable_jsonl, append_jsonl,
 )
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "read_json",
     "read_records",
     "read_resumable_jsonl",
+    "append_jsonl",
     "build_coco_ground_truth",
     "coco_categories",
     "compute_amber",

@@ -14,7 +14,7 @@ the CLI prints it as one line and exits with status 2.
 
 Also here: id normalisation (:func:`normalize_image_id`, :func:`record_id`), string fields
 (:func:`record_text`), one-record-per-key indexing with duplicate / conflict handling
-(:func:`index_records`), the resumable JSONL reader of the runners (:func:`read_resumable_jsonl`) and
+(:func:`index_records`), the resumable JSONL files of the runners (:func:`read_resumable_jsonl`, :func:`append_jsonl`) and
 their settings guard (:func:`check_run_settings`).
 """
 
@@ -37,6 +37,7 @@ __all__ = [
     "record_text",
     "index_records",
     "read_resumable_jsonl",
+    "append_jsonl",
     "check_run_settings",
     "coco_image_id",
     "read_captions",
@@ -303,34 +304,62 @@ def index_records(
     return out
 
 
-def read_resumable_jsonl(path: str | Path, key: str) -> dict[Any, dict]:
-    """Records of a JSONL file that a runner appends to, by ``key`` (the later record wins).
+def read_resumable_jsonl(path: str | Path, key: str,
+                         key_fn: Callable[[Any], Hashable] = normalize_image_id) -> dict[Any, dict]:
+    """Records of a JSONL file that a run appends to (:func:`append_jsonl`), by ``key_fn(record[key])``; the
+    later record of an id wins. Every resumable run of the toolkit (the benchmark runner's cells, the
+    grounded-text proxy) reads its own output with this.
 
-    A missing file is an empty run.  The *last* line may be cut by an interrupted run and is ignored
-    (that sample is redone); a broken line elsewhere, a non-object or a record without ``key`` raises
-    :class:`EvalInputError` naming the file and line.
+    A missing file is an empty run. A line that is not valid JSON was cut by an interrupted run (the next
+    :func:`append_jsonl` removes it): it is skipped, with one :class:`EvalInputWarning` naming the file and
+    lines, and its item is redone. A line that is JSON but not an object with ``key`` is another file's
+    content and raises :class:`EvalInputError` naming the file and line.
     """
     p = Path(path)
     if not p.exists():
         return {}
-    text = _read_text(p)
-    lines = text.splitlines()
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     done: dict[Any, dict] = {}
-    for i, line in enumerate(lines):
+    cut = []
+    for i, line in enumerate(_read_text(p).splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == last:
-                continue
-            raise EvalInputError(f"{p}:{i + 1}: not valid JSON ({exc.msg}); only the last line of a resumable run "
-                                 "may be cut — delete the broken line to resume") from None
+        except json.JSONDecodeError:
+            cut.append(i)
+            continue
         if not isinstance(rec, dict) or key not in rec:
-            raise EvalInputError(f"{p}:{i + 1}: expected a JSON object with field {key!r}")
-        done[normalize_image_id(rec[key])] = rec
+            raise EvalInputError(f"{p}:{i}: expected a JSON object with field {key!r}; is this the output of "
+                                 "another run? Use a new output path")
+        done[key_fn(rec[key])] = rec
+    if cut:
+        lines = ", ".join(map(str, cut[:5])) + (" ..." if len(cut) > 5 else "")
+        warnings.warn(f"{p}: {len(cut)} line(s) not valid JSON (cut by an interrupted run), skipped and redone: "
+                      f"line {lines}", EvalInputWarning, stacklevel=2)
     return done
+
+
+def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
+    """Append one JSON line per record, creating the file and its folder. A last line that an interrupted run
+    cut short (no final newline) is removed first: its item was not finished and is being redone."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with p.open("a+b") as fh:
+        end = fh.seek(0, 2)
+        if end:
+            fh.seek(end - 1)
+            if fh.read(1) != b"\n":  # keep everything up to the last newline
+                pos = end
+                while pos > 0:
+                    step = min(1 << 16, pos)
+                    pos -= step
+                    fh.seek(pos)
+                    i = fh.read(step).rfind(b"\n")
+                    if i >= 0:
+                        pos += i + 1
+                        break
+                fh.truncate(pos)
+        fh.write("".join(json.dumps(rec) + "\n" for rec in records).encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------

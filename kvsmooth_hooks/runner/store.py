@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..eval.records import EvalInputError
+from ..eval.records import EvalInputError, append_jsonl, read_resumable_jsonl
 
 __all__ = ["RunSettingsError", "guard", "cell_key", "CellStore"]
 
@@ -65,17 +65,6 @@ def cell_key(run_settings: dict, config_dict: dict | None) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _read_lines(path: Path) -> list[dict]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # cut by an interrupted run: the item is redone
-                continue
-    return out
-
-
 class CellStore:
     """Records of one arm (cell) in ``<out>/cells/<name>``, for rank ``rank`` of ``world``."""
 
@@ -95,20 +84,12 @@ class CellStore:
         recs = {}
         if self.dir.is_dir():
             for p in sorted(self.dir.glob("records.rank*.jsonl")):
-                for r in _read_lines(p):
-                    recs.setdefault(str(r["id"]), r)
+                for i, r in read_resumable_jsonl(p, "id", key_fn=str).items():
+                    recs.setdefault(i, r)
         return recs
 
     def append(self, records: list[dict]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self.mine.open("a+", encoding="utf-8") as fh:
-            if fh.tell() > 0:  # a line cut by a crash must not swallow the next record
-                fh.seek(fh.tell() - 1)
-                if fh.read(1) != "\n":
-                    fh.write("\n")
-            for r in records:
-                fh.write(json.dumps(r) + "\n")
-            fh.flush()
+        append_jsonl(self.mine, records)
 
     def merge(self, item_ids: list[str]) -> list[dict]:
         """All records in ``item_ids`` order, written to ``records.jsonl``; raises if an item is missing."""

@@ -14,6 +14,7 @@ import pytest
 import kvsmooth_hooks
 from benchmark_data import write_all
 from tiny_vlms import record_sessions
+from kvsmooth_hooks.eval.records import EvalInputWarning
 from kvsmooth_hooks.runner.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,7 +141,8 @@ def test_refuses_other_settings_and_resumes_item_by_item(data, tmp_path, capsys,
     lines = rank_file.read_text().splitlines(keepends=True)
     rank_file.write_text("".join(lines[:2]) + lines[2][:10])
     asked.clear()
-    assert main(argv) == 0
+    with pytest.warns(EvalInputWarning, match="records.rank0-of1.jsonl: 1 line.* line 3"):
+        assert main(argv) == 0
     assert asked == [first["smoothed"][2]["id"]]
     again = _records(out, "smoothed")
     assert [(r["id"], r["output"]) for r in again] == [(r["id"], r["output"]) for r in first["smoothed"]]

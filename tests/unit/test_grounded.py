@@ -9,6 +9,7 @@ from helpers import tiny_llama
 from kvsmooth_hooks import KVSmoothConfig
 from kvsmooth_hooks.benchmarks.grounded import run_grounded_chair
 from kvsmooth_hooks.eval.grounded import make_scenes, repetition_rate, score_description
+from kvsmooth_hooks.eval.records import EvalInputWarning
 
 
 def test_scenes_are_deterministic_and_extend():
@@ -68,6 +69,16 @@ def test_run_is_resumable_and_uses_the_session(tmp_path):
                               n_bootstrap=0)
     lines = [json.loads(l) for l in out.read_text().splitlines()]
     assert full["n"] == 5 and [l["scene_id"] for l in lines] == [s.scene_id for s in scenes]  # only 2 new samples
+    # an interrupted run cut the last line: that scene is redone, and the cut line replaced
+    text = out.read_text()
+    out.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])
+    with pytest.warns(EvalInputWarning, match="line 5"):
+        again = run_grounded_chair(model, tok, scenes, None, out, batch_size=2, max_new_tokens=6, progress=False,
+                                   n_bootstrap=0)
+    assert {k: v for k, v in again.items() if k != "seconds_per_sample"} == \
+        {k: v for k, v in full.items() if k != "seconds_per_sample"}
+    assert out.read_text().splitlines()[:4] == text.splitlines()[:4]
+    assert [json.loads(l)["scene_id"] for l in out.read_text().splitlines()] == [s.scene_id for s in scenes]
     smoothed = run_grounded_chair(model, tok, scenes, KVSmoothConfig(layers="1:-1"), tmp_path / "sm.jsonl",
                                   batch_size=5, max_new_tokens=6, progress=False, n_bootstrap=0)
     descs = [json.loads(l)["description"] for l in (tmp_path / "sm.jsonl").read_text().splitlines()]
