@@ -94,12 +94,19 @@ def load_smollm2(attn_implementation: str = "sdpa", quiet: bool = False):
 
 
 def chat_inputs(tokenizer, prompts: list[str] | str, system: str | None = None):
-    """Tokenised chat prompts (left padded), ready for ``model.generate(**inputs)``."""
+    """Tokenised chat prompts (left padded), ready for ``model.generate(**inputs)``. A tokenizer without a chat
+    template (a base model) gets each prompt followed by a newline; one without a padding token pads with its
+    end-of-sequence token."""
     if isinstance(prompts, str):
         prompts = [prompts]
     texts = []
     for p in prompts:
+        if not getattr(tokenizer, "chat_template", None):
+            texts.append(p + "\n")
+            continue
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": p}]
         texts.append(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False))
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)

@@ -47,13 +47,6 @@ class Grounded(Benchmark):
 
 
 # ---------------------------------------------------------------------- kvsmooth eval grounded
-def _chat_texts(tokenizer, prompts: list[str]) -> list[str]:
-    if getattr(tokenizer, "chat_template", None):
-        return [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-                for p in prompts]
-    return [p + "\n" for p in prompts]
-
-
 def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_jsonl: str | Path | None = None,
                        batch_size: int = 10, max_new_tokens: int = 64, progress: bool = True,
                        n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
@@ -66,19 +59,16 @@ def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_j
     import torch
     from tqdm.auto import tqdm
 
+    from ..models import chat_inputs
     from ..session import generate
 
     out = Path(out_jsonl) if out_jsonl else None
     done = read_resumable_jsonl(out, "scene_id", key_fn=str) if out else {}
     todo = [s for s in scenes if s.scene_id not in done]
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     bar = tqdm(total=len(scenes), initial=len(scenes) - len(todo), desc="grounded CHAIR", disable=not progress)
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        texts = _chat_texts(tokenizer, [s.prompt() for s in batch])
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        enc = chat_inputs(tokenizer, [s.prompt() for s in batch]).to(model.device)
         t0 = time.perf_counter()
         with torch.no_grad():
             gen = generate(model, config, **enc, max_new_tokens=max_new_tokens, do_sample=False)
