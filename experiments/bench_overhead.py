@@ -20,6 +20,7 @@ side keeps its own compiled graphs and the timed runs measure decoding, not comp
 
     python experiments/bench_overhead.py --pairs 5 --new-tokens 128
     python experiments/bench_overhead.py --pairs 5 --new-tokens 128 --prompt-tokens 600   # LLaVA-like context
+    python experiments/bench_overhead.py --pairs 5 --arms kvsmooth --processes 5   # 5 fresh processes, their median
     # a GPU: the language model of LLaVA-1.5-7B (Vicuna-7B shape) with random weights, bf16, no download
     python experiments/bench_overhead.py --random-shape llava7b --device cuda --dtype bfloat16 \
         --prompt-tokens 600 --arms kvsmooth,naive        # then the same with --arms kvsmooth --compile
@@ -32,10 +33,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import platform
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -131,7 +134,14 @@ def main(argv=None) -> int:
                     "instead of SmolLM2; the prompt is --prompt-tokens (default 600) random token ids")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    ap.add_argument("--processes", type=int, default=1,
+                    help="run the whole benchmark in this many fresh processes, one after the other, and report "
+                         "each one's ratios and their median: the ratio of one process varies with the process "
+                         "(memory layout), by about as much as the overhead on this CPU")
+    ap.add_argument("--json-out", type=Path, default=None, help=argparse.SUPPRESS)  # a worker's ratios
     args = ap.parse_args(argv)
+    if args.processes > 1:
+        return processes(args, list(sys.argv[1:] if argv is None else argv))
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -267,6 +277,46 @@ def main(argv=None) -> int:
               f"{statistics.median(cpu):.3f} | {min(cpu):.3f}-{max(cpu):.3f} | {arm_step:.2f} / {base_step:.2f} | "
               f"{arm_step / base_step:.3f} | {args.new_tokens / arm_t:.1f} |")
     print("\ncommand: python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
+    if args.json_out:
+        args.json_out.write_text(json.dumps({a: ratios(results[a]) for a in arms}) + "\n")
+    return 0
+
+
+def ratios(pairs: list) -> dict:
+    """Median wall ratio over the pairs and ratio of the median decode steps (arm / baseline)."""
+    return {"wall": statistics.median(s[0] / b[0] for b, s in pairs),
+            "step": statistics.median(x for _, s in pairs for x in s[2])
+            / statistics.median(x for b, _ in pairs for x in b[2])}
+
+
+def processes(args, argv: list[str]) -> int:
+    """Run the benchmark in ``args.processes`` fresh worker processes (like pyperf's workers) and summarise."""
+    import subprocess
+    import tempfile
+
+    worker = [a for i, a in enumerate(argv) if not a.startswith("--processes")
+              and not (i > 0 and argv[i - 1] == "--processes")]
+    per_arm: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.processes):
+            out = Path(tmp) / f"{i}.json"
+            print(f"process {i + 1}/{args.processes}", file=sys.stderr, flush=True)
+            proc = subprocess.run([sys.executable, __file__, *worker, "--json-out", str(out)], stdout=subprocess.PIPE,
+                                  text=True)
+            if proc.returncode != 0:
+                print(proc.stdout, end="")
+                return proc.returncode
+            for arm, r in json.loads(out.read_text()).items():
+                per_arm.setdefault(arm, []).append(r)
+        print(proc.stdout.split("\n| arm |")[0].strip())  # the setting lines of the last worker
+    print(f"\n{args.processes} processes, {args.pairs} pairs each\n")
+    print("| arm | wall ratio per process | median | step ratio per process | median |")
+    print("|---|---|---|---|---|")
+    for arm, rs in per_arm.items():
+        wall, step = [r["wall"] for r in rs], [r["step"] for r in rs]
+        print(f"| {arm} | {', '.join(f'{w:.3f}' for w in wall)} | {statistics.median(wall):.3f} | "
+              f"{', '.join(f'{x:.3f}' for x in step)} | {statistics.median(step):.3f} |")
+    print("\ncommand: python " + " ".join([sys.argv[0]] + argv))
     return 0
 
 
