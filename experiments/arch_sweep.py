@@ -156,11 +156,12 @@ def check_site(model, inputs, base, site: str, scorer: str | None = None) -> dic
 def _zero_keys(model, inputs) -> bool:
     """Whether every cached key of the model is exactly zero for ``inputs``: a random init can zero them (Zaya's
     learned key scale starts at 0), and smoothing zero keys changes nothing."""
+    from kvsmooth_hooks.adapters.cache_access import self_attention_part
+
     try:
         with torch.no_grad():
             out = model(**inputs, use_cache=True)
-        cache = getattr(out, "past_key_values", None)
-        cache = getattr(cache, "self_attention_cache", cache)
+        cache = self_attention_part(getattr(out, "past_key_values", None))
         keys = [l.keys for l in getattr(cache, "layers", []) if isinstance(getattr(l, "keys", None), torch.Tensor)]
         return bool(keys) and all(not bool(k.any()) for k in keys)
     except Exception:  # noqa: BLE001 - unknown: not degenerate

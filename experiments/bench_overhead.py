@@ -267,15 +267,14 @@ def main(argv=None) -> int:
           "median CPU-time ratio | CPU ratio min-max | median decode step ms (arm / baseline) | step ratio | tok/s (arm) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for a in arms:
+        r = ratios(results[a])
         wall = [s[0] / b[0] for b, s in results[a]]
         cpu = [s[1] / b[1] for b, s in results[a]]
         arm_t = statistics.median(s[0] for _, s in results[a])
         base_t = statistics.median(b[0] for b, _ in results[a])
-        arm_step = statistics.median(x for _, s in results[a] for x in s[2]) * 1000  # every decode step of every pair
-        base_step = statistics.median(x for b, _ in results[a] for x in b[2]) * 1000
-        print(f"| {a} | {arm_t:.2f} / {base_t:.2f} | {statistics.median(wall):.3f} | {min(wall):.3f}-{max(wall):.3f} | "
-              f"{statistics.median(cpu):.3f} | {min(cpu):.3f}-{max(cpu):.3f} | {arm_step:.2f} / {base_step:.2f} | "
-              f"{arm_step / base_step:.3f} | {args.new_tokens / arm_t:.1f} |")
+        print(f"| {a} | {arm_t:.2f} / {base_t:.2f} | {r['wall']:.3f} | {min(wall):.3f}-{max(wall):.3f} | "
+              f"{statistics.median(cpu):.3f} | {min(cpu):.3f}-{max(cpu):.3f} | {r['arm_step_ms']:.2f} / "
+              f"{r['base_step_ms']:.2f} | {r['step']:.3f} | {args.new_tokens / arm_t:.1f} |")
     print("\ncommand: python " + " ".join([sys.argv[0]] + (argv if argv is not None else sys.argv[1:])))
     if args.json_out:
         args.json_out.write_text(json.dumps({a: ratios(results[a]) for a in arms}) + "\n")
@@ -283,10 +282,12 @@ def main(argv=None) -> int:
 
 
 def ratios(pairs: list) -> dict:
-    """Median wall ratio over the pairs and ratio of the median decode steps (arm / baseline)."""
-    return {"wall": statistics.median(s[0] / b[0] for b, s in pairs),
-            "step": statistics.median(x for _, s in pairs for x in s[2])
-            / statistics.median(x for b, _ in pairs for x in b[2])}
+    """Of ``[(baseline, arm)]`` timings: the median wall ratio over the pairs, the median decode step of each side
+    over every step of every pair (ms) and their ratio (arm / baseline)."""
+    arm_step = statistics.median(x for _, s in pairs for x in s[2]) * 1000
+    base_step = statistics.median(x for b, _ in pairs for x in b[2]) * 1000
+    return {"wall": statistics.median(s[0] / b[0] for b, s in pairs), "arm_step_ms": arm_step,
+            "base_step_ms": base_step, "step": arm_step / base_step}
 
 
 def processes(args, argv: list[str]) -> int:

@@ -44,8 +44,6 @@ class CoefficientGroup:
         self.value_is_lam = bool(torch.equal(self._cpu["vmask"], on))
         self.n_kv = enabled.shape[1]
         self.mixed_heads = any(layer.n_kv != self.n_kv for layer in layers)  # some layers have fewer KV heads than H
-        # keys and values both smoothed with lambda itself on every layer's own heads: the blend's plain case
-        self.plain = self.smooth_key and self.smooth_value and self.key_is_lam and self.value_is_lam and not self.mixed_heads
         self._dev: dict = {}
         for slot, layer in enumerate(layers):
             layer.join(self, slot)

@@ -144,15 +144,7 @@ class CacheSite(Site):
                 "run the forward under torch.no_grad() / torch.inference_mode(), or use site 'kv_proj' "
                 "(it supports gradients)"
             )
-        if group.plain and not record:  # keys and values of every layer, lambda as it is: one fused op
-            keys, values = first, self._tensors(group, 1)
-            w = lam.unsqueeze(-1).to(keys[0].dtype).unbind(1)  # [B, H, 1] per layer
-            with torch.no_grad():
-                torch._foreach_lerp_([t.select(2, pos) for t in keys] + [t.select(2, pos) for t in values],
-                                     [t.select(2, prev) for t in keys] + [t.select(2, prev) for t in values], w + w)
-            return
-        c = group.consts(lam.device)
-        current, previous, weights, lam_w = [], [], [], None
+        current, previous, weights, lam_ws = [], [], [], None
         with torch.no_grad():
             for name, attr, on, same, mask in (("dk", 0, group.smooth_key, group.key_is_lam, "kmask"),
                                                ("dv", 1, group.smooth_value, group.value_is_lam, "vmask")):
@@ -164,11 +156,10 @@ class CacheSite(Site):
                 cur = [t.select(2, pos) for t in tensors]
                 current.append(cur)
                 previous += [t.select(2, prev) for t in tensors]
-                if same:  # the target mask is the enabled mask: lambda itself, converted once for K and V
-                    lam_w = lam.unsqueeze(-1).to(tensors[0].dtype) if lam_w is None else lam_w
-                ws = (lam_w if same else (lam * c[mask]).unsqueeze(-1).to(tensors[0].dtype)).unbind(1)
-                if group.mixed_heads:  # layers with fewer KV heads than H
-                    ws = [w if w.shape[1] == x.shape[1] else w[:, :x.shape[1]] for w, x in zip(ws, cur)]
+                if same:  # the target mask is the enabled mask: lambda itself, converted and split once for K and V
+                    ws = lam_ws = _per_layer(lam, tensors, group) if lam_ws is None else lam_ws
+                else:
+                    ws = _per_layer(lam * group.consts(lam.device)[mask], tensors, group)
                 weights += ws
             before = [torch.stack(cur, 1).float() for cur in current] if record else None
             if current:  # keys and values of every layer of the group: one fused op
@@ -206,3 +197,12 @@ class CacheSite(Site):
                     self._blend(group, lam, pos, pos - 1, record=False)
             for layer in group.layers:
                 layer.stash = None
+
+
+def _per_layer(w: torch.Tensor, tensors: list[torch.Tensor], group: CoefficientGroup) -> list[torch.Tensor]:
+    """Weights ``w [B, La, H]`` as one ``[B, Hkv, 1]`` tensor per layer, in the cache's dtype (layers with fewer KV
+    heads than H take their first ones)."""
+    ws = w.unsqueeze(-1).to(tensors[0].dtype).unbind(1)
+    if group.mixed_heads:
+        ws = [x if x.shape[1] == t.shape[1] else x[:, :t.shape[1]] for x, t in zip(ws, tensors)]
+    return list(ws)
