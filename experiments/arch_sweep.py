@@ -156,7 +156,7 @@ def check_site(model, inputs, base, site: str, scorer: str | None = None) -> dic
 def _zero_keys(model, inputs) -> bool:
     """Whether every cached key of the model is exactly zero for ``inputs``: a random init can zero them (Zaya's
     learned key scale starts at 0), and smoothing zero keys changes nothing."""
-    from kvsmooth_hooks.adapters.cache_access import self_attention_part
+    from kvsmooth_hooks.core.adapters.cache_access import self_attention_part
 
     try:
         with torch.no_grad():

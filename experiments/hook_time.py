@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     from kvsmooth_hooks import probe as P
     from kvsmooth_hooks import session as S
     from kvsmooth_hooks.models import chat_inputs, load_smollm2
-    from kvsmooth_hooks.sites import cache as C
+    from kvsmooth_hooks.core.sites import cache as C
 
     acc: dict[str, float] = {}
     own_now = [0.0]  # kvsmooth time inside the current decode step (--paired)

@@ -10,11 +10,11 @@ Shortest path::
 
 from ._version import __version__  # noqa: E402
 
-from .config import PRESETS, ConfigError, KVSmoothConfig, Override, ScorerSpec  # noqa: E402
-from .plan import PlanError, SmoothingPlan, resolve  # noqa: E402
-from .session import Session, SessionError, attach, smooth  # noqa: E402
-from .trace import Trace  # noqa: E402
-from .adapters import UnsupportedModelError, get_adapter  # noqa: E402
+from .core.config import PRESETS, ConfigError, KVSmoothConfig, Override, ScorerSpec  # noqa: E402
+from .core.plan import PlanError, SmoothingPlan, resolve  # noqa: E402
+from .core.session import Session, SessionError, attach, smooth  # noqa: E402
+from .core.trace import Trace  # noqa: E402
+from .core.adapters import UnsupportedModelError, get_adapter  # noqa: E402
 
 __all__ = [
     "KVSmoothConfig",

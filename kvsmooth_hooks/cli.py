@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 def _config_from_args(args, default: dict | None = None):
-    from .config import KVSmoothConfig
+    from .core.config import KVSmoothConfig
 
     cfg = KVSmoothConfig.from_source(getattr(args, "config", None), getattr(args, "preset", None), default)
     changes = {k: getattr(args, k) for k in ("lambda_ref", "layers", "site", "granularity") if getattr(args, k, None) is not None}
@@ -77,7 +77,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_config(args) -> int:
-    from .config import KVSmoothConfig
+    from .core.config import KVSmoothConfig
 
     if args.config_cmd == "init":
         cfg = KVSmoothConfig.preset(args.preset) if args.preset else KVSmoothConfig()
@@ -102,7 +102,7 @@ def cmd_config(args) -> int:
 
 
 def _plan_from_args(args):
-    from .plan import resolve
+    from .core.plan import resolve
 
     cfg = _config_from_args(args)
     model = load_model_for_structure(args.model)
@@ -136,7 +136,7 @@ def cmd_trace(args) -> int:
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .config import PRESETS
+    from .core.config import PRESETS
     from .demo import DEMO_MAX_NEW_TOKENS, DEMO_SCENE, DEMO_SCENES
 
     p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")

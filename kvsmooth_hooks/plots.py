@@ -42,7 +42,7 @@ def clip_bound_shares(trace, run: int = -1, atol: float = 1e-6) -> dict[str, tor
 
 def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
     """Write the three PNGs for ``path`` (a trace .safetensors) into ``out_dir``; returns their paths."""
-    from .trace import Trace
+    from .core.trace import Trace
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

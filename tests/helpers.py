@@ -105,7 +105,7 @@ def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers
     windows = {l: [[] for _ in range(b)] for l in layers}
     handles = []
 
-    from kvsmooth_hooks.adapters import get_adapter
+    from kvsmooth_hooks.core.adapters import get_adapter
 
     ad = get_adapter(model)  # where each layer's key / value projections are (also fused QKV slices)
 

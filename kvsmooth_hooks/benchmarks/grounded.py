@@ -60,7 +60,7 @@ def run_grounded_chair(model, tokenizer, scenes: list[Scene], config=None, out_j
     from tqdm.auto import tqdm
 
     from ..models import chat_inputs
-    from ..session import generate
+    from ..core.session import generate
 
     out = Path(out_jsonl) if out_jsonl else None
     done = read_resumable_jsonl(out, "scene_id", key_fn=str) if out else {}

@@ -71,7 +71,7 @@ def _build_class():
                 raise ValueError("model_args base=kvsmooth would wrap itself; name the model to smooth (e.g. llava_hf)")
             from lmms_eval.models import get_model
 
-            from ..config import KVSmoothConfig
+            from ..core.config import KVSmoothConfig
 
             cfg = KVSmoothConfig.from_source(config, preset)
             inner = get_model(base)(**kwargs)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..config import PRESETS, KVSmoothConfig
+from ..core.config import PRESETS, KVSmoothConfig
 
 __all__ = ["Arm", "GRIDS", "register_grid", "parse_arms", "off_arm", "parse_axis", "grid_file_arms", "GridError"]
 
@@ -109,7 +109,7 @@ def layer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
 @register_grid("scorers")
 def scorer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
     """Every scorer of ``opts.scorers`` at every site of ``opts.sites``."""
-    from ..scorers import SCORERS
+    from ..core.scorers import SCORERS
 
     scorers = opts.scorers.split(",") if opts.scorers else sorted(SCORERS)
     return [Arm(f"{sc}-{site}", base.updated(scorer=sc, site=site), {"kind": "scorer", "scorer": sc, "site": site})

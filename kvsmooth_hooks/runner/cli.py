@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ..config import ConfigError, KVSmoothConfig
+from ..core.config import ConfigError, KVSmoothConfig
 
 __all__ = ["build_parser", "main", "run", "with_defaults"]
 
@@ -158,7 +158,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
         return bundle_box[0]
 
     def n_layers():
-        from ..adapters import get_adapter
+        from ..core.adapters import get_adapter
 
         return get_adapter(bundle().model).n_layers
 

@@ -8,7 +8,7 @@ from transformers import DynamicCache
 
 from helpers import tiny_llama
 from kvsmooth_hooks import get_adapter
-from kvsmooth_hooks.adapters.runtime import mask_2d
+from kvsmooth_hooks.core.adapters.runtime import mask_2d
 
 
 def _cache(model, ids):

@@ -171,7 +171,7 @@ def test_encoder_decoder_language_model_smooths_only_the_decoder_self_attention(
     assert ad.decoder() is model.language_model.decoder
     assert [ad.attention(i) for i in range(ad.n_layers)] == [b.layer[0].SelfAttention for b in ad.layers()]
     before = n_hooks(model)
-    from kvsmooth_hooks.probe import _LISTENERS
+    from kvsmooth_hooks.core.probe import _LISTENERS
 
     with smooth(model, KVSmoothConfig(layers="all", site="cache")) as s:
         assert n_hooks(model.language_model.decoder) == len(s.handles) == 2  # entries read from the decoder's cache

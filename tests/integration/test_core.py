@@ -46,7 +46,7 @@ def gen(model, ids, mask, n=12, **kw):
 def test_hooks_one_per_layer_inside_none_after(model, batch, site):
     """cache site: one attention-row listener per smoothed layer, no module hook per layer (every layer's entries are
     read from the decoder's cache when the forward ends); kv_proj: one hook on each of k_proj and v_proj."""
-    from kvsmooth_hooks.probe import _LISTENERS
+    from kvsmooth_hooks.core.probe import _LISTENERS
 
     assert count_hooks(model) == 0
     attn = [model.model.layers[i].self_attn for i in range(6)]
@@ -246,7 +246,7 @@ def test_unsupported_models_are_named():
 
 def test_row_capture_matches_eager_probabilities():
     """The probe's row equals eager attention probabilities within 1e-5 (GQA and padding)."""
-    from kvsmooth_hooks.probe import query_probs
+    from kvsmooth_hooks.core.probe import query_probs
 
     model = tiny_llama()
     ids = torch.randint(3, 128, (2, 9))

@@ -112,7 +112,7 @@ def test_trace_plot_refuses_non_traces(tmp_path, capsys):
     save_file({"x": torch.zeros(1)}, str(other))
     assert "not a kvsmooth_hooks trace" in _err(capsys, ["trace", "plot", str(other), "-o", str(tmp_path / "p")])
     noconf = tmp_path / "noconf.safetensors"
-    save_file({"run0.lambda": torch.zeros(1, 1, 1, 1)}, str(noconf), metadata={"format": "kvsmooth_hooks.trace/1"})
+    save_file({"run0.lambda": torch.zeros(1, 1, 1, 1)}, str(noconf), metadata={"format": "kvsmooth_hooks.core.trace/1"})
     assert "lacks its config" in _err(capsys, ["trace", "plot", str(noconf), "-o", str(tmp_path / "p")])
     assert "does not exist" in _err(capsys, ["trace", "plot", str(tmp_path / "none.safetensors"), "-o", "p"])
 

@@ -13,7 +13,7 @@ pytest.importorskip("accelerate")
 
 from helpers import no_eos, tiny_llama  # noqa: E402
 from kvsmooth_hooks import KVSmoothConfig, Session, get_adapter, smooth  # noqa: E402
-from kvsmooth_hooks.adapters import GenericAdapter  # noqa: E402
+from kvsmooth_hooks.core.adapters import GenericAdapter  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 8

@@ -10,7 +10,7 @@ pytest.importorskip("transformer_lens")
 
 from helpers import tiny_llama  # noqa: E402
 from kvsmooth_hooks import KVSmoothConfig, get_adapter, smooth  # noqa: E402
-from kvsmooth_hooks.lens import LensSession, greedy_generate, hooked_from_hf  # noqa: E402
+from kvsmooth_hooks.core.lens import LensSession, greedy_generate, hooked_from_hf  # noqa: E402
 from tiny_models import build  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")

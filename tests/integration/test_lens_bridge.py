@@ -22,7 +22,7 @@ if _TL is None or not _TL.startswith("4."):
 
 from helpers import reference_cache_decode, tiny_llama  # noqa: E402
 from kvsmooth_hooks import KVSmoothConfig, UnsupportedModelError, get_adapter, smooth  # noqa: E402
-from kvsmooth_hooks.adapters.bridge import fix_bridge_cache  # noqa: E402
+from kvsmooth_hooks.core.adapters.bridge import fix_bridge_cache  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 8

@@ -143,7 +143,7 @@ def test_sliding_static_cache_is_refused_at_cache_site():
     from transformers.cache_utils import StaticSlidingWindowLayer
 
     from kvsmooth_hooks import UnsupportedModelError
-    from kvsmooth_hooks.adapters.runtime import check_cache_layer
+    from kvsmooth_hooks.core.adapters.runtime import check_cache_layer
 
     class Cache:
         layers = [StaticSlidingWindowLayer(max_cache_len=16, sliding_window=8)]

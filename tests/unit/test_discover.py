@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from kvsmooth_hooks.adapters.discover import classify_layer, discover, find_decoder
-from kvsmooth_hooks.adapters.generic import named_arguments, takes_cache
-from kvsmooth_hooks.adapters.heads import HeadLayout, head_layout, kv_slots
-from kvsmooth_hooks.adapters.runtime import UnsupportedModelError
+from kvsmooth_hooks.core.adapters.discover import classify_layer, discover, find_decoder
+from kvsmooth_hooks.core.adapters.generic import named_arguments, takes_cache
+from kvsmooth_hooks.core.adapters.heads import HeadLayout, head_layout, kv_slots
+from kvsmooth_hooks.core.adapters.runtime import UnsupportedModelError
 
 
 class SepAttention(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from kvsmooth_hooks.adapters.order import key_untouched_until_value
+from kvsmooth_hooks.core.adapters.order import key_untouched_until_value
 
 
 @pytest.mark.parametrize("family,cls,expected", [

@@ -71,7 +71,7 @@ def test_cycle_detector_sees_lazy_imports(tmp_path):
     src = "def f():\n    from .plan import resolve\n"
     p = tmp_path / "config.py"
     p.write_text(src)
-    assert _imports("kvsmooth_hooks.config", p, {"kvsmooth_hooks.plan", "kvsmooth_hooks.config"}) == {"kvsmooth_hooks.plan"}
+    assert _imports("kvsmooth_hooks.core.config", p, {"kvsmooth_hooks.core.plan", "kvsmooth_hooks.core.config"}) == {"kvsmooth_hooks.core.plan"}
 
 
 def test_core_modules_are_small():
@@ -84,9 +84,9 @@ def test_core_modules_are_small():
 #: imports them, and ``eval/`` (metrics on files) never imports the core's runtime or the layers that run models
 APP = ("kvsmooth_hooks.eval", "kvsmooth_hooks.benchmarks", "kvsmooth_hooks.runner", "kvsmooth_hooks.integrations",
        "kvsmooth_hooks.demo", "kvsmooth_hooks.cli", "kvsmooth_hooks.run")
-RUNTIME = ("kvsmooth_hooks.session", "kvsmooth_hooks.sites", "kvsmooth_hooks.probe", "kvsmooth_hooks.adapters",
-           "kvsmooth_hooks.state", "kvsmooth_hooks.groups", "kvsmooth_hooks.rowbatch", "kvsmooth_hooks.lens",
-           "kvsmooth_hooks.modes")
+RUNTIME = ("kvsmooth_hooks.core.session", "kvsmooth_hooks.core.sites", "kvsmooth_hooks.core.probe", "kvsmooth_hooks.core.adapters",
+           "kvsmooth_hooks.core.state", "kvsmooth_hooks.core.groups", "kvsmooth_hooks.core.rowbatch", "kvsmooth_hooks.core.lens",
+           "kvsmooth_hooks.core.modes")
 
 
 def _graph():
@@ -106,3 +106,12 @@ def test_layering():
     eval_up = {n: sorted(m for m in deps if _under(m, RUNTIME + APP[1:]))
                for n, deps in graph.items() if _under(n, ("kvsmooth_hooks.eval",))}
     assert not {n: d for n, d in eval_up.items() if d}, "eval/ imports the session or the model-running layers"
+
+
+def test_core_is_self_contained():
+    """``kvsmooth_hooks.core`` (config -> plan -> session over sites, scorers, adapters, probe) imports nothing of
+    the package outside itself but the version."""
+    graph = _graph()
+    outside = {n: sorted(m for m in deps if not _under(m, ("kvsmooth_hooks.core", "kvsmooth_hooks._version")))
+               for n, deps in graph.items() if _under(n, ("kvsmooth_hooks.core",))}
+    assert not {n: d for n, d in outside.items() if d}, f"the core imports application code: {outside}"

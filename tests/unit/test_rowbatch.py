@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kvsmooth_hooks.probe import query_probs
-from kvsmooth_hooks.rowbatch import RowBatch
+from kvsmooth_hooks.core.probe import query_probs
+from kvsmooth_hooks.core.rowbatch import RowBatch
 
 
 class Attn(torch.nn.Module):

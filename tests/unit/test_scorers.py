@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from kvsmooth_hooks.scorers import SCORERS, ScoreInputs, build_scorer
+from kvsmooth_hooks.core.scorers import SCORERS, ScoreInputs, build_scorer
 
 
 def test_registry_lists_every_scorer_with_its_needs():

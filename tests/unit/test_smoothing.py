@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from kvsmooth_hooks.smoothing import (
+from kvsmooth_hooks.core.smoothing import (
     attention_entropy,
     coefficient,
     coefficient_bounds,

@@ -1,7 +1,7 @@
 """The smoothing configuration: one validated schema (version 1), presets, file I/O.
 
 A :class:`KVSmoothConfig` says *what* to smooth and *how*, independently of any model.
-:func:`kvsmooth_hooks.plan.resolve` turns it into a dense per-layer x per-KV-head plan for one
+:func:`kvsmooth_hooks.core.plan.resolve` turns it into a dense per-layer x per-KV-head plan for one
 model; the session runs from that plan.
 
 Defaults are the paper's (KVSmooth, arXiv 2602.04268, Sec. 4 / Table 5): layers 3..L-2,
@@ -18,7 +18,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ._version import __version__
+from .._version import __version__
 from .fileio import FileFormatError, read_data
 from .scorer_spec import ScorerSpec, scorer_schema
 

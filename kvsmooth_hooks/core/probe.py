@@ -8,7 +8,7 @@ flex...) unchanged and then recomputes *one* row per head, ``softmax(q_t K^T * s
 from the same query, keys and mask: ``O(H * T)`` extra work per layer and step. The matching
 mask function is registered under the same name, so padding masks still reach the attention.
 On exit both registry entries are deleted and each config's implementation is restored.
-At decode steps the session batches the rows of all layers instead (:mod:`kvsmooth_hooks.rowbatch`).
+At decode steps the session batches the rows of all layers instead (:mod:`kvsmooth_hooks.core.rowbatch`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-sequence runtime state of a session, in one object: :class:`GenerationState`.
 
 It holds one :class:`LayerState` per smoothed layer (scorer state, newest score, kv_proj memory), the
-coefficient groups (:mod:`kvsmooth_hooks.groups`: windows and coefficients), the padding mask and first
+coefficient groups (:mod:`kvsmooth_hooks.core.groups`: windows and coefficients), the padding mask and first
 real position of each sequence, the decode-step counter and the trace cursor. A new generation calls
 :meth:`GenerationState.reset`; beam search calls :meth:`GenerationState.reorder`; nothing else touches
 per-sequence tensors. Shapes: ``B`` sequences, ``T`` positions, ``La`` layers of a group, ``H`` KV heads.

@@ -48,7 +48,7 @@ register_site = registrar(SITES, "site")
 
 class Site:
     """Base class. ``session`` gives access to ``adapter``, ``plan``, ``config``, ``state``
-    (:class:`~kvsmooth_hooks.state.GenerationState`) and the session options (``record_deltas``)."""
+    (:class:`~kvsmooth_hooks.core.state.GenerationState`) and the session options (``record_deltas``)."""
 
     name: ClassVar[str] = "?"
 

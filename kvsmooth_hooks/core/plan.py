@@ -121,7 +121,7 @@ class SmoothingPlan:
         tensors = {f: getattr(self, f).contiguous() for f in TENSOR_FIELDS}
         tensors = {k: (v.to(torch.uint8) if v.dtype == torch.bool else v) for k, v in tensors.items()}
         meta = {
-            "format": "kvsmooth_hooks.plan/1",
+            "format": "kvsmooth_hooks.core.plan/1",
             "config": self.config.to_json(),
             "identity": json.dumps(self.identity, sort_keys=True),
             "policy": json.dumps(self.policy),
@@ -144,7 +144,7 @@ class SmoothingPlan:
                 tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         except Exception as exc:  # safetensors raises its own error types for damaged files
             raise PlanError(f"plan file '{path}' is not a readable safetensors file ({exc})") from None
-        if meta.get("format") != "kvsmooth_hooks.plan/1":
+        if meta.get("format") != "kvsmooth_hooks.core.plan/1":
             raise PlanError(f"'{path}' is not a kvsmooth_hooks plan (metadata format={meta.get('format')!r})")
         plan = cls(**checked_fields(path, meta, tensors))
         if model is not None:
@@ -167,7 +167,7 @@ class SmoothingPlan:
 
 
 def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
-    """Resolve ``config`` against ``model`` (an HF model, or an :class:`~kvsmooth_hooks.adapters.Adapter`)."""
+    """Resolve ``config`` against ``model`` (an HF model, or an :class:`~kvsmooth_hooks.core.adapters.Adapter`)."""
     from .adapters import Adapter, get_adapter
     from .scorers import SCORERS
 

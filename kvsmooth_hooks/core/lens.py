@@ -1,6 +1,6 @@
 """Smoothing through TransformerLens (``pip install kvsmooth-hooks[lens]``, TransformerLens 3.9).
 
-``smooth(hooked_model, cfg)`` returns the same :class:`~kvsmooth_hooks.session.Session` as for a Hugging Face
+``smooth(hooked_model, cfg)`` returns the same :class:`~kvsmooth_hooks.core.session.Session` as for a Hugging Face
 model (``LensSession`` is an alias): the same config, plan, state, coefficients and trace; the adapter
 attaches them to TransformerLens hook points and to its own cache:
 
@@ -48,8 +48,8 @@ def _import_tl():
     return transformer_lens
 
 
-#: TransformerLens models run the ordinary :class:`~kvsmooth_hooks.session.Session`: the adapter
-#: (:class:`~kvsmooth_hooks.adapters.lens.HookedTransformerAdapter`) serves their hook points and cache.
+#: TransformerLens models run the ordinary :class:`~kvsmooth_hooks.core.session.Session`: the adapter
+#: (:class:`~kvsmooth_hooks.core.adapters.lens.HookedTransformerAdapter`) serves their hook points and cache.
 LensSession = Session
 
 

@@ -1,7 +1,7 @@
 """Decode-step attention rows of every smoothed layer, normalised and scored in one step.
 
 At batch 1 a GPU decode step is bound by kernel launches, so the ops smoothing adds per layer and
-step are what it costs there. Recomputing each layer's row with :func:`~kvsmooth_hooks.probe.query_probs`
+step are what it costs there. Recomputing each layer's row with :func:`~kvsmooth_hooks.core.probe.query_probs`
 and scoring it takes about six small ops per layer (logits, scale, softmax, entropy, sum, mean).
 Here each layer's attention call writes only the new query's scaled logits ``q_t K^T * scale`` into
 its slot of one buffer ``[La, B, Hq, T]`` (one ``baddbmm_`` per layer); at the end of the forward one

@@ -3,7 +3,7 @@
 A scorer turns what the session observed at a layer (the newest attention row, the newest
 key) into one score per head. The session reduces head scores to the configured granularity
 (mean over heads for ``layer``; mean over the query heads sharing a KV head for ``head``) and
-feeds them to the window / rank / coefficient logic in :mod:`kvsmooth_hooks.smoothing`.
+feeds them to the window / rank / coefficient logic in :mod:`kvsmooth_hooks.core.smoothing`.
 
 To add a scorer: write ``scorers/my_scorer.py`` with a :class:`Scorer` subclass decorated by
 ``@register_scorer("my_scorer")`` and import it below. Parameters are a nested ``class Params(ScorerParams)``

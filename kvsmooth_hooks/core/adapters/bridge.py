@@ -93,7 +93,7 @@ class TransformerBridgeAdapter(GenericAdapter):
                 f"this TransformerBridge's attention ({type(self.attention(broken[0])).__name__}) reads the KV cache only "
                 "as `past_key_values` / `layer_past`, but transformers passes it as `cache`: its cached generation "
                 "ignores earlier tokens (a TransformerLens 4.3 / transformers 5.24 mismatch), so there is no cache to "
-                "smooth. Call kvsmooth_hooks.adapters.bridge.fix_bridge_cache(bridge) once after booting it"
+                "smooth. Call kvsmooth_hooks.core.adapters.bridge.fix_bridge_cache(bridge) once after booting it"
             )
         super().check_session(site, needs_row, plan)
 

@@ -1,5 +1,5 @@
 """``scorer`` in a config: a registered scorer's name and its parameters, validated by the scorer's own
-:class:`~kvsmooth_hooks.scorers.ScorerParams` model, and the JSON Schema of that field."""
+:class:`~kvsmooth_hooks.core.scorers.ScorerParams` model, and the JSON Schema of that field."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Site ``kv_proj``: rewrite the newest key / value projection output before it reaches the cache.
 
 Hooks: one forward hook per smoothed layer on each of the key and value projection modules (one on a
-fused QKV module), found through the adapter's :class:`~kvsmooth_hooks.adapters.ProjSlot` s. At decode
+fused QKV module), found through the adapter's :class:`~kvsmooth_hooks.core.adapters.ProjSlot` s. At decode
 steps the new token's projection ``x_t`` is blended with the previous *smoothed* projection kept in the
 layer state: ``x_t <- (1 - lam) x_t + lam x'_{t-1}``.
 

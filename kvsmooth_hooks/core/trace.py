@@ -123,7 +123,7 @@ class Trace:
     # ------------------------------------------------------------------ export
     def _meta(self) -> dict[str, str]:
         return {
-            "format": "kvsmooth_hooks.trace/1",
+            "format": "kvsmooth_hooks.core.trace/1",
             "config": self.config.to_json() if self.config is not None else "null",
             "identity": json.dumps(self.identity, sort_keys=True),
             "layers": json.dumps(self.layers),
@@ -160,7 +160,7 @@ class Trace:
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
-                if meta.get("format") != "kvsmooth_hooks.trace/1":
+                if meta.get("format") != "kvsmooth_hooks.core.trace/1":
                     raise ValueError(f"'{path}' is a safetensors file but not a kvsmooth_hooks trace (metadata format="
                                      f"{meta.get('format')!r}); traces come from `session.trace.save(...)`")
                 data = {k: fh.get_tensor(k) for k in fh.keys()}

@@ -237,7 +237,7 @@ class Adapter(CacheAccess):
 
     def row_module(self, layer: int) -> nn.Module | None:
         """A module whose forward output is layer ``layer``'s attention pattern ``[B, Hq, Q, T]``, or None:
-        rows are then recomputed by the session's attention probe (:mod:`kvsmooth_hooks.probe`)."""
+        rows are then recomputed by the session's attention probe (:mod:`kvsmooth_hooks.core.probe`)."""
         return None
 
     def attention_configs(self) -> list:

@@ -5,13 +5,13 @@
 * a forward pre-hook on the adapter's entry module (the decoder; block 0 in TransformerLens) that
   classifies each forward as prefill / decode / extend and starts a new run when a generation starts,
   and a forward hook on its exit module that ends the forward;
-* the site's hooks (:mod:`kvsmooth_hooks.sites`: ``cache`` or ``kv_proj``);
-* if a scorer needs attention rows: the session-scoped attention probe (:mod:`kvsmooth_hooks.probe`; decode
-  steps score all layers' rows in one step, :mod:`kvsmooth_hooks.rowbatch`), or the adapter's row hooks;
+* the site's hooks (:mod:`kvsmooth_hooks.core.sites`: ``cache`` or ``kv_proj``);
+* if a scorer needs attention rows: the session-scoped attention probe (:mod:`kvsmooth_hooks.core.probe`; decode
+  steps score all layers' rows in one step, :mod:`kvsmooth_hooks.core.rowbatch`), or the adapter's row hooks;
 * a ``generate`` wrapper that refuses generation modes smoothing cannot serve (assisted and
   prompt-lookup decoding) and starts one trace run per call.
 
-Per-sequence state lives in one :class:`~kvsmooth_hooks.state.GenerationState`. Everything is removed on exit,
+Per-sequence state lives in one :class:`~kvsmooth_hooks.core.state.GenerationState`. Everything is removed on exit,
 also when generation raises. Under ``torch.compile`` the entry/exit hooks run eagerly (``eager_only``).
 """
 
@@ -40,8 +40,8 @@ from .trace import Trace
 class Session:
     """Smoothing on one model from one plan. Use :func:`smooth` or :func:`attach` to make one.
 
-    Attributes: ``model``, ``adapter``, ``plan``, ``config``, ``site`` (the :class:`~kvsmooth_hooks.sites.Site`),
-    ``state`` (:class:`~kvsmooth_hooks.state.GenerationState`), ``trace`` (:class:`~kvsmooth_hooks.trace.Trace`),
+    Attributes: ``model``, ``adapter``, ``plan``, ``config``, ``site`` (the :class:`~kvsmooth_hooks.core.sites.Site`),
+    ``state`` (:class:`~kvsmooth_hooks.core.state.GenerationState`), ``trace`` (:class:`~kvsmooth_hooks.core.trace.Trace`),
     ``handles`` (registered hook handles while attached), ``kind`` (the running forward's kind, or None).
 
     Options: ``trace`` (record coefficients, default True), ``trace_runs`` (keep only the last N runs; default
@@ -65,7 +65,7 @@ class Session:
         self.record_deltas = record_deltas
         self.handles: list = []
         self.probe: AttentionProbe | None = None
-        self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.rowbatch)
+        self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.core.rowbatch)
         self.kind, self.total = None, 0  # the running forward's kind; positions its cache holds after it
         self.attached, self._depth = False, 0
         self._generating = self._fresh_generate = False
