@@ -232,6 +232,8 @@ class Adapter(CacheAccess):
         # a static cache's length is a device tensor: reading it is a host sync, skipped when the session knows it
         past = known_past(cache) if static and known_past is not None else None
         past = int(cache.get_seq_length()) if past is None else past
+        if past == 0 and not static:
+            _check_reported_length(self.model, cache)
         return ForwardInfo(batch, q_len, past, cache,
                            mask_2d(kwargs.get("attention_mask"), batch, past + q_len, static), x.device, static)
 
@@ -250,6 +252,21 @@ class Adapter(CacheAccess):
                 seen.add(id(cfg))
                 out.append(cfg)
         return out
+
+
+def _check_reported_length(model, cache) -> None:
+    """A cache reporting 0 positions while one of its attention layers holds some would make every decode step look
+    like a new prompt (so nothing would be smoothed, silently). Transformers 5.25's ``RecurrentGemma`` does this: its
+    cache counts positions on a linear-attention layer that the model never updates, and its own cached decoding
+    then differs from a full forward."""
+    for i, layer in enumerate(getattr(cache, "layers", ()) or ()):
+        keys = getattr(layer, "keys", None)
+        if isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.shape[-2] > 0:
+            raise UnsupportedModelError(
+                f"{type(model).__name__}: its cache reports 0 cached positions while cache layer {i} holds "
+                f"{keys.shape[-2]}, so decode steps cannot be told from prompts (the model's own cached decoding is "
+                "inconsistent: known for RecurrentGemma on transformers 5.25). Use a transformers version where "
+                "cache.get_seq_length() counts its attention layers (5.24 for RecurrentGemma)")
 
 
 def _get(obj, path: str):
