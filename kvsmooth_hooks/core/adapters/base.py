@@ -240,6 +240,16 @@ class Adapter(CacheAccess):
         rows are then recomputed by the session's attention probe (:mod:`kvsmooth_hooks.core.probe`)."""
         return None
 
+    def inline_attention(self, layer: int) -> bool:
+        """Whether layer ``layer``'s attention module computes attention in its own forward (not through transformers'
+        attention interface): its rows are then read by :mod:`kvsmooth_hooks.core.inline`."""
+        return False
+
+    def cache_head_repeat(self, layer: int) -> int:
+        """How many copies of each KV head layer ``layer``'s cache holds (1; Falcon's new decoder architecture caches
+        every KV head once per query head of its group): the ``cache`` site edits every copy alike."""
+        return 1
+
     def attention_configs(self) -> list:
         """Config objects whose ``_attn_implementation`` the attention modules and mask code read."""
         seen, out = set(), []

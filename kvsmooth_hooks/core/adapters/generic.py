@@ -12,6 +12,7 @@ import inspect
 
 from torch import nn
 
+from ..inline import computes_attention_inline
 from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .cache_access import self_attention_part
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
@@ -160,14 +161,17 @@ class GenericAdapter(Adapter):
                     f"{type(attn).__name__} (layer {i}) projects the main and n-gram prediction streams together, so its "
                     "key/value projections do not hold one entry per generated token; use site 'cache'"
                 )
-            if needs_row and self.row_module(i) is None and not uses_attention_interface(attn):
+            if needs_row and self.row_module(i) is None and self.inline_attention(i) and not computes_attention_inline(attn):
                 raise UnsupportedModelError(
-                    f"{type(attn).__name__} (layer {i}) computes attention inline, not through transformers' attention "
-                    "interface, so attention rows cannot be captured: use a scorer that reads no row "
-                    "(key_similarity, constant, random)"
+                    f"{type(attn).__name__} (layer {i}) computes attention neither through transformers' attention "
+                    "interface nor with a softmax or scaled_dot_product_attention call of its own, so attention rows "
+                    "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
                 )
             if site == "kv_proj":
                 kv_slots(attn, self.heads(i))
+
+    def inline_attention(self, layer: int) -> bool:
+        return not uses_attention_interface(self.attention(layer))
 
     def find_cache(self, args: tuple, kwargs: dict):
         """The cache among an attention module's arguments (positional ones bound by the attention modules'
@@ -183,7 +187,10 @@ class GenericAdapter(Adapter):
         named = named_arguments(self.entry_module(), args, kwargs)
         if named.get("input_ids") is None and named.get("inputs_embeds") is None and named.get("hidden_states") is not None:
             named = {**named, "inputs_embeds": named["hidden_states"]}
-        return super().forward_info((), named, known_past)
+        info = super().forward_info((), named, known_past)
+        if info is not None:  # BLIP's text decoder gets a DynamicCache at the prefill, then an EncoderDecoderCache around
+            info.cache = self_attention_part(info.cache)  # it: one run, identified by the self-attention part
+        return info
 
     def smoothable_layers(self) -> list[int]:
         return self.structure.attention_layers()
