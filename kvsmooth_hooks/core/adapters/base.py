@@ -227,6 +227,13 @@ class Adapter(CacheAccess):
         cache = self._find(kwargs, CACHE_KWARGS)
         if cache is None:
             return None
+        if isinstance(cache, (tuple, list)):
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} keeps its KV cache as legacy tuples of (key, value) tensors, rebuilt at "
+                "every step: neither site can follow a generation through them (the 'cache' site edits a transformers "
+                "Cache in place; 'kv_proj' needs one cache object per generation). Load a version of the model whose "
+                "attention calls cache.update(...) on a transformers Cache (DynamicCache), as transformers 5 generate "
+                "passes one")
         batch, q_len = int(x.shape[0]), int(x.shape[1])
         static = self._is_static(cache)
         # a static cache's length is a device tensor: reading it is a host sync, skipped when the session knows it
