@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 from torch import nn
 
@@ -62,6 +63,20 @@ def uses_attention_interface(attn: nn.Module) -> bool:
     except (OSError, TypeError):
         return True
     return any(t in src for t in ("ALL_ATTENTION_FUNCTIONS", "attention_interface", "get_interface"))
+
+
+#: ``config._attn_implementation == "sdpa"`` and the like: a branch the probe's renamed implementation would change
+_BRANCH = re.compile(r"_attn_implementation\s*(==|!=|in|not in)\s*[\(\[\"']")
+
+
+def branches_on_implementation(attn: nn.Module) -> bool:
+    """Whether ``attn``'s forward compares the implementation's name with literal names (AXK2 and DeepSeek-V3.2 apply
+    their sparse indexer's mask only ``in ("eager", "sdpa")``): renaming it to ``<base>_kvsmooth`` would change
+    the model's output, so its rows are read inline instead (:mod:`kvsmooth_hooks.core.inline`)."""
+    try:
+        return bool(_BRANCH.search(inspect.getsource(type(attn).forward)))
+    except (OSError, TypeError):
+        return False
 
 
 class GenericAdapter(Adapter):
@@ -171,7 +186,8 @@ class GenericAdapter(Adapter):
                 kv_slots(attn, self.heads(i))
 
     def inline_attention(self, layer: int) -> bool:
-        return not uses_attention_interface(self.attention(layer))
+        attn = self.attention(layer)
+        return not uses_attention_interface(attn) or branches_on_implementation(attn)
 
     def find_cache(self, args: tuple, kwargs: dict):
         """The cache among an attention module's arguments (positional ones bound by the attention modules'
@@ -187,6 +203,10 @@ class GenericAdapter(Adapter):
         named = named_arguments(self.entry_module(), args, kwargs)
         if named.get("input_ids") is None and named.get("inputs_embeds") is None and named.get("hidden_states") is not None:
             named = {**named, "inputs_embeds": named["hidden_states"]}
+        ids, k = named.get("input_ids"), getattr(self.entry_module(), "num_codebooks", None)
+        if isinstance(k, int) and k > 1 and named.get("inputs_embeds") is None and ids is not None and ids.dim() == 2 \
+                and ids.shape[0] % k == 0:  # Musicgen: ids [B * codebooks, T], summed into one stream per sequence
+            named = {**named, "input_ids": ids.view(-1, k, ids.shape[-1])[:, 0]}
         info = super().forward_info((), named, known_past)
         if info is not None:  # BLIP's text decoder gets a DynamicCache at the prefill, then an EncoderDecoderCache around
             info.cache = self_attention_part(info.cache)  # it: one run, identified by the self-attention part
