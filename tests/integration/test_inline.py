@@ -9,8 +9,6 @@ the cache by hand: KVSmooth's five steps (row entropy, FIFO window of 15, percen
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +16,7 @@ import torch
 from helpers import CACHE_KW, _rank
 from kvsmooth_hooks import KVSmoothConfig, SessionError, smooth
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-from tiny_configs import build  # noqa: E402
+from kvsmooth_hooks.tiny_configs import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 6

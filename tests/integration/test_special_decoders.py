@@ -5,8 +5,6 @@ sequence: one smoothing state per sequence)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,8 +12,7 @@ import torch
 
 from kvsmooth_hooks import KVSmoothConfig, smooth
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-from tiny_configs import build  # noqa: E402
+from kvsmooth_hooks.tiny_configs import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 KW = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)

@@ -1,0 +1,475 @@
+"""``kvsmooth check``: does smoothing work on this model? The same checks run over every generative class of the
+installed transformers as the architecture sweep (:func:`sweep_one`, ``experiments/arch_sweep.py``,
+``tests/integration/test_arch_sweep.py``).
+
+Per site (``cache``, ``kv_proj``), on a short greedy generation:
+
+* ``lambda 0``: the default config with lambda_ref 0 and clip 0 gives bit-identical logits to the unhooked model;
+* ``lambda 0.9``: lambda_ref 0.9 changes the logits, and so does lambda_ref 0.9 on the keys alone (a key edit that
+  never reaches the attention would pass unnoticed otherwise; refused where keys and values are one latent);
+* ``no hook left``: no hook, session marker or attention implementation remains after the session;
+* ``reference`` (cache site): tokens generated inside the session with a fixed lambda 0.9 equal an explicit decode
+  loop written here that runs the model's forward step by step and blends each smoothed layer's newest cache entry
+  with the one before it by hand.
+
+A refusal (:class:`UnsupportedModelError`, ``SessionError``, ``PlanError``) is reported with its message; any
+other exception is a crash.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+SITES = ("cache", "kv_proj")
+NEW_TOKENS = 5
+#: scorer tried when the default (row_entropy) is refused for reading attention rows
+FALLBACK_SCORER = "key_similarity"
+
+
+class HarnessError(RuntimeError):
+    """The model could not be built or run unhooked (a statement about the inputs, not about kvsmooth_hooks)."""
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _special_ids(cfg) -> set[int]:
+    ids = set()
+    for c in [cfg] + [getattr(cfg, n) for n in dir(cfg) if n.endswith("_config") and hasattr(getattr(cfg, n, None), "to_dict")]:
+        for k, v in c.to_dict().items() if hasattr(c, "to_dict") else []:
+            if (k.endswith("_token_id") or k.endswith("_token_index") or k.endswith("_id")) and isinstance(v, int):
+                ids.add(v)
+    return ids
+
+
+def make_inputs(model, batch: int = 1, length: int = 8, seed: int = 1) -> list[dict]:
+    """Candidate inputs, tried in order until the unhooked model generates: text prompts (random ids that are not
+    special tokens); audio features in both layouts; images (with the image tokens a wrapper expects)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    special = _special_ids(cfg)
+    pool = torch.tensor([i for i in range(4, 100) if i not in special])
+    ids = pool[torch.randint(len(pool), (batch, length), generator=g)]
+    text = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    main = getattr(model, "main_input_name", "input_ids")
+    if main == "input_features":
+        enc = getattr(cfg, "encoder_config", None) or getattr(cfg, "audio_config", None) or cfg
+        mels = getattr(enc, "num_mel_bins", None) or getattr(enc, "feature_size", None) or getattr(enc, "input_feat_per_channel", None) or 80
+        frames = 2 * (getattr(enc, "max_source_positions", None) or 32)
+        return [{"input_features": torch.randn(batch, mels, frames, generator=g)},
+                {"input_features": torch.randn(batch, frames, mels, generator=g)}]
+    if main == "input_values":
+        return [{"input_values": torch.randn(batch, 16000, generator=g)}, text]
+    vc = getattr(cfg, "vision_config", None) or getattr(cfg, "encoder", None)
+    size = getattr(vc, "image_size", None)
+    size = size[0] if isinstance(size, (list, tuple)) else size
+    out = [text]
+    if isinstance(size, int):
+        pix = torch.randn(batch, getattr(vc, "num_channels", 3), size, size, generator=g)
+        if main == "pixel_values" and getattr(cfg, "text_config", None) is None:
+            return [{"pixel_values": pix}, text]
+        tok = getattr(cfg, "image_token_index", None) or getattr(cfg, "image_token_id", None)
+        nq = getattr(cfg, "num_query_tokens", None)
+        if isinstance(tok, int) and isinstance(nq, int):  # BLIP-2 / InstructBLIP: one image token per query token
+            ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
+            img = {"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix}
+            if getattr(cfg, "qformer_config", None) is not None:  # InstructBLIP: the Q-Former reads the prompt too
+                img = {**img, "qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
+            out.append(img)
+        tok = tok if isinstance(tok, int) else getattr(cfg, "video_token_index", None)
+        if isinstance(tok, int) and isinstance(nq, int) and len(out) == 1:
+            ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
+            out.append({"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix[:, :, None]})
+        out.append({**text, "pixel_values": pix})
+        out.append({**text, "pixel_values": pix[:, None]})  # [B, images, C, H, W] (IDEFICS)
+    return out
+
+
+def prepare(model) -> None:
+    """Generation settings for a check: exactly NEW_TOKENS tokens (no EOS), with a KV cache."""
+    g = model.generation_config
+    g.eos_token_id, g.pad_token_id, g.forced_eos_token_id, g.use_cache = None, 0, None, True
+    if getattr(model.config, "is_encoder_decoder", False) and g.decoder_start_token_id is None:
+        g.decoder_start_token_id = 0
+    langs = getattr(model.config, "languages", None)
+    if hasattr(model, "set_default_language") and langs:  # X-MOD: one adapter per language
+        model.set_default_language(langs[0])
+    if g.bos_token_id is None:
+        g.bos_token_id = 1
+
+
+def generate_logits(model, inputs: dict) -> torch.Tensor:
+    """Greedy generation of NEW_TOKENS tokens: the logits ``[B, NEW_TOKENS, V]`` (float)."""
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                         num_beams=1, output_logits=True, return_dict_in_generate=True)
+    return torch.stack([l.float() for l in out.logits], 1)
+
+
+def baseline(model) -> tuple[dict, torch.Tensor]:
+    """The first candidate input the unhooked model generates from, and its logits; HarnessError otherwise."""
+    errors = []
+    for inputs in make_inputs(model):
+        try:
+            return inputs, generate_logits(model, inputs)
+        except Exception as exc:  # noqa: BLE001 - next candidate
+            errors.append(exc)
+    raise HarnessError(f"{type(errors[0]).__name__}: {str(errors[0])[:300]}")
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def _attn_impls(model) -> list:
+    return [getattr(m.config, "_attn_implementation_internal", None) for m in model.modules() if hasattr(m, "config")
+            and hasattr(m.config, "_attn_implementation_internal")]
+
+
+def check_site(model, inputs, base, site: str, scorer: str | None = None) -> dict:
+    """One site on one model: ``{"status": ok|refused|fail|crash, "detail": ...}``."""
+    from .core.adapters import UnsupportedModelError
+    from .core.config import KVSmoothConfig
+    from .core.errors import SessionError
+    from .core.plan import PlanError
+    from .core.session import smooth
+
+    extra = {"scorer": scorer} if scorer else {}
+    hooks, impls, modes = _hook_count(model), _attn_impls(model), torch._C._len_torch_function_stack()
+    try:
+        with smooth(model, KVSmoothConfig(layers="all", site=site, lambda_ref=0.0, clip=0.0, **extra), trace=False):
+            zero = generate_logits(model, inputs)
+        with smooth(model, KVSmoothConfig(layers="all", site=site, lambda_ref=0.9, **extra), trace=False):
+            smoothed = generate_logits(model, inputs)
+        try:  # keys alone must reach the attention too (a late key edit would leave them unsmoothed)
+            with smooth(model, KVSmoothConfig(layers="all", site=site, lambda_ref=0.9, targets=["key"], **extra),
+                        trace=False):
+                keys_only = generate_logits(model, inputs)
+        except (UnsupportedModelError, PlanError):  # keys and values smoothed together only (MLA latents)
+            keys_only = None
+    except (UnsupportedModelError, SessionError, PlanError) as exc:
+        return {"status": "refused", "detail": f"{type(exc).__name__}: {exc}"}
+    except Exception as exc:  # noqa: BLE001 - recorded as a crash
+        return {"status": "crash", "detail": f"{type(exc).__name__}: {str(exc)[:400]}"}
+    finally:
+        left = _hook_count(model) - hooks
+        marker = getattr(model, "_kvsmooth_session", None) is not None
+        restored = _attn_impls(model) == impls and torch._C._len_torch_function_stack() == modes
+    if left or marker or not restored:
+        return {"status": "fail", "detail": f"left behind: {left} hooks, session marker {marker}, "
+                                            f"attention implementation and torch function modes restored {restored}"}
+    if not torch.equal(zero, base):
+        return {"status": "fail", "detail": f"lambda 0 changed the logits (max diff {(zero - base).abs().max():.3g})"}
+    diff = float((smoothed - base).abs().max())
+    if not diff > 0:
+        return {"status": "fail", "detail": "lambda 0.9 left the logits unchanged"}
+    note = "" if keys_only is not None else "; keys only: refused (keys with values)"
+    if keys_only is not None and not float((keys_only - base).abs().max()) > 0:
+        if not _zero_keys(model, inputs):
+            return {"status": "fail", "detail": "lambda 0.9 on the keys alone left the logits unchanged"}
+        note = "; keys only: no change, this random model's cached keys are all zero"
+    return {"status": "ok", "detail": f"max logit change {diff:.3g}" + note}
+
+
+def _zero_keys(model, inputs) -> bool:
+    """Whether every cached key is exactly zero for ``inputs`` (a random init can zero them: smoothing changes nothing)."""
+    from .core.adapters.cache_access import self_attention_part
+
+    try:
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+        cache = self_attention_part(getattr(out, "past_key_values", None))
+        keys = [l.keys for l in getattr(cache, "layers", []) if isinstance(getattr(l, "keys", None), torch.Tensor)]
+        return bool(keys) and all(not bool(k.any()) for k in keys)
+    except Exception:  # noqa: BLE001 - unknown: not degenerate
+        return False
+
+
+@torch.no_grad()
+def reference_check(model, inputs: dict, lam: float = 0.9) -> dict:
+    """Cache site, fixed lambda: ``generate`` inside a session against a decode loop written here (the model's own
+    forward step by step, each smoothed layer's newest entry blended with the one before it by hand)."""
+    from .core.adapters import get_adapter
+    from .core.adapters.cache_access import self_attention_part
+    from .core.config import KVSmoothConfig
+    from .core.session import smooth
+
+    cfg = KVSmoothConfig(layers="all", site="cache", lambda_ref=lam, clip=0.0, policy="fixed")
+    try:
+        with smooth(model, cfg, trace=False) as session:
+            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                                 num_beams=1, return_dict_in_generate=True)
+            layers = [get_adapter(model).cache_index(i) for i in session.state.layers]
+    except Exception as exc:  # noqa: BLE001 - the site checks report refusals and crashes
+        return {"status": "skip", "detail": f"the session did not run: {type(exc).__name__}: {str(exc)[:200]}"}
+    mine = out.sequences[:, -NEW_TOKENS:]
+    enc = getattr(model.config, "is_encoder_decoder", False)
+    try:
+        first = dict(inputs)
+        if enc:
+            start = model.generation_config.decoder_start_token_id
+            first["decoder_input_ids"] = torch.full((mine.shape[0], 1), start, dtype=torch.long)
+        step = model(**first, use_cache=True)
+        cache, mask = step.past_key_values, inputs.get("attention_mask")
+        tokens = [step.logits[:, -1].argmax(-1)]
+        for _ in range(NEW_TOKENS - 1):
+            kw = {_cache_keyword(model): cache, "use_cache": True}
+            if enc:
+                kw.update({k: v for k, v in inputs.items() if k != "decoder_input_ids"}, decoder_input_ids=tokens[-1][:, None])
+            else:
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1)
+                kw.update(input_ids=tokens[-1][:, None], attention_mask=mask)
+            step = model(**kw)
+            cache = step.past_key_values
+            self_cache = self_attention_part(cache)
+            for i in layers:  # K[-1] <- (1 - lam) K[-1] + lam K[-2], values alike
+                entry = self_cache.layers[i]
+                for t in (entry.keys, entry.values):
+                    t[:, :, -1] = (1 - lam) * t[:, :, -1] + lam * t[:, :, -2]
+            tokens.append(step.logits[:, -1].argmax(-1))
+    except Exception as exc:  # noqa: BLE001 - this model's forward cannot be driven by hand here
+        return {"status": "skip", "detail": f"the reference loop could not drive this model's forward: "
+                                            f"{type(exc).__name__}: {str(exc)[:200]}"}
+    ref = torch.stack(tokens, 1)
+    if torch.equal(mine, ref):
+        return {"status": "ok", "detail": f"{NEW_TOKENS} tokens equal the reference loop's"}
+    return {"status": "fail", "detail": f"tokens {mine.tolist()} differ from the reference loop's {ref.tolist()}"}
+
+
+def _cache_keyword(model) -> str:
+    """``cache`` (transformers >= 5.24) or ``past_key_values``: what this model's forward takes."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params or "past_key_values" not in params else "past_key_values"
+
+
+# ---------------------------------------------------------------------------------------------- one model
+@dataclass
+class Report:
+    """What :func:`check_model` found: the structure, each site's result, the reference loop's."""
+
+    name: str
+    structure: dict = field(default_factory=dict)
+    sites: dict = field(default_factory=dict)
+    reference: dict | None = None
+    error: str | None = None
+
+    def passed(self) -> bool:
+        return self.error is None and all(r["status"] == "ok" for r in self.sites.values()) and \
+            (self.reference is None or self.reference["status"] != "fail")
+
+
+def structure(model) -> dict:
+    """The decoder kvsmooth_hooks found: layers, attention layers, KV heads, where rows come from."""
+    from .core.adapters import get_adapter
+
+    ad = get_adapter(model)
+    out = {"adapter": ad.name, "model_type": ad.model_type(), "n_kv_heads": ad.n_kv_heads, "n_heads": ad.n_heads}
+    s = getattr(ad, "structure", None)
+    if s is not None:
+        out.update(decoder=s.path or "(model)", layers=len(s.layers), attention_layers=len(s.attention_layers()),
+                   layer_kinds=sorted({l.kind for l in s.layers}))
+    else:
+        out.update(layers=ad.n_layers, attention_layers=len(ad.smoothable_layers()))
+    layers = ad.smoothable_layers()
+    if layers:
+        first = layers[0]
+        out["rows"] = "row module" if ad.row_module(first) is not None else \
+            "inline (the module's own softmax / sdpa call)" if ad.inline_attention(first) else "attention interface"
+        try:
+            out["kv_proj_ops"] = 1 if ad.key_slot(first).module is ad.value_slot(first).module or \
+                ad.key_blend_waits(first) else 2  # blend ops per layer and step at kv_proj (sites/kv_proj.py)
+        except Exception:  # noqa: BLE001 - no kv_proj slots: the kv_proj check records the refusal
+            pass
+    return out
+
+
+def check_model(model, name: str = "", reference: bool = True, sites=SITES) -> Report:
+    """Every check on ``model`` (see the module doc); the row scorer falls back to key_similarity only to say
+    whether the rest works (the site is still reported refused for the default scorer's sake)."""
+    prepare(model)
+    report = Report(name or type(model).__name__)
+    try:
+        inputs, base = baseline(model)
+    except HarnessError as exc:
+        report.error = str(exc)
+        return report
+    try:
+        report.structure = structure(model)
+    except Exception as exc:  # noqa: BLE001 - the site checks record the refusal
+        report.structure = {"adapter_error": f"{type(exc).__name__}: {exc}"}
+    for site in sites:
+        r = check_site(model, inputs, base, site)
+        if r["status"] == "refused" and "reads no row" in r["detail"]:
+            alt = check_site(model, inputs, base, site, FALLBACK_SCORER)
+            r = {**r, "fallback": alt}
+        report.sites[site] = r
+    if reference and report.sites.get("cache", {}).get("status") == "ok":
+        report.reference = reference_check(model, inputs)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+def sweep_one(name: str, reference: bool = True) -> dict:
+    """:func:`check_model` on a tiny random model of the transformers class ``name`` (``tiny_configs``), as a record."""
+    from .tiny_configs import build
+
+    t0 = time.time()
+    rec: dict = {"class": name}
+    try:
+        model = build(name)
+    except Exception as exc:  # noqa: BLE001
+        return {**rec, "status": "harness", "detail": f"{type(exc).__name__}: {str(exc)[:300]}",
+                "seconds": round(time.time() - t0, 2)}
+    report = check_model(model, name, reference=reference)
+    if report.error is not None:
+        return {**rec, "status": "harness", "detail": report.error, "seconds": round(time.time() - t0, 2)}
+    rec.update({k: v for k, v in report.structure.items() if k not in ("n_heads",)})
+    rec.update(report.sites)
+    if report.reference is not None:
+        rec["reference"] = report.reference
+    rec["seconds"] = round(time.time() - t0, 2)
+    return rec
+
+
+def run(names, timeout: int = 120, log=print, reference: bool = True) -> list[dict]:
+    """:func:`sweep_one` over ``names`` with a per-class time limit."""
+    import signal
+
+    def alarm(*_):
+        raise TimeoutError(f"more than {timeout} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    results = []
+    try:
+        for name in names:
+            signal.alarm(timeout)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    rec = sweep_one(name, reference)
+            except TimeoutError as exc:
+                rec = {"class": name, "status": "harness", "detail": f"timeout: {exc}"}
+            finally:
+                signal.alarm(0)
+            results.append(rec)
+            log(f"{name}: " + " ".join(f"{s}={rec[s]['status']}" for s in SITES if s in rec)
+                + (f" reference={rec['reference']['status']}" if "reference" in rec else "")
+                + (f" {rec.get('status', '')} {rec.get('detail', '')[:120]}" if "status" in rec else ""))
+    finally:
+        signal.signal(signal.SIGALRM, old)
+    return results
+
+
+def summary(results: list[dict]) -> dict:
+    out = {"classes": len(results), "harness": sum(r.get("status") == "harness" for r in results)}
+    for site in SITES:
+        sts = [r[site]["status"] for r in results if site in r]
+        out[site] = {s: sts.count(s) for s in ("ok", "refused", "fail", "crash")}
+    out["ok_both"] = sum(all(r.get(s, {}).get("status") == "ok" for s in SITES) for r in results)
+    out["kv_proj_one_op"] = sum(r.get("kv_proj", {}).get("status") == "ok" and r.get("kv_proj_ops") == 1 for r in results)
+    refs = [r["reference"]["status"] for r in results if "reference" in r]
+    out["reference"] = {s: refs.count(s) for s in ("ok", "fail", "skip")}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- the command
+LOADERS = {  # --loader -> the Auto class that builds the model
+    "causal-lm": "AutoModelForCausalLM",
+    "image-text-to-text": "AutoModelForImageTextToText",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
+    "vision2seq": "AutoModelForVision2Seq",
+}
+
+
+def add_check_parser(sub) -> None:
+    """``kvsmooth check`` (registered by cli.py)."""
+    c = sub.add_parser("check", help="does smoothing work on this model? layers x KV heads, sites, scorers, checks")
+    c.add_argument("--model", required=True, help="a local HF model folder or a cached hub id")
+    c.add_argument("--loader", choices=["auto", *LOADERS], default="auto",
+                   help="which Auto class builds it (default: the first of causal-lm, image-text-to-text, seq2seq, ...)")
+    c.add_argument("--random", action="store_true",
+                   help="random weights from the config alone (no weights read: also for models too large here)")
+    c.add_argument("--trust-remote-code", action="store_true", help="allow the folder's own modeling files (auto_map)")
+    c.add_argument("--attn-implementation", help="e.g. sdpa or eager (default: the model's)")
+
+
+def load(model: str, loader: str = "auto", random: bool = False, trust_remote_code: bool = False,
+         attn_implementation: str | None = None):
+    """The model named by ``--model`` (a folder or a cached hub id), built by ``--loader``; ValueError for user mistakes."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ValueError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
+                             "it") from None
+        raise ValueError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
+                         f"{str(exc).splitlines()[0]}") from None
+    names = [LOADERS[loader]] if loader != "auto" else list(LOADERS.values())
+    kw = {"trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    errors = []
+    for name in names:
+        auto = getattr(transformers, name)
+        try:
+            if random:
+                torch.manual_seed(0)
+                return auto.from_config(config, **kw).eval()
+            return auto.from_pretrained(model, **kw).eval()
+        except ValueError as exc:  # this Auto class does not map the config
+            errors.append(f"{name}: {str(exc).splitlines()[0][:150]}")
+        except OSError as exc:
+            raise ValueError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
+                             "check with random weights from the config alone)") from None
+    raise ValueError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
+                     f"{', '.join(k for k in LOADERS if LOADERS[k] in names)} can build; " + "; ".join(errors[:2]))
+
+
+def _line(ok: bool | None, text: str) -> str:
+    return f"{'PASS' if ok else 'SKIP' if ok is None else 'FAIL'}  {text}"
+
+
+def cmd_check(args, out=print) -> int:
+    """Run every check on the model; one verdict line per check; 0 when all pass, 1 otherwise."""
+    model = load(args.model, args.loader, args.random, args.trust_remote_code, args.attn_implementation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = check_model(model, args.model)
+    if report.error is not None:
+        out(_line(False, f"unhooked generation: the model did not generate from a short random prompt: {report.error}"))
+        return 1
+    s = report.structure
+    if "adapter_error" in s:
+        out(_line(False, f"decoder: {s['adapter_error']}"))
+    else:
+        kinds = ", ".join(k for k in s.get("layer_kinds", []) if k != "attention")
+        out(f"model     {type(model).__name__} ({s['model_type']}), adapter {s['adapter']}, decoder "
+            f"{s.get('decoder', '?')}: {s['layers']} layers x {s['n_kv_heads']} KV heads ({s['n_heads']} query heads), "
+            f"{s['attention_layers']} with their own KV cache" + (f"; other layers: {kinds}" if kinds else ""))
+        out(f"rows      attention rows for row scorers come from: {s.get('rows', 'none')}")
+    for site, r in report.sites.items():
+        if r["status"] == "ok":
+            out(_line(True, f"{site:8s} row_entropy: lambda 0 bit-identical, lambda 0.9 changes the logits "
+                            f"({r['detail']}), nothing left behind"))
+            continue
+        out(_line(False, f"{site:8s} row_entropy: {r['status']}: {r['detail']}"))
+        alt = r.get("fallback")
+        if alt is not None:
+            out(f"          with {FALLBACK_SCORER} (reads no row): {alt['status']}: {alt['detail']}")
+    ref = report.reference
+    if ref is not None:
+        out(_line(True if ref["status"] == "ok" else None if ref["status"] == "skip" else False,
+                  f"cache    reference decode loop (fixed lambda 0.9): {ref['detail']}"))
+    ok = report.passed()
+    out(f"verdict   {'smoothing works on this model' if ok else 'smoothing does NOT work on this model as it is'}")
+    return 0 if ok else 1
