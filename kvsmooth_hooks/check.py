@@ -1,6 +1,6 @@
-"""``kvsmooth check``: does smoothing work on this model? The same checks run over every generative class of the
-installed transformers as the architecture sweep (:func:`sweep_one`, ``experiments/arch_sweep.py``,
-``tests/integration/test_arch_sweep.py``).
+"""The checks of ``kvsmooth check`` (:mod:`kvsmooth_hooks.check_cli`): does smoothing work on this model? The same
+checks run over every generative class of the installed transformers as the architecture sweep
+(:mod:`kvsmooth_hooks.sweep`, ``experiments/arch_sweep.py``, ``tests/integration/test_arch_sweep.py``).
 
 Per site (``cache``, ``kv_proj``), on a short greedy generation:
 
@@ -18,11 +18,11 @@ other exception is a crash.
 
 from __future__ import annotations
 
-import time
-import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from .check_inputs import make_inputs
 
 SITES = ("cache", "kv_proj")
 NEW_TOKENS = 5
@@ -34,59 +34,7 @@ class HarnessError(RuntimeError):
     """The model could not be built or run unhooked (a statement about the inputs, not about kvsmooth_hooks)."""
 
 
-# ---------------------------------------------------------------------------------------------- inputs
-def _special_ids(cfg) -> set[int]:
-    ids = set()
-    for c in [cfg] + [getattr(cfg, n) for n in dir(cfg) if n.endswith("_config") and hasattr(getattr(cfg, n, None), "to_dict")]:
-        for k, v in c.to_dict().items() if hasattr(c, "to_dict") else []:
-            if (k.endswith("_token_id") or k.endswith("_token_index") or k.endswith("_id")) and isinstance(v, int):
-                ids.add(v)
-    return ids
-
-
-def make_inputs(model, batch: int = 1, length: int = 8, seed: int = 1) -> list[dict]:
-    """Candidate inputs, tried in order until the unhooked model generates: text prompts (random ids that are not
-    special tokens); audio features in both layouts; images (with the image tokens a wrapper expects)."""
-    g = torch.Generator().manual_seed(seed)
-    cfg = model.config
-    special = _special_ids(cfg)
-    pool = torch.tensor([i for i in range(4, 100) if i not in special])
-    ids = pool[torch.randint(len(pool), (batch, length), generator=g)]
-    text = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    main = getattr(model, "main_input_name", "input_ids")
-    if main == "input_features":
-        enc = getattr(cfg, "encoder_config", None) or getattr(cfg, "audio_config", None) or cfg
-        mels = getattr(enc, "num_mel_bins", None) or getattr(enc, "feature_size", None) or getattr(enc, "input_feat_per_channel", None) or 80
-        frames = 2 * (getattr(enc, "max_source_positions", None) or 32)
-        return [{"input_features": torch.randn(batch, mels, frames, generator=g)},
-                {"input_features": torch.randn(batch, frames, mels, generator=g)}]
-    if main == "input_values":
-        return [{"input_values": torch.randn(batch, 16000, generator=g)}, text]
-    vc = getattr(cfg, "vision_config", None) or getattr(cfg, "encoder", None)
-    size = getattr(vc, "image_size", None)
-    size = size[0] if isinstance(size, (list, tuple)) else size
-    out = [text]
-    if isinstance(size, int):
-        pix = torch.randn(batch, getattr(vc, "num_channels", 3), size, size, generator=g)
-        if main == "pixel_values" and getattr(cfg, "text_config", None) is None:
-            return [{"pixel_values": pix}, text]
-        tok = getattr(cfg, "image_token_index", None) or getattr(cfg, "image_token_id", None)
-        nq = getattr(cfg, "num_query_tokens", None)
-        if isinstance(tok, int) and isinstance(nq, int):  # BLIP-2 / InstructBLIP: one image token per query token
-            ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
-            img = {"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix}
-            if getattr(cfg, "qformer_config", None) is not None:  # InstructBLIP: the Q-Former reads the prompt too
-                img = {**img, "qformer_input_ids": ids, "qformer_attention_mask": torch.ones_like(ids)}
-            out.append(img)
-        tok = tok if isinstance(tok, int) else getattr(cfg, "video_token_index", None)
-        if isinstance(tok, int) and isinstance(nq, int) and len(out) == 1:
-            ids_img = torch.cat([torch.full((batch, nq), tok), ids], 1)
-            out.append({"input_ids": ids_img, "attention_mask": torch.ones_like(ids_img), "pixel_values": pix[:, :, None]})
-        out.append({**text, "pixel_values": pix})
-        out.append({**text, "pixel_values": pix[:, None]})  # [B, images, C, H, W] (IDEFICS)
-    return out
-
-
+# ---------------------------------------------------------------------------------------------- runs
 def prepare(model) -> None:
     """Generation settings for a check: exactly NEW_TOKENS tokens (no EOS), with a KV cache."""
     g = model.generation_config
@@ -311,165 +259,3 @@ def check_model(model, name: str = "", reference: bool = True, sites=SITES) -> R
     if reference and report.sites.get("cache", {}).get("status") == "ok":
         report.reference = reference_check(model, inputs)
     return report
-
-
-# ---------------------------------------------------------------------------------------------- the sweep
-def sweep_one(name: str, reference: bool = True) -> dict:
-    """:func:`check_model` on a tiny random model of the transformers class ``name`` (``tiny_configs``), as a record."""
-    from .tiny_configs import build
-
-    t0 = time.time()
-    rec: dict = {"class": name}
-    try:
-        model = build(name)
-    except Exception as exc:  # noqa: BLE001
-        return {**rec, "status": "harness", "detail": f"{type(exc).__name__}: {str(exc)[:300]}",
-                "seconds": round(time.time() - t0, 2)}
-    report = check_model(model, name, reference=reference)
-    if report.error is not None:
-        return {**rec, "status": "harness", "detail": report.error, "seconds": round(time.time() - t0, 2)}
-    rec.update({k: v for k, v in report.structure.items() if k not in ("n_heads",)})
-    rec.update(report.sites)
-    if report.reference is not None:
-        rec["reference"] = report.reference
-    rec["seconds"] = round(time.time() - t0, 2)
-    return rec
-
-
-def run(names, timeout: int = 120, log=print, reference: bool = True) -> list[dict]:
-    """:func:`sweep_one` over ``names`` with a per-class time limit."""
-    import signal
-
-    def alarm(*_):
-        raise TimeoutError(f"more than {timeout} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    results = []
-    try:
-        for name in names:
-            signal.alarm(timeout)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    rec = sweep_one(name, reference)
-            except TimeoutError as exc:
-                rec = {"class": name, "status": "harness", "detail": f"timeout: {exc}"}
-            finally:
-                signal.alarm(0)
-            results.append(rec)
-            log(f"{name}: " + " ".join(f"{s}={rec[s]['status']}" for s in SITES if s in rec)
-                + (f" reference={rec['reference']['status']}" if "reference" in rec else "")
-                + (f" {rec.get('status', '')} {rec.get('detail', '')[:120]}" if "status" in rec else ""))
-    finally:
-        signal.signal(signal.SIGALRM, old)
-    return results
-
-
-def summary(results: list[dict]) -> dict:
-    out = {"classes": len(results), "harness": sum(r.get("status") == "harness" for r in results)}
-    for site in SITES:
-        sts = [r[site]["status"] for r in results if site in r]
-        out[site] = {s: sts.count(s) for s in ("ok", "refused", "fail", "crash")}
-    out["ok_both"] = sum(all(r.get(s, {}).get("status") == "ok" for s in SITES) for r in results)
-    out["kv_proj_one_op"] = sum(r.get("kv_proj", {}).get("status") == "ok" and r.get("kv_proj_ops") == 1 for r in results)
-    refs = [r["reference"]["status"] for r in results if "reference" in r]
-    out["reference"] = {s: refs.count(s) for s in ("ok", "fail", "skip")}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- the command
-LOADERS = {  # --loader -> the Auto class that builds the model
-    "causal-lm": "AutoModelForCausalLM",
-    "image-text-to-text": "AutoModelForImageTextToText",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
-    "vision2seq": "AutoModelForVision2Seq",
-}
-
-
-def add_check_parser(sub) -> None:
-    """``kvsmooth check`` (registered by cli.py)."""
-    c = sub.add_parser("check", help="does smoothing work on this model? layers x KV heads, sites, scorers, checks")
-    c.add_argument("--model", required=True, help="a local HF model folder or a cached hub id")
-    c.add_argument("--loader", choices=["auto", *LOADERS], default="auto",
-                   help="which Auto class builds it (default: the first of causal-lm, image-text-to-text, seq2seq, ...)")
-    c.add_argument("--random", action="store_true",
-                   help="random weights from the config alone (no weights read: also for models too large here)")
-    c.add_argument("--trust-remote-code", action="store_true", help="allow the folder's own modeling files (auto_map)")
-    c.add_argument("--attn-implementation", help="e.g. sdpa or eager (default: the model's)")
-
-
-def load(model: str, loader: str = "auto", random: bool = False, trust_remote_code: bool = False,
-         attn_implementation: str | None = None):
-    """The model named by ``--model`` (a folder or a cached hub id), built by ``--loader``; ValueError for user mistakes."""
-    import transformers
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise ValueError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
-                             "it") from None
-        raise ValueError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
-                         f"{str(exc).splitlines()[0]}") from None
-    names = [LOADERS[loader]] if loader != "auto" else list(LOADERS.values())
-    kw = {"trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kw["attn_implementation"] = attn_implementation
-    errors = []
-    for name in names:
-        auto = getattr(transformers, name)
-        try:
-            if random:
-                torch.manual_seed(0)
-                return auto.from_config(config, **kw).eval()
-            return auto.from_pretrained(model, **kw).eval()
-        except ValueError as exc:  # this Auto class does not map the config
-            errors.append(f"{name}: {str(exc).splitlines()[0][:150]}")
-        except OSError as exc:
-            raise ValueError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
-                             "check with random weights from the config alone)") from None
-    raise ValueError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
-                     f"{', '.join(k for k in LOADERS if LOADERS[k] in names)} can build; " + "; ".join(errors[:2]))
-
-
-def _line(ok: bool | None, text: str) -> str:
-    return f"{'PASS' if ok else 'SKIP' if ok is None else 'FAIL'}  {text}"
-
-
-def cmd_check(args, out=print) -> int:
-    """Run every check on the model; one verdict line per check; 0 when all pass, 1 otherwise."""
-    model = load(args.model, args.loader, args.random, args.trust_remote_code, args.attn_implementation)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        report = check_model(model, args.model)
-    if report.error is not None:
-        out(_line(False, f"unhooked generation: the model did not generate from a short random prompt: {report.error}"))
-        return 1
-    s = report.structure
-    if "adapter_error" in s:
-        out(_line(False, f"decoder: {s['adapter_error']}"))
-    else:
-        kinds = ", ".join(k for k in s.get("layer_kinds", []) if k != "attention")
-        out(f"model     {type(model).__name__} ({s['model_type']}), adapter {s['adapter']}, decoder "
-            f"{s.get('decoder', '?')}: {s['layers']} layers x {s['n_kv_heads']} KV heads ({s['n_heads']} query heads), "
-            f"{s['attention_layers']} with their own KV cache" + (f"; other layers: {kinds}" if kinds else ""))
-        out(f"rows      attention rows for row scorers come from: {s.get('rows', 'none')}")
-    for site, r in report.sites.items():
-        if r["status"] == "ok":
-            out(_line(True, f"{site:8s} row_entropy: lambda 0 bit-identical, lambda 0.9 changes the logits "
-                            f"({r['detail']}), nothing left behind"))
-            continue
-        out(_line(False, f"{site:8s} row_entropy: {r['status']}: {r['detail']}"))
-        alt = r.get("fallback")
-        if alt is not None:
-            out(f"          with {FALLBACK_SCORER} (reads no row): {alt['status']}: {alt['detail']}")
-    ref = report.reference
-    if ref is not None:
-        out(_line(True if ref["status"] == "ok" else None if ref["status"] == "skip" else False,
-                  f"cache    reference decode loop (fixed lambda 0.9): {ref['detail']}"))
-    ok = report.passed()
-    out(f"verdict   {'smoothing works on this model' if ok else 'smoothing does NOT work on this model as it is'}")
-    return 0 if ok else 1

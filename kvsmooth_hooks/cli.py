@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("-o", "--output", required=True, help="output directory")
     t.set_defaults(func=cmd_trace)
 
-    from .check import add_check_parser
+    from .check_cli import add_check_parser
 
     add_check_parser(sub)
 
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(args)
     if args.command == "check":
-        from .check import cmd_check
+        from .check_cli import cmd_check
 
         args.func = cmd_check
     if args.command == "run":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kvsmooth_hooks import check as arch_sweep
+from kvsmooth_hooks import sweep as arch_sweep
 from kvsmooth_hooks.tiny_configs import generative_classes
 
 pytestmark = pytest.mark.usefixtures("one_thread")

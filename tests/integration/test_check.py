@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers as T
 
-from kvsmooth_hooks import check
+from kvsmooth_hooks import sweep
 from kvsmooth_hooks.cli import main
 from remote_code import write
 
@@ -67,6 +67,6 @@ def test_user_mistakes_exit_2_with_one_line(llama, argv, message, capsys):
 
 def test_sweep_record_is_the_check(monkeypatch):
     """The architecture sweep runs check_model: a record carries the same site results and the reference loop."""
-    rec = check.sweep_one("LlamaForCausalLM")
+    rec = sweep.sweep_one("LlamaForCausalLM")
     assert rec["cache"]["status"] == rec["kv_proj"]["status"] == "ok" and rec["reference"]["status"] == "ok"
     assert torch._C._len_torch_function_stack() == 0
