@@ -159,8 +159,14 @@ def reference_check(model, inputs: dict, lam: float = 0.9) -> dict:
         if enc:
             start = model.generation_config.decoder_start_token_id
             first["decoder_input_ids"] = torch.full((mine.shape[0], 1), start, dtype=torch.long)
+        import inspect
+
+        positions = "position_ids" in inspect.signature(model.forward).parameters and not enc  # as generate does
+        mask = inputs.get("attention_mask")
+        if positions and mask is not None and "input_ids" in first:
+            first["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
         step = model(**first, use_cache=True)
-        cache, mask = step.past_key_values, inputs.get("attention_mask")
+        cache = step.past_key_values
         tokens = [step.logits[:, -1].argmax(-1)]
         for _ in range(NEW_TOKENS - 1):
             kw = {_cache_keyword(model): cache, "use_cache": True}
@@ -170,6 +176,8 @@ def reference_check(model, inputs: dict, lam: float = 0.9) -> dict:
                 if mask is not None:
                     mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1)
                 kw.update(input_ids=tokens[-1][:, None], attention_mask=mask)
+                if positions and mask is not None:
+                    kw["position_ids"] = mask.long().sum(-1, keepdim=True) - 1
             step = model(**kw)
             cache = step.past_key_values
             self_cache = self_attention_part(cache)
