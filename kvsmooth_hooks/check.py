@@ -136,60 +136,75 @@ def _zero_keys(model, inputs) -> bool:
 
 
 @torch.no_grad()
-def reference_check(model, inputs: dict, lam: float = 0.9) -> dict:
-    """Cache site, fixed lambda: ``generate`` inside a session against a decode loop written here (the model's own
-    forward step by step, each smoothed layer's newest entry blended with the one before it by hand)."""
-    from .core.adapters import get_adapter
+def reference_loop(model, inputs: dict, layers: list[int], lam: float) -> torch.Tensor:
+    """Greedy decoding written out: the model's forward step by step, and after every decode step each of ``layers``
+    (cache indices) gets its newest entry blended by hand, ``K[-1] <- (1 - lam) K[-1] + lam K[-2]`` (values alike).
+    Returns the tokens ``[B, NEW_TOKENS]``."""
+    import inspect
+
     from .core.adapters.cache_access import self_attention_part
+
+    enc = getattr(model.config, "is_encoder_decoder", False)
+    first, mask = dict(inputs), inputs.get("attention_mask")
+    if enc:
+        batch = next(v for v in inputs.values() if isinstance(v, torch.Tensor)).shape[0]
+        first["decoder_input_ids"] = torch.full((batch, 1), model.generation_config.decoder_start_token_id)
+    positions = "position_ids" in inspect.signature(model.forward).parameters and not enc  # as generate passes them
+    if positions and mask is not None and "input_ids" in first:
+        first["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
+    step = model(**first, use_cache=True)
+    cache, tokens = step.past_key_values, [step.logits[:, -1].argmax(-1)]
+    for _ in range(NEW_TOKENS - 1):
+        kw = {_cache_keyword(model): cache, "use_cache": True}
+        if enc:
+            kw.update({k: v for k, v in inputs.items() if k != "decoder_input_ids"}, decoder_input_ids=tokens[-1][:, None])
+        else:
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1)
+            kw.update(input_ids=tokens[-1][:, None], attention_mask=mask)
+            if positions and mask is not None:
+                kw["position_ids"] = mask.long().sum(-1, keepdim=True) - 1
+        step = model(**kw)
+        cache = step.past_key_values
+        for i in layers:
+            entry = self_attention_part(cache).layers[i]
+            for t in (entry.keys, entry.values):
+                t[:, :, -1] = (1 - lam) * t[:, :, -1] + lam * t[:, :, -2]
+        tokens.append(step.logits[:, -1].argmax(-1))
+    return torch.stack(tokens, 1)
+
+
+def _generate_tokens(model, inputs: dict) -> torch.Tensor:
+    out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False, num_beams=1,
+                         return_dict_in_generate=True)
+    return out.sequences[:, -NEW_TOKENS:]
+
+
+@torch.no_grad()
+def reference_check(model, inputs: dict, lam: float = 0.9) -> dict:
+    """Cache site, fixed lambda: ``generate`` inside a session against :func:`reference_loop`. The loop is first
+    required to reproduce the unhooked ``generate`` at lambda 0 (else it cannot drive this model: ``skip``)."""
+    from .core.adapters import get_adapter
     from .core.config import KVSmoothConfig
     from .core.session import smooth
 
     cfg = KVSmoothConfig(layers="all", site="cache", lambda_ref=lam, clip=0.0, policy="fixed")
     try:
         with smooth(model, cfg, trace=False) as session:
-            out = model.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                                 num_beams=1, return_dict_in_generate=True)
+            mine = _generate_tokens(model, inputs)
             layers = [get_adapter(model).cache_index(i) for i in session.state.layers]
     except Exception as exc:  # noqa: BLE001 - the site checks report refusals and crashes
         return {"status": "skip", "detail": f"the session did not run: {type(exc).__name__}: {str(exc)[:200]}"}
-    mine = out.sequences[:, -NEW_TOKENS:]
-    enc = getattr(model.config, "is_encoder_decoder", False)
     try:
-        first = dict(inputs)
-        if enc:
-            start = model.generation_config.decoder_start_token_id
-            first["decoder_input_ids"] = torch.full((mine.shape[0], 1), start, dtype=torch.long)
-        import inspect
-
-        positions = "position_ids" in inspect.signature(model.forward).parameters and not enc  # as generate does
-        mask = inputs.get("attention_mask")
-        if positions and mask is not None and "input_ids" in first:
-            first["position_ids"] = (mask.long().cumsum(-1) - 1).clamp_min(0)
-        step = model(**first, use_cache=True)
-        cache = step.past_key_values
-        tokens = [step.logits[:, -1].argmax(-1)]
-        for _ in range(NEW_TOKENS - 1):
-            kw = {_cache_keyword(model): cache, "use_cache": True}
-            if enc:
-                kw.update({k: v for k, v in inputs.items() if k != "decoder_input_ids"}, decoder_input_ids=tokens[-1][:, None])
-            else:
-                if mask is not None:
-                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1)
-                kw.update(input_ids=tokens[-1][:, None], attention_mask=mask)
-                if positions and mask is not None:
-                    kw["position_ids"] = mask.long().sum(-1, keepdim=True) - 1
-            step = model(**kw)
-            cache = step.past_key_values
-            self_cache = self_attention_part(cache)
-            for i in layers:  # K[-1] <- (1 - lam) K[-1] + lam K[-2], values alike
-                entry = self_cache.layers[i]
-                for t in (entry.keys, entry.values):
-                    t[:, :, -1] = (1 - lam) * t[:, :, -1] + lam * t[:, :, -2]
-            tokens.append(step.logits[:, -1].argmax(-1))
+        plain = reference_loop(model, inputs, layers, 0.0)
+        drives = torch.equal(plain, _generate_tokens(model, inputs))
+        ref = reference_loop(model, inputs, layers, lam) if drives else None
     except Exception as exc:  # noqa: BLE001 - this model's forward cannot be driven by hand here
         return {"status": "skip", "detail": f"the reference loop could not drive this model's forward: "
                                             f"{type(exc).__name__}: {str(exc)[:200]}"}
-    ref = torch.stack(tokens, 1)
+    if not drives:
+        return {"status": "skip", "detail": "the reference loop does not reproduce this model's own generate at "
+                                            "lambda 0 (its generate prepares inputs the loop does not)"}
     if torch.equal(mine, ref):
         return {"status": "ok", "detail": f"{NEW_TOKENS} tokens equal the reference loop's"}
     return {"status": "fail", "detail": f"tokens {mine.tolist()} differ from the reference loop's {ref.tolist()}"}

@@ -9,7 +9,8 @@ mode is active, every torch call of that module's forward runs unchanged (the mo
 by a bit) and the mode looks at two of them:
 
 * ``softmax`` over the last axis whose output is ``[B, Hq, Q, T]`` or ``[B * Hq, Q, T]`` with ``T`` the
-  positions the cache holds after this forward: those are the attention probabilities, handed on as they are;
+  positions the cache holds after this forward (or ``T + 1``: a learned attention sink appended to the logits,
+  which takes part in the normalisation and is dropped): the attention probabilities, handed on as they are;
 * ``scaled_dot_product_attention(q [B, H, Q, D], k [B, Hk, T, D], attn_mask, is_causal, scale)``: the query,
   keys, mask and scale are handed on, and the row is recomputed from them
   (:func:`~kvsmooth_hooks.core.probe.query_probs`, or the decode-step :class:`~kvsmooth_hooks.core.rowbatch.RowBatch`).
@@ -78,11 +79,12 @@ class _RowMode(TorchFunctionMode):
 
     def _softmax(self, args, kwargs, out: torch.Tensor) -> None:
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
-        if not isinstance(dim, int) or dim % out.dim() != out.dim() - 1 or out.shape[-1] != self.total:
+        if not isinstance(dim, int) or dim % out.dim() != out.dim() - 1 or out.shape[-1] not in (self.total, self.total + 1):
             return
         probs = self._heads(out)
         if probs is None or probs.shape[1] != self.owner.n_heads:
             return
+        probs = probs[..., : self.total]  # T + 1: an attention sink appended to the logits (GPT-OSS, HY-V4) is dropped
         self.found = True
         self.owner.listener(self.owner.module, None, None, None, {}, probs)
 

@@ -1,4 +1,4 @@
-"""Decoders whose earlier results were wrong (issue 20): AXK2's sparse indexer (its attention applies the indexer's
+"""Decoders whose earlier results were wrong (issue 20): AXK2's and HY-V4's sparse indexer (its attention applies the indexer's
 mask only when the implementation is named "eager" / "sdpa": the session must not rename it, lambda 0 must stay
 bit-identical) and Musicgen / Musicgen Melody (the decoder runs batch x codebooks ids summed into one stream per
 sequence: one smoothing state per sequence)."""
@@ -27,8 +27,9 @@ def _logits(model, config=None, **inp):
 
 
 @pytest.mark.parametrize("site", ["cache", "kv_proj"])
-def test_axk2_sparse_indexer_lambda_zero_is_bit_identical(site):
-    model = build("AXK2ForCausalLM", overrides={"index_topk": 4})  # the indexer keeps 4 of 12+ positions
+@pytest.mark.parametrize("name", ["AXK2ForCausalLM", "HYV4ForCausalLM"])  # HY-V4 also has attention sinks
+def test_sparse_indexer_lambda_zero_is_bit_identical(name, site):
+    model = build(name, overrides={"index_topk": 4})  # the indexer keeps 4 of 12+ positions
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = None, 0
     ids = torch.randint(4, 100, (1, 12), generator=torch.Generator().manual_seed(0))
     base = _logits(model, input_ids=ids)
