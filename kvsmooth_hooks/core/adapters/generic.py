@@ -65,18 +65,19 @@ def uses_attention_interface(attn: nn.Module) -> bool:
     return any(t in src for t in ("ALL_ATTENTION_FUNCTIONS", "attention_interface", "get_interface"))
 
 
-#: ``config._attn_implementation == "sdpa"`` and the like: a branch the probe's renamed implementation would change
-_BRANCH = re.compile(r"_attn_implementation\s*(==|!=|in|not in)\s*[\(\[\"']")
+#: ``config._attn_implementation == "sdpa"`` / ``in ("eager", "sdpa")``: the names the forward compares with
+_BRANCH = re.compile(r"_attn_implementation\s*(?:==|!=|in|not in)\s*([\(\[][^\)\]]*[\)\]]|[\"'][\w|-]+[\"'])")
 
 
-def branches_on_implementation(attn: nn.Module) -> bool:
-    """Whether ``attn``'s forward compares the implementation's name with literal names (AXK2 and DeepSeek-V3.2 apply
-    their sparse indexer's mask only ``in ("eager", "sdpa")``): renaming it to ``<base>_kvsmooth`` would change
-    the model's output, so its rows are read inline instead (:mod:`kvsmooth_hooks.core.inline`)."""
+def branches_on_implementation(attn: nn.Module, impl: str) -> bool:
+    """Whether ``attn``'s forward compares the implementation's name with ``impl`` (AXK2, HY-V4 and DeepSeek-V3.2 apply
+    their sparse indexer's mask only ``in ("eager", "sdpa")``; GPT-2 upcasts only ``== "eager"``): renaming it to
+    ``<impl>_kvsmooth`` would change the model's output, so its rows are read inline (:mod:`kvsmooth_hooks.core.inline`)."""
     try:
-        return bool(_BRANCH.search(inspect.getsource(type(attn).forward)))
+        src = inspect.getsource(type(attn).forward)
     except (OSError, TypeError):
         return False
+    return any(re.search(rf"[\"']{re.escape(impl)}[\"']", m.group(1)) for m in _BRANCH.finditer(src))
 
 
 class GenericAdapter(Adapter):
@@ -187,7 +188,8 @@ class GenericAdapter(Adapter):
 
     def inline_attention(self, layer: int) -> bool:
         attn = self.attention(layer)
-        return not uses_attention_interface(attn) or branches_on_implementation(attn)
+        impl = str(getattr(getattr(attn, "config", None) or self.config, "_attn_implementation", "") or "sdpa")
+        return not uses_attention_interface(attn) or branches_on_implementation(attn, impl.removesuffix("_kvsmooth"))
 
     def find_cache(self, args: tuple, kwargs: dict):
         """The cache among an attention module's arguments (positional ones bound by the attention modules'
