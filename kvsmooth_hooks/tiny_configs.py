@@ -6,7 +6,8 @@ shrunk (nested text / vision / audio / encoder / decoder configs too), and lists
 are cut while keeping one layer of each kind. A few model types need one more setting; they are in
 :data:`EXTRA` with the reason.
 
-``generative_classes()`` lists the classes; ``build(name)`` returns ``(model, note)``.
+``generative_classes()`` lists the classes; ``build(name)`` returns the model (used by ``kvsmooth_hooks.sweep`` and
+the tests; moved here from experiments/ so that tests import nothing from experiments/).
 """
 
 from __future__ import annotations
