@@ -203,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("-o", "--output", required=True, help="output directory")
     t.set_defaults(func=cmd_trace)
 
+    from .check_cli import add_check_parser
+
+    add_check_parser(sub)
+
     from .benchmarks.grounded_cli import add_grounded_parser
     from .eval.cli import add_eval_parser
     from .runner.cli import add_run_parser
@@ -222,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
         from .eval.cli import run
 
         return run(args)
+    if args.command == "check":
+        from .check_cli import cmd_check
+
+        args.func = cmd_check
     if args.command == "run":
         from .runner.cli import run_cli
 

@@ -45,6 +45,10 @@ def _text(name):
                                               initializer_range=0.25, bos_token_id=1, eos_token_id=2))
     if name == "gpt_neox":
         return T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**b))
+    if name.endswith("_eager"):  # the same weights with eager attention (Falcon's eager and sdpa paths differ on padding)
+        model = _text(name.removesuffix("_eager"))
+        model.config._attn_implementation_internal = "eager"
+        return model
     if name == "falcon":  # multi-query (Falcon-7B layout)
         c = {k: v for k, v in b.items() if k != "intermediate_size"}
         return T.FalconForCausalLM(T.FalconConfig(**c, bos_token_id=1, eos_token_id=2))
@@ -100,8 +104,10 @@ TEXT = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi", "o
 VLM = ["llava", "qwen2_vl", "qwen2_5_vl", "instructblip"]
 #: fused QKV: one kv_proj hook per layer
 FUSED = {"gpt2", "gpt_neox", "falcon", "falcon_new", "phi3"}
-#: attention rows cannot be captured (attention computed inline): use a key scorer
-NO_ROWS = {"falcon", "falcon_new"}
+#: attention rows cannot be captured: use a key scorer (none left: inline attention is read by core/inline.py)
+NO_ROWS: set[str] = set()
+#: attention computed inline: rows read by a pre- and a post-hook on each attention module (core/inline.py)
+INLINE = {"falcon", "falcon_new"}
 
 
 @functools.lru_cache(maxsize=None)

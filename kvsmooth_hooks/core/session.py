@@ -6,14 +6,12 @@
   classifies each forward as prefill / decode / extend and starts a new run when a generation starts,
   and a forward hook on its exit module that ends the forward;
 * the site's hooks (:mod:`kvsmooth_hooks.core.sites`: ``cache`` or ``kv_proj``);
-* if a scorer needs attention rows: the session-scoped attention probe (:mod:`kvsmooth_hooks.core.probe`; decode
-  steps score all layers' rows in one step, :mod:`kvsmooth_hooks.core.rowbatch`), or the adapter's row hooks;
-* a ``generate`` wrapper that refuses generation modes smoothing cannot serve (assisted and
-  prompt-lookup decoding) and starts one trace run per call.
+* if a scorer needs attention rows: the attention probe (:mod:`.probe`), inline capture (:mod:`.inline`) or the
+  adapter's row hooks (decode steps score all layers' rows in one step, :mod:`.rowbatch`);
+* a ``generate`` wrapper that refuses assisted and prompt-lookup decoding and starts one trace run per call.
 
 Per-sequence state lives in one :class:`~kvsmooth_hooks.core.state.GenerationState`. Everything is removed on exit,
-also when generation raises. Under ``torch.compile`` the entry/exit hooks run eagerly (``eager_only``).
-"""
+also when generation raises. Under ``torch.compile`` the entry/exit hooks run eagerly (``eager_only``)."""
 
 from __future__ import annotations
 
@@ -28,6 +26,7 @@ from .errors import SessionError
 from .modes import _generate
 from .plan import SmoothingPlan, resolve
 from .rowbatch import RowBatch
+from .inline import InlineRows
 from .probe import AttentionProbe, eager_only, query_probs
 from .scorers import build_scorer
 from .sites import DECODE, EXTEND, PREFILL, build_site
@@ -67,8 +66,7 @@ class Session:
         self.probe: AttentionProbe | None = None
         self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.core.rowbatch)
         self.kind, self.total = None, 0  # the running forward's kind; positions its cache holds after it
-        self.attached, self._depth = False, 0
-        self._generating = self._fresh_generate = False
+        self.attached, self._depth, self._generating, self._fresh_generate = False, 0, False, False
         self._undo_reorder = None
         self._original_generate = None
         active = self.plan.active_layers()
@@ -163,16 +161,18 @@ class Session:
         self.handles.append(ad.exit_module().register_forward_hook(eager_only(self._post_forward)))
         self.handles.extend(self.site.register())
         if self.needs_row:
+            probed = [l for l in self.state.layers.values() if ad.row_module(l.index) is None and not ad.inline_attention(l.index)]
             for layer in self.state.layers.values():
-                mod = ad.row_module(layer.index)
-                if mod is not None:
+                if (mod := ad.row_module(layer.index)) is not None:
                     self.handles.append(mod.register_forward_hook(self._pattern_hook(layer)))
-            if any(ad.row_module(i) is None for i in self.state.layers):
+                elif layer not in probed:  # attention written in the module's own forward (core/inline.py)
+                    self.handles += InlineRows(layer.attn, layer.n_heads, self._row_listener(layer), self).register()
+            self.rows = RowBatch.for_groups(self.state.groups)
+            if probed:
                 configs = ad.attention_configs()
                 self.probe = AttentionProbe(configs, configs[0]._attn_implementation if configs else "sdpa")
-                for layer in self.state.layers.values():
+                for layer in probed:
                     self.probe.listen(layer.attn, self._row_listener(layer))
-                self.rows = RowBatch.for_groups(self.state.groups)
                 self.probe.install()
         if callable(getattr(self.model, "generate", None)):
             self._original_generate = vars(self.model).get("generate")  # None: the class's own method

@@ -7,7 +7,7 @@ import torch
 
 from helpers import reference_cache_decode, reference_kvproj_decode
 from kvsmooth_hooks import KVSmoothConfig, SessionError, UnsupportedModelError, get_adapter, smooth
-from tiny_models import FUSED, NO_ROWS, TEXT, VLM, build, vlm_inputs
+from tiny_models import FUSED, INLINE, NO_ROWS, TEXT, VLM, build, vlm_inputs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SITES = ["cache", "kv_proj"]
@@ -15,8 +15,6 @@ N = 8  # new tokens
 
 
 def cfg_for(name, **kw):
-    if name == "falcon_new" and kw.get("site", "cache") == "cache":
-        pytest.skip("Falcon's new decoder architecture: cache site is a clear error (test below)")
     if name in NO_ROWS:
         kw.setdefault("scorer", "key_similarity")
     return KVSmoothConfig(layers="all", **kw)
@@ -46,6 +44,7 @@ def test_hooks_per_layer_only_on_the_language_decoder(name, site):
     before, dec_before = n_hooks(model), n_hooks(ad.decoder())
     with smooth(model, cfg_for(name, site=site)) as s:
         per_layer = 0 if site == "cache" else 1 if name in FUSED else 2  # cache: entries read from the decoder's cache
+        per_layer += 2 if name in INLINE else 0  # inline attention: the row capture's pre- and post-hook
         assert len(s.handles) == 2 + ad.n_layers * per_layer
         added = n_hooks(model) - before
         assert added == len(s.handles)
@@ -82,7 +81,9 @@ def _padded():
     return ids, mask, a, b
 
 
-EXACT = [n for n in TEXT if n not in NO_ROWS]
+#: reference loops read eager rows; Falcon's eager and sdpa paths differ on left padding, so Falcon runs eager here
+#: (its sdpa rows are checked against eager ones in tests/integration/test_inline.py)
+EXACT = [n + "_eager" if n in INLINE else n for n in TEXT if n not in NO_ROWS]
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -125,18 +126,19 @@ def test_left_padded_batch_equals_each_prompt_alone(name, site):
 
 
 # ---------------------------------------------------------------------- clear errors
-def test_falcon_needs_a_rowless_scorer():
-    model = build("falcon")
-    with pytest.raises(UnsupportedModelError, match="Falcon computes attention inline"):
-        with smooth(model, KVSmoothConfig(layers="all")):
-            pass
-
-
-def test_falcon_new_architecture_cache_site_says_use_kv_proj():
+def test_falcon_new_architecture_cache_site_edits_every_copy_of_a_kv_head_alike():
+    """Falcon-40B layout: the cache holds each of the 2 KV heads once per query head of its group (4 cached heads);
+    after smoothing the copies of one KV head are still equal, and the smoothed entry differs from the plain one."""
     model = build("falcon_new")
-    with pytest.raises(UnsupportedModelError, match="use site 'kv_proj'"):
-        with smooth(model, KVSmoothConfig(layers="all", scorer="key_similarity")):
-            pass
+    inp = inputs("falcon_new", model)
+    plain = gen(model, inp).past_key_values
+    with smooth(model, cfg_for("falcon_new", site="cache")):
+        out = gen(model, inp).past_key_values
+    for layer, ref in zip(out.layers, plain.layers):
+        assert layer.keys.shape[1] == 4
+        for t in (layer.keys, layer.values):
+            assert torch.equal(t[:, 0], t[:, 1]) and torch.equal(t[:, 2], t[:, 3])
+        assert not torch.allclose(layer.keys, ref.keys)
 
 
 def test_sliding_window_too_small_for_the_cache_site():

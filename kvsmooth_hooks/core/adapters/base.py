@@ -227,6 +227,13 @@ class Adapter(CacheAccess):
         cache = self._find(kwargs, CACHE_KWARGS)
         if cache is None:
             return None
+        if isinstance(cache, (tuple, list)):
+            raise UnsupportedModelError(
+                f"{type(self.model).__name__} keeps its KV cache as legacy tuples of (key, value) tensors, rebuilt at "
+                "every step: neither site can follow a generation through them (the 'cache' site edits a transformers "
+                "Cache in place; 'kv_proj' needs one cache object per generation). Load a version of the model whose "
+                "attention calls cache.update(...) on a transformers Cache (DynamicCache), as transformers 5 generate "
+                "passes one")
         batch, q_len = int(x.shape[0]), int(x.shape[1])
         static = self._is_static(cache)
         # a static cache's length is a device tensor: reading it is a host sync, skipped when the session knows it
@@ -241,6 +248,16 @@ class Adapter(CacheAccess):
         """A module whose forward output is layer ``layer``'s attention pattern ``[B, Hq, Q, T]``, or None:
         rows are then recomputed by the session's attention probe (:mod:`kvsmooth_hooks.core.probe`)."""
         return None
+
+    def inline_attention(self, layer: int) -> bool:
+        """Whether layer ``layer``'s attention module computes attention in its own forward (not through transformers'
+        attention interface): its rows are then read by :mod:`kvsmooth_hooks.core.inline`."""
+        return False
+
+    def cache_head_repeat(self, layer: int) -> int:
+        """How many copies of each KV head layer ``layer``'s cache holds (1; Falcon's new decoder architecture caches
+        every KV head once per query head of its group): the ``cache`` site edits every copy alike."""
+        return 1
 
     def attention_configs(self) -> list:
         """Config objects whose ``_attn_implementation`` the attention modules and mask code read."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .heads import FUSED_CONTIGUOUS, FUSED_KV, SEPARATE, HeadLayout, head_layout, kv_slots, safe_heads  # noqa: F401
+from .heads import FUSED_CONTIGUOUS, FUSED_GROUPED, FUSED_KV, SEPARATE, HeadLayout, head_layout, kv_slots, safe_heads  # noqa: F401
 from .runtime import UnsupportedModelError
 
 #: attribute names of a decoder layer's self-attention module, in order of preference
@@ -183,7 +183,7 @@ def _mixer_name(layer: nn.Module) -> str:
 
 
 def _has_projections(mod: nn.Module) -> bool:
-    names = {n for pair in SEPARATE for n in pair} | set(FUSED_CONTIGUOUS) | set(FUSED_KV) | {"kv_a_proj_with_mqa"}
+    names = {n for pair in SEPARATE for n in pair} | set(FUSED_CONTIGUOUS + FUSED_GROUPED + FUSED_KV) | {"kv_a_proj_with_mqa"}
     return any(isinstance(getattr(mod, n, None), nn.Module) for n in names)
 
 

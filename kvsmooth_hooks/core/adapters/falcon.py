@@ -6,19 +6,8 @@
 """
 
 from .base import ProjSlot
-from .runtime import UnsupportedModelError
 from .discover import HeadLayout
 from .generic import GenericAdapter
-
-
-class _SecondOutput:
-    """Hooks registered here receive ``module``'s second output (its attention probabilities) as their output."""
-
-    def __init__(self, module):
-        self.module = module
-
-    def register_forward_hook(self, hook):
-        return self.module.register_forward_hook(lambda mod, args, out: hook(mod, args, out[1]))
 
 
 class FalconAdapter(GenericAdapter):
@@ -61,23 +50,7 @@ class FalconAdapter(GenericAdapter):
     def value_slot(self, layer: int) -> ProjSlot:
         return self._slot(layer, 1)
 
-    def row_module(self, layer: int):
-        """With eager attention, Falcon's attention module returns its probabilities ``[B, H, Q, T]`` as the second
-        output: the session reads rows there (Falcon computes attention inline, outside transformers' interface)."""
-        return _SecondOutput(self.attention(layer)) if self.config._attn_implementation == "eager" else None
-
-    def check_session(self, site: str, needs_row: bool, plan=None) -> None:
-        super(GenericAdapter, self).check_session(site, needs_row, plan)
-        if needs_row and self.config._attn_implementation != "eager":
-            raise UnsupportedModelError(
-                "Falcon computes attention inline (not through transformers' attention interface); its attention "
-                f"probabilities exist only with eager attention, not '{self.config._attn_implementation}': load it with "
-                "attn_implementation='eager' for row scorers, or use a scorer that reads no row (key_similarity, "
-                "constant, random)"
-            )
-        if site == "cache" and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
-            raise UnsupportedModelError(
-                "Falcon's new decoder architecture caches every KV head repeated per query head "
-                f"({self.n_heads} cached heads for {self.n_kv_heads} KV heads), so per-KV-head cache edits do not "
-                "line up with the cache; use site 'kv_proj' for this model"
-            )
+    def cache_head_repeat(self, layer: int) -> int:
+        """The new decoder architecture caches each KV head once per query head of its group
+        (``[B, H, T, D]``, head ``j`` a copy of KV head ``j // (H / Hkv)``)."""
+        return self.n_heads // self.n_kv_heads if self.config.new_decoder_architecture else 1

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 
 from torch import nn
 
+from ..inline import computes_attention_inline
 from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .cache_access import self_attention_part
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
@@ -61,6 +63,21 @@ def uses_attention_interface(attn: nn.Module) -> bool:
     except (OSError, TypeError):
         return True
     return any(t in src for t in ("ALL_ATTENTION_FUNCTIONS", "attention_interface", "get_interface"))
+
+
+#: ``config._attn_implementation == "sdpa"`` / ``in ("eager", "sdpa")``: the names the forward compares with
+_BRANCH = re.compile(r"_attn_implementation\s*(?:==|!=|in|not in)\s*([\(\[][^\)\]]*[\)\]]|[\"'][\w|-]+[\"'])")
+
+
+def branches_on_implementation(attn: nn.Module, impl: str) -> bool:
+    """Whether ``attn``'s forward compares the implementation's name with ``impl`` (AXK2, HY-V4 and DeepSeek-V3.2 apply
+    their sparse indexer's mask only ``in ("eager", "sdpa")``; GPT-2 upcasts only ``== "eager"``): renaming it to
+    ``<impl>_kvsmooth`` would change the model's output, so its rows are read inline (:mod:`kvsmooth_hooks.core.inline`)."""
+    try:
+        src = inspect.getsource(type(attn).forward)
+    except (OSError, TypeError):
+        return False
+    return any(re.search(rf"[\"']{re.escape(impl)}[\"']", m.group(1)) for m in _BRANCH.finditer(src))
 
 
 class GenericAdapter(Adapter):
@@ -160,14 +177,19 @@ class GenericAdapter(Adapter):
                     f"{type(attn).__name__} (layer {i}) projects the main and n-gram prediction streams together, so its "
                     "key/value projections do not hold one entry per generated token; use site 'cache'"
                 )
-            if needs_row and self.row_module(i) is None and not uses_attention_interface(attn):
+            if needs_row and self.row_module(i) is None and self.inline_attention(i) and not computes_attention_inline(attn):
                 raise UnsupportedModelError(
-                    f"{type(attn).__name__} (layer {i}) computes attention inline, not through transformers' attention "
-                    "interface, so attention rows cannot be captured: use a scorer that reads no row "
-                    "(key_similarity, constant, random)"
+                    f"{type(attn).__name__} (layer {i}) computes attention neither through transformers' attention "
+                    "interface nor with a softmax or scaled_dot_product_attention call of its own, so attention rows "
+                    "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
                 )
             if site == "kv_proj":
                 kv_slots(attn, self.heads(i))
+
+    def inline_attention(self, layer: int) -> bool:
+        attn = self.attention(layer)
+        impl = str(getattr(getattr(attn, "config", None) or self.config, "_attn_implementation", "") or "sdpa")
+        return not uses_attention_interface(attn) or branches_on_implementation(attn, impl.removesuffix("_kvsmooth"))
 
     def find_cache(self, args: tuple, kwargs: dict):
         """The cache among an attention module's arguments (positional ones bound by the attention modules'
@@ -183,7 +205,14 @@ class GenericAdapter(Adapter):
         named = named_arguments(self.entry_module(), args, kwargs)
         if named.get("input_ids") is None and named.get("inputs_embeds") is None and named.get("hidden_states") is not None:
             named = {**named, "inputs_embeds": named["hidden_states"]}
-        return super().forward_info((), named, known_past)
+        ids, k = named.get("input_ids"), getattr(self.entry_module(), "num_codebooks", None)
+        if isinstance(k, int) and k > 1 and named.get("inputs_embeds") is None and ids is not None and ids.dim() == 2 \
+                and ids.shape[0] % k == 0:  # Musicgen: ids [B * codebooks, T], summed into one stream per sequence
+            named = {**named, "input_ids": ids.view(-1, k, ids.shape[-1])[:, 0]}
+        info = super().forward_info((), named, known_past)
+        if info is not None:  # BLIP's text decoder gets a DynamicCache at the prefill, then an EncoderDecoderCache around
+            info.cache = self_attention_part(info.cache)  # it: one run, identified by the self-attention part
+        return info
 
     def smoothable_layers(self) -> list[int]:
         return self.structure.attention_layers()

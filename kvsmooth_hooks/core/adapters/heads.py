@@ -18,8 +18,10 @@ from .runtime import UnsupportedModelError
 
 SEPARATE = (("k_proj", "v_proj"), ("key", "value"), ("k", "v"), ("wk", "wv"), ("Wk", "Wv"), ("k_lin", "v_lin"),
             ("key_proj", "value_proj"), ("project_k", "project_v"), ("to_k", "to_v"), ("linear_k", "linear_v"))
-FUSED_CONTIGUOUS = ("qkv_proj", "c_attn", "Wqkv", "W_pack", "qkv", "wqkv", "in_proj", "qkv_linear", "to_qkv",
+FUSED_CONTIGUOUS = ("qkv_proj", "c_attn", "Wqkv", "W_pack", "qkv", "in_proj", "qkv_linear", "to_qkv",
                     "query_key_value")
+#: fused projections laid out per KV group as ``[q * (H / Hkv), k, v]`` (InternLM2's ``wqkv``: ``b q (h gs d)``)
+FUSED_GROUPED = ("wqkv",)
 FUSED_KV = ("kv_proj", "kv", "wkv", "to_kv")
 
 
@@ -136,6 +138,11 @@ def kv_slots(attn: nn.Module, heads: HeadLayout) -> tuple[ProjSlot, ProjSlot]:
         mod = getattr(attn, name, None)
         if isinstance(mod, nn.Module) and _out(mod) == kv * (dk + dv):
             return ProjSlot(mod, 0, kv * dk), ProjSlot(mod, kv * dk, kv * (dk + dv))
+    for name in FUSED_GROUPED:
+        mod = getattr(attn, name, None)
+        if isinstance(mod, nn.Module) and _out(mod) == (q + 2 * kv) * dk and dk == dv and q % kv == 0:
+            per = q // kv + 2
+            return ProjSlot(mod, interleave=(per, per - 2)), ProjSlot(mod, interleave=(per, per - 1))
     for name in FUSED_CONTIGUOUS:
         mod = getattr(attn, name, None)
         if not isinstance(mod, nn.Module):
@@ -157,5 +164,5 @@ def kv_slots(attn: nn.Module, heads: HeadLayout) -> tuple[ProjSlot, ProjSlot]:
         return ProjSlot(mod, start, start + kv * dk), ProjSlot(mod, start + kv * dk, start + kv * (dk + dv))
     raise UnsupportedModelError(
         f"{type(attn).__name__}: no key/value projection found (looked for separate {[k for k, _ in SEPARATE]}, "
-        f"fused {list(FUSED_CONTIGUOUS + FUSED_KV)}); use site 'cache', or write an explicit adapter"
+        f"fused {list(FUSED_CONTIGUOUS + FUSED_GROUPED + FUSED_KV)}); use site 'cache', or write an explicit adapter"
     )

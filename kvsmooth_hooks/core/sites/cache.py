@@ -35,6 +35,8 @@ class CacheSite(Site):
         layers = list(self.state.layers.values())
         self._indices = [layer.index for layer in layers]
         self._keyed = [layer for layer in layers if not layer.scorer.needs_row or layer.scorer.needs_key]
+        # caches holding each KV head several times (Falcon's new decoder architecture): every copy is edited alike
+        self.repeat = {layer.index: self.adapter.cache_head_repeat(layer.index) for layer in layers}
         if self.adapter.cache_at_end:
             return []
         return [layer.attn.register_forward_hook(self._hook(layer), with_kwargs=True) for layer in layers]
@@ -97,6 +99,8 @@ class CacheSite(Site):
         if scorer.needs_row and not (kind == PREFILL and scorer.needs_key):  # nothing else to do per layer
             return
         with torch.no_grad():
+            if self.repeat[layer.index] > 1:  # one copy of each KV head
+                keys = keys[:, :: self.repeat[layer.index]]
             if scorer.needs_key and self.static_len is not None:  # the written positions of a static cache
                 keys = keys[:, :, : self.static_len]
             if kind == PREFILL and scorer.needs_key:
@@ -157,9 +161,9 @@ class CacheSite(Site):
                 current.append(cur)
                 previous += [t.select(2, prev) for t in tensors]
                 if same:  # the target mask is the enabled mask: lambda itself, converted and split once for K and V
-                    ws = lam_ws = _per_layer(lam, tensors, group) if lam_ws is None else lam_ws
+                    ws = lam_ws = _per_layer(lam, tensors, group, self.repeat) if lam_ws is None else lam_ws
                 else:
-                    ws = _per_layer(lam * group.consts(lam.device)[mask], tensors, group)
+                    ws = _per_layer(lam * group.consts(lam.device)[mask], tensors, group, self.repeat)
                 weights += ws
             before = [torch.stack(cur, 1).float() for cur in current] if record else None
             if current:  # keys and values of every layer of the group: one fused op
@@ -199,10 +203,13 @@ class CacheSite(Site):
                 layer.stash = None
 
 
-def _per_layer(w: torch.Tensor, tensors: list[torch.Tensor], group: CoefficientGroup) -> list[torch.Tensor]:
+def _per_layer(w: torch.Tensor, tensors: list[torch.Tensor], group: CoefficientGroup, repeat: dict) -> list[torch.Tensor]:
     """Weights ``w [B, La, H]`` as one ``[B, Hkv, 1]`` tensor per layer, in the cache's dtype (layers with fewer KV
-    heads than H take their first ones)."""
+    heads than H take their first ones; a cache holding each KV head ``r`` times gets each weight ``r`` times)."""
     ws = w.unsqueeze(-1).to(tensors[0].dtype).unbind(1)
     if group.mixed_heads:
         ws = [x if x.shape[1] == t.shape[1] else x[:, :t.shape[1]] for x, t in zip(ws, tensors)]
+    r = [repeat.get(layer.index, 1) for layer in group.layers]
+    if max(r) > 1:
+        ws = [x.repeat_interleave(n, 1) if n > 1 else x for x, n in zip(ws, r)]
     return list(ws)

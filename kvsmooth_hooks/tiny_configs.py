@@ -6,7 +6,8 @@ shrunk (nested text / vision / audio / encoder / decoder configs too), and lists
 are cut while keeping one layer of each kind. A few model types need one more setting; they are in
 :data:`EXTRA` with the reason.
 
-``generative_classes()`` lists the classes; ``build(name)`` returns ``(model, note)``.
+``generative_classes()`` lists the classes; ``build(name)`` returns the model (used by ``kvsmooth_hooks.sweep`` and
+the tests; moved here from experiments/ so that tests import nothing from experiments/).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ EXTRA: dict[str, dict] = {
     "dots1": {"n_routed_experts": 4, "num_experts_per_tok": 2},  # defaults None
     "lfm2_moe": {"layer_types": ["conv", "full_attention"]},  # default None
     "granitemoehybrid": {"layer_types": ["linear_attention", "attention"]},  # default: no attention layer
+    "gpt_neo": {"attention_types": [[["global", "local"], 1]]},  # one global and one local layer for the 2 layers
+    "mpt": {"use_cache": True},  # its config defaults to generating without a KV cache
     "helium": {"head_dim": 16},  # its output projection assumes head_dim = hidden / heads
     "mllama_text_model": {"num_hidden_layers": 3, "cross_attention_layers": [1]},  # one cross-attention layer
     # 4 layers, the last 2 reuse the KV of the last earlier layer of their kind (sliding / full)
@@ -224,12 +227,15 @@ def _fit_rope_sections(cls, kw: dict) -> None:
     kw["rope_parameters"] = {**rp, "mrope_section": new}
 
 
-def build(name: str, seed: int = 0, attn_implementation: str | None = None):
-    """The transformers class ``name`` as a tiny random model in eval mode (``attn_implementation``: as loaded)."""
+def build(name: str, seed: int = 0, attn_implementation: str | None = None, overrides: dict | None = None):
+    """The transformers class ``name`` as a tiny random model in eval mode (``attn_implementation``: as loaded;
+    ``overrides``: config fields set after shrinking)."""
     import transformers
 
     cls = getattr(transformers, name)
     cfg = shrink(cls.config_class())
+    for key, value in (overrides or {}).items():
+        setattr(cfg, key, value)
     if ("CausalLM" in name or "LMHead" in name or name.endswith("Decoder")) and getattr(cfg, "is_decoder", None) is False:
         cfg.is_decoder = True  # BERT-style encoders as decoders (causal, with a KV cache), as their docs ask
     torch.manual_seed(seed)

@@ -1,0 +1,106 @@
+"""``kvsmooth check --model ID_OR_FOLDER [--loader ...] [--random]``: load the model, run the checks of
+:mod:`kvsmooth_hooks.check` and print one verdict line per check (exit 0 only when all pass, 2 for mistakes)."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .check import FALLBACK_SCORER, check_model
+
+LOADERS = {  # --loader -> the Auto class that builds the model
+    "causal-lm": "AutoModelForCausalLM",
+    "image-text-to-text": "AutoModelForImageTextToText",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
+    "vision2seq": "AutoModelForVision2Seq",
+}
+
+
+def add_check_parser(sub) -> None:
+    """``kvsmooth check`` (registered by cli.py)."""
+    c = sub.add_parser("check", help="does smoothing work on this model? layers x KV heads, sites, scorers, checks")
+    c.add_argument("--model", required=True, help="a local HF model folder or a cached hub id")
+    c.add_argument("--loader", choices=["auto", *LOADERS], default="auto",
+                   help="which Auto class builds it (default: the first of causal-lm, image-text-to-text, seq2seq, ...)")
+    c.add_argument("--random", action="store_true",
+                   help="random weights from the config alone (no weights read: also for models too large here)")
+    c.add_argument("--trust-remote-code", action="store_true", help="allow the folder's own modeling files (auto_map)")
+    c.add_argument("--attn-implementation", help="e.g. sdpa or eager (default: the model's)")
+
+
+def load(model: str, loader: str = "auto", random: bool = False, trust_remote_code: bool = False,
+         attn_implementation: str | None = None):
+    """The model named by ``--model`` (a folder or a cached hub id), built by ``--loader``; ValueError for user mistakes."""
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise ValueError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
+                             "it") from None
+        raise ValueError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
+                         f"{str(exc).splitlines()[0]}") from None
+    names = [LOADERS[loader]] if loader != "auto" else list(LOADERS.values())
+    kw = {"trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    errors = []
+    for name in names:
+        auto = getattr(transformers, name)
+        try:
+            if random:
+                torch.manual_seed(0)
+                return auto.from_config(config, **kw).eval()
+            return auto.from_pretrained(model, **kw).eval()
+        except ValueError as exc:  # this Auto class does not map the config
+            errors.append(f"{name}: {str(exc).splitlines()[0][:150]}")
+        except OSError as exc:
+            raise ValueError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
+                             "check with random weights from the config alone)") from None
+    raise ValueError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
+                     f"{', '.join(k for k in LOADERS if LOADERS[k] in names)} can build; " + "; ".join(errors[:2]))
+
+
+def _line(ok: bool | None, text: str) -> str:
+    return f"{'PASS' if ok else 'SKIP' if ok is None else 'FAIL'}  {text}"
+
+
+def cmd_check(args, out=print) -> int:
+    """Run every check on the model; one verdict line per check; 0 when all pass, 1 otherwise."""
+    model = load(args.model, args.loader, args.random, args.trust_remote_code, args.attn_implementation)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = check_model(model, args.model)
+    if report.error is not None:
+        out(_line(False, f"unhooked generation: the model did not generate from a short random prompt: {report.error}"))
+        return 1
+    s = report.structure
+    if "adapter_error" in s:
+        out(_line(False, f"decoder: {s['adapter_error']}"))
+    else:
+        kinds = ", ".join(k for k in s.get("layer_kinds", []) if k != "attention")
+        out(f"model     {type(model).__name__} ({s['model_type']}), adapter {s['adapter']}, decoder "
+            f"{s.get('decoder', '?')}: {s['layers']} layers x {s['n_kv_heads']} KV heads ({s['n_heads']} query heads), "
+            f"{s['attention_layers']} with their own KV cache" + (f"; other layers: {kinds}" if kinds else ""))
+        out(f"rows      attention rows for row scorers come from: {s.get('rows', 'none')}")
+    for site, r in report.sites.items():
+        if r["status"] == "ok":
+            out(_line(True, f"{site:8s} row_entropy: lambda 0 bit-identical, lambda 0.9 changes the logits "
+                            f"({r['detail']}), nothing left behind"))
+            continue
+        out(_line(False, f"{site:8s} row_entropy: {r['status']}: {r['detail']}"))
+        alt = r.get("fallback")
+        if alt is not None:
+            out(f"          with {FALLBACK_SCORER} (reads no row): {alt['status']}: {alt['detail']}")
+    ref = report.reference
+    if ref is not None:
+        out(_line(True if ref["status"] == "ok" else None if ref["status"] == "skip" else False,
+                  f"cache    reference decode loop (fixed lambda 0.9): {ref['detail']}"))
+    ok = report.passed()
+    out(f"verdict   {'smoothing works on this model' if ok else 'smoothing does NOT work on this model as it is'}")
+    return 0 if ok else 1
