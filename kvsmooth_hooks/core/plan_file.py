@@ -18,7 +18,7 @@ class PlanError(ValueError):
 
 
 def checked_fields(path: Path, meta: dict, tensors: dict) -> dict:
-    """A plan file's fields, validated like a config (a plan can be edited by hand): errors name file and field."""
+    """A plan file's fields, validated like a config (a file can be damaged or edited): errors name file and field."""
     def bad(field: str, msg: str) -> PlanError:
         return PlanError(f"plan file '{path}': {field}: {msg}; re-export the plan with SmoothingPlan.save")
 
