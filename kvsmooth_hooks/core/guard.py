@@ -188,3 +188,25 @@ def unwrap_compiled(model):
     if orig is not None and type(model).__name__ == "OptimizedModule":
         return unwrap_compiled(orig)
     return model
+
+
+def forget_compiled_graphs(model, wrapped: bool) -> bool:
+    """Drop torch.compile's graphs when a session's hooks change on a compiled model (``wrapped``: it came as an
+    ``OptimizedModule``; also ``model.compile()`` or a compiled ``forward``). Dynamo does not guard on module hooks
+    (``torch._dynamo.config.skip_nnmodule_hook_guards``): a graph traced before the session would run without its
+    hooks, and one traced inside it would keep calling them after it. ``torch._dynamo.reset()`` is the only public
+    way, so other compiled models recompile on their next call. Returns whether it reset."""
+    try:
+        import torch._dynamo as dynamo
+        from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    except Exception:  # pragma: no cover - torch without dynamo
+        return False
+    code = getattr(type(model).forward, "__code__", None)
+    try:
+        traced = code is not None and bool(_debug_get_cache_entry_list(code))
+    except Exception:  # pragma: no cover - a private API that moved
+        traced = True
+    if wrapped or traced or getattr(model, "_compiled_call_impl", None) is not None:
+        dynamo.reset()
+        return True
+    return False

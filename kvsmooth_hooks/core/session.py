@@ -30,7 +30,7 @@ from .adapters import Adapter, get_adapter
 from .config import KVSmoothConfig
 from .errors import SessionError
 from .forwards import Forwards
-from .guard import Owner, claim_modules, release_modules, unwrap_compiled
+from .guard import Owner, claim_modules, forget_compiled_graphs, release_modules, unwrap_compiled
 from .modes import install, uninstall
 from .plan import SmoothingPlan, resolve
 from .rowbatch import RowBatch
@@ -61,6 +61,7 @@ class Session(Forwards):
     def __init__(self, model, config: KVSmoothConfig | SmoothingPlan | None = None, *, trace: bool = True,
                  record_deltas: bool = False, trace_runs: int | None = ..., adapter: Adapter | None = None,
                  remove_timeout: float | None = 300.0):
+        self.compiled = unwrap_compiled(model) is not model  # a torch.compile wrapper: its graphs are retraced
         model = unwrap_compiled(model)
         self.model = model
         self.adapter = adapter or get_adapter(model)
@@ -141,6 +142,7 @@ class Session(Forwards):
             except BaseException:
                 self.remove()
                 raise
+            forget_compiled_graphs(self.model, self.compiled)  # graphs traced without these hooks
             self.model._kvsmooth_session = self
             self.attached = True
             return self
@@ -168,14 +170,17 @@ class Session(Forwards):
             self._undo_reorder = None
         uninstall(self)
         release_modules(self, self._claims())
+        if self.attached:
+            forget_compiled_graphs(self.model, self.compiled)  # graphs traced with these hooks
         if vars(self.model).get("_kvsmooth_session") is self:
             del self.model._kvsmooth_session
         self.attached, self._depth, self.kind = False, 0, None
         self.state.cache = None
 
     def __enter__(self) -> "Session":
+        self.attach()  # first: a refused attach leaves no depth behind
         self._depth += 1
-        return self.attach()
+        return self
 
     def __exit__(self, *exc) -> None:
         self._depth -= 1

@@ -216,12 +216,40 @@ def test_generate_taken_inside_the_block_and_called_after_it_is_refused(model):
 def test_torch_compile_wrapper_is_smoothed(model, site):
     cfg = KVSmoothConfig(site=site, **CFG)
     ref = _smoothed_reference(model, cfg)
-    compiled = torch.compile(model, backend="eager")
+    compiled = torch.compile(model, backend="eager", dynamic=True)
     with smooth(compiled, cfg) as s:
         out = compiled.generate(**_kw())
     assert s.model is model
     assert torch.equal(out, ref) and s.trace.tensor("lambda").shape[0] == 7
     assert _hooks(model) == 0 and "generate" not in vars(model)
+
+
+@pytest.mark.parametrize("site", ["kv_proj", pytest.param("cache", marks=pytest.mark.slow)])  # dynamo traces: ~15 s each
+def test_compiled_forwards_are_retraced_when_a_session_starts_and_ends(model, site):
+    """Dynamo does not guard on module hooks: graphs traced before the session would run without its hooks, and
+    graphs traced inside it would keep calling them after it; the session drops them at attach and remove."""
+    cfg = KVSmoothConfig(site=site, **CFG)
+    compiled = torch.compile(model, backend="eager", dynamic=True)
+    with torch.no_grad(), smooth(model, cfg) as plain:  # forwards through the compiled module itself: a manual loop
+        want = _manual_greedy(model, 4)
+    with torch.no_grad():
+        unsmoothed = _manual_greedy(compiled, 4)  # graphs traced before the session, without its hooks
+        with smooth(compiled, cfg) as s:
+            torch.testing.assert_close(_manual_greedy(compiled, 4), want)
+        torch.testing.assert_close(_manual_greedy(compiled, 4), unsmoothed)  # and none traced with them is kept after it
+    assert not torch.allclose(want, unsmoothed, atol=1e-3)
+    torch.testing.assert_close(s.trace.tensor("lambda"), plain.trace.tensor("lambda"))
+
+
+def _manual_greedy(model, n):
+    """Greedy manual decode loop; the logits of every decode step ``[n, V]``."""
+    out = model(input_ids=_prompt(n=10)[0], use_cache=True)
+    logits = []
+    for _ in range(n):
+        tok = out.logits[:, -1].argmax(-1, keepdim=True)
+        out = model(input_ids=tok, past_key_values=out.past_key_values, use_cache=True)
+        logits.append(out.logits[0, -1])
+    return torch.stack(logits)
 
 
 # other generate entry points -------------------------------------------------------------------------------------
