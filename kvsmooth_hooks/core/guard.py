@@ -8,6 +8,9 @@ the forward hooks themselves, from the Python stack (:func:`generation_roles`): 
 before the session, a ``functools.partial`` of it or ``GenerationMixin.generate(model, ...)`` are seen too.
 The per-step cost is one ``threading.get_ident()`` comparison; stacks are read only when a run starts, when the thread
 changes, or for a forward of several tokens after decoding began.
+
+Also here: module claims (one session per module: :func:`claim_modules`) and ``torch.compile`` wrappers
+(:func:`unwrap_compiled`, :func:`forget_compiled_graphs`).
 """
 
 from __future__ import annotations
