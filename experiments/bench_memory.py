@@ -1,7 +1,7 @@
 """Memory of a long-lived session: resident set size over many generate calls in one ``attach()``.
 
-Arms: ``trace=False`` (nothing recorded), ``trace_runs=1`` (only the latest run kept) and the default
-(every run kept, which grows by design). A tiny random Llama keeps it fast; the session code is the same.
+Arms: ``trace=False`` (nothing recorded), ``trace_runs=1`` (only the latest run kept), the default (the latest
+100 runs) and ``trace_runs=None`` (every run kept, which grows by design). A tiny random Llama keeps it fast; the session code is the same.
 
     python experiments/bench_memory.py --calls 1000
 """
@@ -39,8 +39,9 @@ def main(argv=None) -> None:
                                          num_attention_heads=4, num_key_value_heads=2)).eval()
     model.generation_config.eos_token_id = None
     ids = torch.randint(3, 128, (2, 8))
-    print(f"{'arm':<14} {'calls':>6} {'RSS after 100 (MB)':>19} {'RSS at end (MB)':>16} {'growth (MB)':>12} {'runs kept':>10}")
-    for name, opts in (("trace=False", {"trace": False}), ("trace_runs=1", {"trace_runs": 1}), ("default", {})):
+    print(f"{'arm':<16} {'calls':>6} {'RSS after 100 (MB)':>19} {'RSS at end (MB)':>16} {'growth (MB)':>12} {'runs kept':>10}")
+    for name, opts in (("trace=False", {"trace": False}), ("trace_runs=1", {"trace_runs": 1}), ("default", {}),
+                       ("trace_runs=None", {"trace_runs": None})):
         session = attach(model, KVSmoothConfig(layers="1:-1"), **opts)
         try:
             for i in range(args.calls):
@@ -53,7 +54,7 @@ def main(argv=None) -> None:
             end = rss_mb()
         finally:
             session.remove()
-        print(f"{name:<14} {args.calls:>6} {warm:>19.1f} {end:>16.1f} {end - warm:>12.1f} {len(session.trace):>10}")
+        print(f"{name:<16} {args.calls:>6} {warm:>19.1f} {end:>16.1f} {end - warm:>12.1f} {len(session.trace):>10}")
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         out = fn(module, q, k, v, mask, **kw)
         t2 = time.perf_counter()
-        lst = P._LISTENERS.get(id(module))
+        ref = P._LISTENERS.get(id(module))  # weak references to the listeners
+        lst = ref() if ref is not None else None
         if lst is not None:
             lst(module, q, k, mask, kw, out[1])
         dt = (t1 - t0) + (time.perf_counter() - t2)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .config import ConfigError, KVSmoothConfig, ScorerSpec
-from .plan_file import PlanError, checked_fields
+from .plan_file import PlanError, check_consistent, checked_fields
 
 from .plan_file import TENSOR_FIELDS  # noqa: E402
 
@@ -147,6 +147,7 @@ class SmoothingPlan:
         if meta.get("format") != "kvsmooth_hooks.core.plan/1":
             raise PlanError(f"'{path}' is not a kvsmooth_hooks plan (metadata format={meta.get('format')!r})")
         plan = cls(**checked_fields(path, meta, tensors))
+        check_consistent(path, plan, _resolved(plan.config, plan.n_layers, plan.n_kv_heads, plan.identity))
         if model is not None:
             plan.check_model(model)
         return plan
@@ -169,10 +170,17 @@ class SmoothingPlan:
 def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
     """Resolve ``config`` against ``model`` (an HF model, or an :class:`~kvsmooth_hooks.core.adapters.Adapter`)."""
     from .adapters import Adapter, get_adapter
-    from .scorers import SCORERS
 
     adapter = model if isinstance(model, Adapter) else get_adapter(model)
-    n_layers, n_heads = adapter.n_layers, adapter.n_kv_heads
+    plan = _resolved(config, adapter.n_layers, adapter.n_kv_heads, adapter.identity())
+    _only_smoothable(config, adapter, plan.enabled)
+    return plan
+
+
+def _resolved(config: KVSmoothConfig, n_layers: int, n_heads: int, identity: dict) -> SmoothingPlan:
+    """``config`` as dense ``[n_layers, n_heads]`` settings, every layer taken as smoothable."""
+    from .scorers import SCORERS
+
     shape = (n_layers, n_heads)
 
     enabled = torch.zeros(shape, dtype=torch.bool)
@@ -226,13 +234,12 @@ def resolve(config: KVSmoothConfig, model) -> SmoothingPlan:
                 policy[r] = ov.policy
             if ov.scorer is not None:
                 scorer[r] = ov.scorer
-    _only_smoothable(config, adapter, enabled)
     for r in range(n_layers):  # scorer parameters were validated with the config
         if SCORERS[scorer[r].name].fixed_coefficient:
             policy[r] = "fixed"
     return SmoothingPlan(
         config=config,
-        identity=adapter.identity(),
+        identity=identity,
         enabled=enabled,
         key=key,
         value=value,

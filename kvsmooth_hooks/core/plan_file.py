@@ -18,7 +18,7 @@ class PlanError(ValueError):
 
 
 def checked_fields(path: Path, meta: dict, tensors: dict) -> dict:
-    """A plan file's fields, validated like a config (a plan can be edited by hand): errors name file and field."""
+    """A plan file's fields, validated like a config (a file can be damaged or edited): errors name file and field."""
     def bad(field: str, msg: str) -> PlanError:
         return PlanError(f"plan file '{path}': {field}: {msg}; re-export the plan with SmoothingPlan.save")
 
@@ -53,6 +53,11 @@ def checked_fields(path: Path, meta: dict, tensors: dict) -> dict:
         if not bool(ok.all()):
             layer, head = (~ok).nonzero()[0].tolist()
             raise bad(f"tensor '{f}'[{layer}, {head}]", f"{tensors[f][layer, head].item()} is outside [{lo}, {hi}]")
+    frac = tensors["window"].to(torch.float64).frac() != 0
+    if bool(frac.any()):
+        layer, head = frac.nonzero()[0].tolist()
+        raise bad(f"tensor 'window'[{layer}, {head}]", f"{tensors['window'][layer, head].item():g} is not a whole number "
+                  "(a window counts decode steps)")
     out["lambda_ref"] = tensors["lambda_ref"].to(torch.float32)
     out["clip"] = tensors["clip"].to(torch.float32)
     out["window"] = tensors["window"].to(torch.int64)
@@ -71,3 +76,28 @@ def checked_fields(path: Path, meta: dict, tensors: dict) -> dict:
     if not isinstance(out["identity"], dict):
         raise bad("metadata 'identity'", "must be a JSON object")
     return out
+
+
+def check_consistent(path: Path, plan, derived) -> None:
+    """Refuse a plan file whose tensors or per-layer metadata differ from what its embedded config resolves to
+    (``derived``: the config resolved for the plan's shape, every layer smoothable): an edited plan would run one thing
+    while its trace reports another. Layers the plan disables entirely are allowed (layers without a KV cache of
+    their own are skipped when a plan is resolved for a hybrid model)."""
+    def bad(field: str, index, mine, theirs) -> PlanError:
+        return PlanError(f"plan file '{path}': {field}{list(index)} is {mine!r} but its embedded config gives {theirs!r}; "
+                         "the plan was edited after export: edit the config (overrides) and export the plan again")
+
+    skipped = ~plan.enabled.any(1) & derived.enabled.any(1)  # [L]
+    for f in TENSOR_FIELDS:
+        mine, theirs = getattr(plan, f), getattr(derived, f)
+        diff = mine != theirs
+        diff[skipped] = False
+        if bool(diff.any()):
+            layer, head = diff.nonzero()[0].tolist()
+            a, b = mine[layer, head].item(), theirs[layer, head].item()
+            a, b = (int(a), int(b)) if isinstance(a, bool) else (round(a, 6), round(b, 6))
+            raise bad(f"tensor '{f}'", (layer, head), a, b)
+    for key in ("policy", "scorer"):
+        for i, (a, b) in enumerate(zip(getattr(plan, key), getattr(derived, key))):
+            if a != b and not skipped[i]:
+                raise bad(f"metadata '{key}'", (i,), a if key == "policy" else a.dump(), b if key == "policy" else b.dump())

@@ -13,7 +13,9 @@ At decode steps the session batches the rows of all layers instead (:mod:`kvsmoo
 
 from __future__ import annotations
 
+import functools
 import sys
+import weakref
 from typing import Callable
 
 import torch
@@ -80,13 +82,41 @@ def query_probs(
     return torch.softmax(scores, dim=-1)
 
 
-#: ``id(attention module) -> listener`` for every attached session (one table: several models may share
-#: one config object, hence one implementation name, and each model's modules must still reach their session).
-_LISTENERS: dict[int, Callable] = {}
+# The tables below never keep a model alive: a session attached and never removed is collected with its model.
+#: ``id(attention module) -> weak reference to its listener`` for every attached session (one table: several models may
+#: share one config object, hence one implementation name, and each model's modules must still reach their session).
+#: The probe holds its listeners; an entry disappears with its listener.
+_LISTENERS: dict[int, weakref.ref] = {}
 #: implementation name -> number of probes using it.
 _KEY_USERS: dict[str, int] = {}
-#: ``id(config) -> [config, implementation before any probe, number of probes]``.
+#: ``id(config) -> [config, implementation before any probe, number of probes]``; released by the probe's
+#: ``remove()`` or, for a probe collected without it, by its finalizer (configs hold no reference to their model).
 _CONFIGS: dict[int, list] = {}
+
+
+def _forget(mid: int, ref: weakref.ref) -> None:
+    if _LISTENERS.get(mid) is ref:
+        del _LISTENERS[mid]
+
+
+def _release(key: str, configs: list) -> None:
+    """Undo one probe's :meth:`AttentionProbe.install`: restore each config's implementation when its last probe
+    goes, unregister ``key`` when its last user goes."""
+    for cfg in configs:
+        entry = _CONFIGS.get(id(cfg))
+        if entry is None or entry[0] is not cfg:
+            continue
+        entry[2] -= 1
+        if entry[2] <= 0:
+            del _CONFIGS[id(cfg)]
+            if str(cfg._attn_implementation_internal).endswith("_kvsmooth"):
+                cfg._attn_implementation_internal = entry[1]
+    _KEY_USERS[key] -= 1
+    if _KEY_USERS[key] == 0:
+        del _KEY_USERS[key]
+        attn_iface, mask_iface = _interfaces()
+        attn_iface._global_mapping.pop(key, None)
+        mask_iface._global_mapping.pop(key, None)
 
 
 class _Dispatch:
@@ -112,7 +142,8 @@ class _Dispatch:
 
     def __call__(self, module, query, key, value, attention_mask, **kwargs):
         out, weights = self._base_fn(module)(module, query, key, value, attention_mask, **kwargs)
-        listener = _LISTENERS.get(id(module))
+        ref = _LISTENERS.get(id(module))
+        listener = ref() if ref is not None else None
         if listener is not None:
             listener(module, query, key, attention_mask, kwargs, weights)
         return out, weights
@@ -132,13 +163,13 @@ class AttentionProbe:
         self.configs = configs
         self.base = (base or "eager").removesuffix("_kvsmooth")  # a shared config another probe already set
         self.key = f"{self.base}_kvsmooth"
-        self.listeners: dict[int, Callable] = _LISTENERS
-        self._mine: list[int] = []
-        self._installed = False
+        self._mine: dict[int, Callable] = {}  # the listeners, held here; _LISTENERS refers to them weakly
+        self._release: weakref.finalize | None = None
 
     def listen(self, module, callback: Callable) -> None:
-        _LISTENERS[id(module)] = callback
-        self._mine.append(id(module))
+        mid = id(module)
+        self._mine[mid] = callback
+        _LISTENERS[mid] = weakref.ref(callback, functools.partial(_forget, mid))
 
     # ------------------------------------------------------------------ registry
     def install(self) -> None:
@@ -154,37 +185,25 @@ class AttentionProbe:
             if mask_fn is not None:
                 mask_iface.register(self.key, mask_fn)
         _KEY_USERS[self.key] = _KEY_USERS.get(self.key, 0) + 1
-        self._installed = True
         for cfg in self.configs:
             entry = _CONFIGS.get(id(cfg))
             if entry is None:
                 entry = _CONFIGS[id(cfg)] = [cfg, cfg._attn_implementation_internal, 0]
             entry[2] += 1
             cfg._attn_implementation_internal = self.key
+        self._release = weakref.finalize(self, _release, self.key, list(self.configs))  # also if never removed
 
     def active(self) -> bool:
         """Whether every config still runs this probe's implementation (``set_attn_implementation`` changes it)."""
         return all(cfg._attn_implementation_internal == self.key for cfg in self.configs)
 
     def remove(self) -> None:
-        for mid in self._mine:
-            _LISTENERS.pop(mid, None)
+        for mid, callback in self._mine.items():
+            ref = _LISTENERS.get(mid)
+            if ref is not None and ref() is callback:
+                del _LISTENERS[mid]
         self._mine.clear()
-        for cfg in self.configs:
-            entry = _CONFIGS.get(id(cfg))
-            if entry is None or entry[0] is not cfg:
-                continue
-            entry[2] -= 1
-            if entry[2] <= 0:
-                del _CONFIGS[id(cfg)]
-                if str(cfg._attn_implementation_internal).endswith("_kvsmooth"):
-                    cfg._attn_implementation_internal = entry[1]
         self.configs = []
-        if self._installed:
-            self._installed = False
-            _KEY_USERS[self.key] -= 1
-            if _KEY_USERS[self.key] == 0:
-                del _KEY_USERS[self.key]
-                attn_iface, mask_iface = _interfaces()
-                attn_iface._global_mapping.pop(self.key, None)
-                mask_iface._global_mapping.pop(self.key, None)
+        if self._release is not None:
+            self._release()  # runs _release once (a finalizer is called at most once)
+            self._release = None

@@ -6,49 +6,65 @@
   classifies each forward as prefill / decode / extend and starts a new run when a generation starts,
   and a forward hook on its exit module that ends the forward;
 * the site's hooks (:mod:`kvsmooth_hooks.core.sites`: ``cache`` or ``kv_proj``);
-* if a scorer needs attention rows: the attention probe (:mod:`.probe`), inline capture (:mod:`.inline`) or the
-  adapter's row hooks (decode steps score all layers' rows in one step, :mod:`.rowbatch`);
-* a ``generate`` wrapper that refuses assisted and prompt-lookup decoding and starts one trace run per call.
+* if a scorer needs attention rows: the session-scoped attention probe (:mod:`kvsmooth_hooks.core.probe`), inline
+  capture (:mod:`kvsmooth_hooks.core.inline`) or the adapter's row hooks; decode steps score all layers' rows in
+  one step (:mod:`kvsmooth_hooks.core.rowbatch`);
+* a ``generate`` wrapper that refuses generation modes smoothing cannot serve (assisted and
+  prompt-lookup decoding) and starts one trace run per call, and a refusal of continuous batching
+  (:mod:`kvsmooth_hooks.core.modes`).
 
-Per-sequence state lives in one :class:`~kvsmooth_hooks.core.state.GenerationState`. Everything is removed on exit,
-also when generation raises. Under ``torch.compile`` the entry/exit hooks run eagerly (``eager_only``)."""
+Per-sequence state lives in one :class:`~kvsmooth_hooks.core.state.GenerationState`, so a session serves **one
+generation at a time**: a ``generate`` call or forward from a second thread while another thread generates raises
+:class:`SessionError` at once, and removing the session waits for a generation running in another thread (up to
+``remove_timeout`` seconds, then ends it with an error saying how many steps were smoothed): see
+:mod:`kvsmooth_hooks.core.guard` and docs/serving.md. Attaching is atomic, and a module (the model, its decoder, its
+smoothed attention modules) belongs to one session. Everything is removed on exit, also when generation raises.
+``torch.compile`` wrappers are unwrapped; under ``torch.compile`` the entry/exit hooks run eagerly (``eager_only``).
+"""
 
 from __future__ import annotations
 
-import types
+import threading
 import warnings
-
-import torch
 
 from .adapters import Adapter, get_adapter
 from .config import KVSmoothConfig
 from .errors import SessionError
-from .modes import _generate
+from .forwards import Forwards
+from .guard import Owner, claim_modules, forget_compiled_graphs, release_modules, unwrap_compiled
+from .modes import install, uninstall
 from .plan import SmoothingPlan, resolve
 from .rowbatch import RowBatch
 from .inline import InlineRows
-from .probe import AttentionProbe, eager_only, query_probs
+from .probe import AttentionProbe, eager_only
 from .scorers import build_scorer
-from .sites import DECODE, EXTEND, PREFILL, build_site
+from .sites import build_site
 from .sites.base import SITES
 from .smoothing import coefficient_bounds
-from .state import GenerationState, check_prompt_mask
+from .state import GenerationState
 from .trace import Trace
 
+_ATTACH = threading.RLock()  # attach and remove, on every model: one at a time (never taken by forwards)
 
-class Session:
+
+class Session(Forwards):
     """Smoothing on one model from one plan. Use :func:`smooth` or :func:`attach` to make one.
 
     Attributes: ``model``, ``adapter``, ``plan``, ``config``, ``site`` (the :class:`~kvsmooth_hooks.core.sites.Site`),
     ``state`` (:class:`~kvsmooth_hooks.core.state.GenerationState`), ``trace`` (:class:`~kvsmooth_hooks.core.trace.Trace`),
     ``handles`` (registered hook handles while attached), ``kind`` (the running forward's kind, or None).
 
-    Options: ``trace`` (record coefficients, default True), ``trace_runs`` (keep only the last N runs; default
-    all), ``record_deltas`` (norms of the K/V changes, default False).
+    Options: ``trace`` (record coefficients, default True), ``trace_runs`` (keep only the last N runs; default the
+    last 100, with a warning when the first one is dropped; None keeps all), ``record_deltas`` (norms of the K/V
+    changes, default False), ``remove_timeout`` (seconds :meth:`remove` waits for a generation running in another
+    thread before ending it; default 300, None waits as long as it runs).
     """
 
     def __init__(self, model, config: KVSmoothConfig | SmoothingPlan | None = None, *, trace: bool = True,
-                 record_deltas: bool = False, trace_runs: int | None = None, adapter: Adapter | None = None):
+                 record_deltas: bool = False, trace_runs: int | None = ..., adapter: Adapter | None = None,
+                 remove_timeout: float | None = 300.0):
+        self.compiled = unwrap_compiled(model) is not model  # a torch.compile wrapper: its graphs are retraced
+        model = unwrap_compiled(model)
         self.model = model
         self.adapter = adapter or get_adapter(model)
         if config is None:
@@ -66,9 +82,11 @@ class Session:
         self.probe: AttentionProbe | None = None
         self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.core.rowbatch)
         self.kind, self.total = None, 0  # the running forward's kind; positions its cache holds after it
-        self.attached, self._depth, self._generating, self._fresh_generate = False, 0, False, False
+        self.attached, self._depth = False, 0
+        self._fresh_generate = False  # set by the generate wrapper: the next forward starts a run
         self._undo_reorder = None
-        self._original_generate = None
+        self.owner = Owner(model, self.adapter.entry_module())  # the thread generating now (kvsmooth_hooks.core.guard)
+        self.remove_timeout, self.removed_at_step = remove_timeout, None
         active = self.plan.active_layers()
         if not active:
             warnings.warn(
@@ -81,7 +99,8 @@ class Session:
         site_cls = SITES[self.plan.site]
         site_cls.check(self.config, self.needs_row)
         self.trace = Trace(active, self.adapter.n_kv_heads, self.config, self.adapter.identity(),
-                           self._notes(scorers, active), max_runs=trace_runs)
+                           self._notes(scorers, active), max_runs=100 if trace_runs is ... else trace_runs,
+                           warn_dropped=trace_runs is ...)
         self.state = GenerationState(self.plan, self.adapter, scorers, self.trace, trace)
         self.site = build_site(self.plan.site, self)
         self.state.build_groups(self.site.immediate)
@@ -99,26 +118,49 @@ class Session:
     groups = property(lambda self: self.state.groups)
 
     # ------------------------------------------------------------------ lifecycle
-    def attach(self) -> "Session":
-        """Register every hook. A model holds one session at a time."""
-        if self.attached:
-            return self
-        if getattr(self.model, "_kvsmooth_session", None) is not None:
-            raise SessionError(
-                f"{type(self.model).__name__} already has an active kvsmooth session; remove it first "
-                "(leave its `with` block or call .remove())"
-            )
-        try:
-            self._register()
-        except BaseException:
-            self.remove()
-            raise
-        self.model._kvsmooth_session = self
-        self.attached = True
-        return self
+    def __repr__(self) -> str:
+        return (f"<kvsmooth Session on {type(self.model).__name__} (site {self.plan.site}, layers "
+                f"{self.plan.active_layers()}){', attached' if self.attached else ''}>")
 
-    def remove(self) -> None:
-        """Remove every hook, the attention implementation and the generate wrapper; restore wrapped caches."""
+    def _claims(self) -> list:
+        ad = self.adapter
+        return ([("the model", self.model), ("its decoder entry", ad.entry_module()), ("its decoder exit", ad.exit_module())]
+                + [(f"layer {i}'s attention", layer.attn) for i, layer in self.state.layers.items()])
+
+    def attach(self) -> "Session":
+        """Register every hook. A model holds one session at a time; attaching is atomic (one lock for all models)."""
+        with _ATTACH:
+            if self.attached:
+                return self
+            other = vars(self.model).get("_kvsmooth_session")
+            if other is not None:
+                raise SessionError(
+                    f"{type(self.model).__name__} already has an active kvsmooth session ({other!r}); remove it first "
+                    "(leave its `with` block or call .remove())"
+                )
+            try:
+                claim_modules(self, self._claims())
+                self._register()
+            except BaseException:
+                self.remove()
+                raise
+            forget_compiled_graphs(self.model, self.compiled)  # graphs traced without these hooks
+            self.model._kvsmooth_session = self
+            self.attached = True
+            return self
+
+    def remove(self, timeout: float | None = ...) -> None:
+        """Remove every hook, the attention implementation and the generate wrapper; restore wrapped caches.
+        A generation running in another thread is waited for first, up to ``timeout`` seconds (default: the session's
+        ``remove_timeout``), then ended with a :class:`SessionError` in that thread."""
+        note = self.owner.wait_idle(self.remove_timeout if timeout is ... else timeout, lambda: self.state.step)
+        if note:
+            warnings.warn(note, stacklevel=3)
+        with _ATTACH:
+            self._remove()
+
+    def _remove(self) -> None:
+        self.removed_at_step = self.state.step
         for h in self.handles:
             h.remove()
         self.handles.clear()
@@ -128,18 +170,19 @@ class Session:
         if self._undo_reorder is not None:
             self._undo_reorder()
             self._undo_reorder = None
-        if getattr(vars(self.model).get("generate"), "__func__", None) is _generate:
-            del self.model.__dict__["generate"]
-            if self._original_generate is not None:
-                self.model.__dict__["generate"] = self._original_generate
-        if getattr(self.model, "_kvsmooth_session", None) is self:
+        uninstall(self)
+        release_modules(self, self._claims())
+        if self.attached:
+            forget_compiled_graphs(self.model, self.compiled)  # graphs traced with these hooks
+        if vars(self.model).get("_kvsmooth_session") is self:
             del self.model._kvsmooth_session
         self.attached, self._depth, self.kind = False, 0, None
         self.state.cache = None
 
     def __enter__(self) -> "Session":
+        self.attach()  # first: a refused attach leaves no depth behind
         self._depth += 1
-        return self.attach()
+        return self
 
     def __exit__(self, *exc) -> None:
         self._depth -= 1
@@ -174,115 +217,13 @@ class Session:
                 for layer in probed:
                     self.probe.listen(layer.attn, self._row_listener(layer))
                 self.probe.install()
-        if callable(getattr(self.model, "generate", None)):
-            self._original_generate = vars(self.model).get("generate")  # None: the class's own method
-            self.model.__dict__["generate"] = types.MethodType(_generate, self.model)
-
-    # ------------------------------------------------------------------ forwards
-    def _pre_forward(self, module, args, kwargs):
-        self.kind = None
-        info = self.adapter.forward_info(args, kwargs, self._known_past)
-        if info is None:
-            return None
-        if self.probe is not None and not self.probe.active():
-            raise SessionError(
-                "kvsmooth: the model's attention implementation was changed (set_attn_implementation) while a session "
-                "is attached; the session reads attention rows through its own implementation. Remove the session, "
-                "change the implementation, then attach again"
-            )
-        st = self.state
-        current = st.cache() if st.cache is not None else None
-        if self._fresh_generate or current is not info.cache or info.past == 0:
-            kind = self._new_run(info)
-        elif info.batch != st.batch:
-            raise SessionError(
-                f"kvsmooth: the batch changed from {st.batch} to {info.batch} sequences on the same cache in the middle "
-                "of a generation; this generation mode reshapes the cache: use greedy, sampling or beam search"
-            )
-        elif info.q_len == 1:
-            kind = DECODE
-        elif self._generating and st.step > 0:
-            raise SessionError(
-                f"kvsmooth: generate() ran a forward of {info.q_len} new tokens after decoding began (assisted, "
-                "prompt-lookup or speculative decoding verify several draft tokens at once); smoothing needs one "
-                "token per forward: use greedy, sampling or beam search"
-            )
-        else:  # more prompt (chunked prefill) or a manual loop feeding several tokens: not smoothed, the state follows
-            if self.config.smooth_prefill:
-                raise SessionError("kvsmooth: smooth_prefill needs the whole prompt in one forward; this one adds "
-                                   f"{info.q_len} tokens to a cache of {info.past} (chunked prefill?): set "
-                                   "prefill_chunk_size=None or smooth_prefill: false")
-            kind = EXTEND
-            st.extend(info.mask, info.q_len)
-        if kind == DECODE and st.step == 0:
-            check_prompt_mask(st.valid)  # the whole prompt is known now (also after a chunked prefill)
-        self.kind, self.total = kind, info.past + info.q_len
-        self.site.begin(kind, info)
-        return None
-
-    def _new_run(self, info) -> str:
-        total = info.past + info.q_len
-        valid = info.mask if info.mask is not None else torch.ones(info.batch, total, dtype=torch.bool)
-        valid = valid.to(info.device)
-        self._fresh_generate = False
-        # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
-        # holds the rest of the prompt, which is never smoothed
-        kind = DECODE if info.past > 0 and info.q_len == 1 and not self._generating else PREFILL
-        self.state.reset(info.cache, info.batch, valid, prompt_len=total, mid_stream=kind == DECODE)
-        if self._undo_reorder is not None:
-            self._undo_reorder()
-        self._undo_reorder = self.adapter.watch_reorder(info.cache, self._on_reorder)
-        return kind
-
-    def _known_past(self, cache) -> int | None:
-        """Inside generate() a static cache grows by each forward's tokens: its length without a host sync."""
-        st = self.state
-        return self.total if self._generating and not self._fresh_generate and st.cache and st.cache() is cache else None
-
-    def _on_reorder(self, beam_idx: torch.Tensor) -> None:
-        if self.attached:
-            self.state.reorder(beam_idx)
-
-    def _post_forward(self, module, args, output):
-        kind, self.kind = self.kind, None
-        if kind is None:
-            return None
-        if kind == DECODE and self.rows is not None:  # every batched layer's score, before the site's step
-            self.rows.score(self.state.first_index)
-        self.site.end(kind)
-        if kind == DECODE:
-            self.state.record()
-            self.state.step += 1
-        return None
-
-    # ------------------------------------------------------------------ attention rows
-    def _row_listener(self, layer):
-        def listener(module, query, key, mask, kwargs, weights):
-            kind = self.kind
-            if kind is None or (kind == DECODE and weights is None and self.rows is not None
-                                and self.rows.write(module, query, key, mask, kwargs)):  # scored at the end
-                return
-
-            def rows(rows=slice(-1, None)):  # [..., :total]: a static cache also holds unwritten positions
-                p = query_probs(module, query, key, mask, kwargs, rows=rows) if weights is None else weights[:, :, rows]
-                return p.float()[..., : self.total]
-
-            self.site.on_row(layer, kind, rows)
-
-        return listener
-
-    def _pattern_hook(self, layer):
-        def hook(module, args, pattern):  # [B, Hq, Q, T]
-            if self.kind is not None:
-                self.site.on_row(layer, self.kind, lambda rows=slice(-1, None): pattern[:, :, rows].float())
-
-        return hook
+        install(self)  # generate wrapper, continuous batching refused (kvsmooth_hooks.core.modes)
 
 
 def smooth(model, config: KVSmoothConfig | SmoothingPlan | None = None, **options) -> Session:
     """Context manager: ``with smooth(model, cfg) as session: model.generate(...)``. Hooks are registered on
     entry and removed on exit, also when the block raises. Options: ``trace`` (default True), ``trace_runs``
-    (keep the last N runs), ``record_deltas`` (default False)."""
+    (keep the last N runs, default 100), ``record_deltas`` (default False), ``remove_timeout`` (default 300 s)."""
     return Session(model, config, **options)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,11 +58,12 @@ class Trace:
     """Recorded scores and coefficients of a session (``session.trace``)."""
 
     def __init__(self, layers: list[int], n_kv_heads: int, config=None, identity: dict | None = None, notes=None,
-                 max_runs: int | None = None):
-        """``max_runs``: keep only the latest ``max_runs`` runs (long-lived sessions); None keeps all."""
+                 max_runs: int | None = None, warn_dropped: bool = False):
+        """``max_runs``: keep only the latest ``max_runs`` runs (long-lived sessions); None keeps all.
+        ``warn_dropped``: warn once when the first run is dropped (the bound was not chosen by the user)."""
         if max_runs is not None and (isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1):
             raise ValueError(f"trace_runs must be a positive int or None (keep every run), got {max_runs!r}")
-        self.max_runs = max_runs
+        self.max_runs, self.warn_dropped = max_runs, warn_dropped
         self.layers = list(layers)
         self.n_kv_heads = n_kv_heads
         self.config = config
@@ -74,6 +76,12 @@ class Trace:
         self.runs.append(TraceRun(batch, prompt_len))
         if self.max_runs is not None and len(self.runs) > self.max_runs:
             del self.runs[: len(self.runs) - self.max_runs]
+            if self.warn_dropped:
+                self.warn_dropped = False
+                warnings.warn(f"kvsmooth: the session's trace keeps the latest {self.max_runs} runs (generate calls) by "
+                              "default, and older runs are dropped from now on: pass trace_runs=N to choose the bound "
+                              "(None keeps every run), or trace=False where nothing reads the trace (a server)",
+                              stacklevel=2)
 
     def record(self, **tensors: torch.Tensor | None) -> None:
         """Append one decode step; each tensor ``[B, La, H]``."""

@@ -261,7 +261,7 @@ def test_row_capture_matches_eager_probabilities():
             def listener(module, query, key, m, kwargs, weights, i=i):
                 assert weights is None  # sdpa ran, not eager
                 captured[i] = query_probs(module, query, key, m, kwargs, rows=slice(None))
-            s.probe.listeners[id(rt.attn)] = listener
+            s.probe.listen(rt.attn, listener)
         s.kind = "decode"
         model(input_ids=ids, attention_mask=mask)
     for i in range(6):

@@ -86,7 +86,7 @@ APP = ("kvsmooth_hooks.eval", "kvsmooth_hooks.benchmarks", "kvsmooth_hooks.runne
        "kvsmooth_hooks.demo", "kvsmooth_hooks.cli", "kvsmooth_hooks.run")
 RUNTIME = ("kvsmooth_hooks.core.session", "kvsmooth_hooks.core.sites", "kvsmooth_hooks.core.probe", "kvsmooth_hooks.core.adapters",
            "kvsmooth_hooks.core.state", "kvsmooth_hooks.core.groups", "kvsmooth_hooks.core.rowbatch", "kvsmooth_hooks.core.lens",
-           "kvsmooth_hooks.core.modes")
+           "kvsmooth_hooks.core.modes", "kvsmooth_hooks.core.guard", "kvsmooth_hooks.core.forwards")
 
 
 def _graph():
