@@ -164,9 +164,16 @@ def scorer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
     """Every scorer of ``opts.scorers`` at every site of ``opts.sites``."""
     from ..core.scorers import SCORERS
 
+    from ..core.registry import site_names
+
     scorers = opts.scorers.split(",") if opts.scorers else sorted(SCORERS)
+    sites = [s.strip() for s in opts.sites.split(",") if s.strip()]
+    bad = [x for x in sites if x not in site_names()] + [x for x in scorers if x not in SCORERS]
+    if bad or not sites or not scorers:
+        raise GridError(f"--sites / --scorers: {bad[0] if bad else 'empty'!r} is not registered; sites: "
+                        f"{', '.join(site_names())}; scorers: {', '.join(sorted(SCORERS))}")
     return [Arm(f"{sc}-{site}", base.updated(scorer=sc, site=site), {"kind": "scorer", "scorer": sc, "site": site})
-            for site in opts.sites.split(",") for sc in scorers]
+            for site in sites for sc in scorers]
 
 
 _NUMERIC = {"lambda_ref": float, "clip": float, "window": int}
