@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[2] / "kvsmooth_hooks"
@@ -115,3 +116,21 @@ def test_core_is_self_contained():
     outside = {n: sorted(m for m in deps if not _under(m, ("kvsmooth_hooks.core", "kvsmooth_hooks._version")))
                for n, deps in graph.items() if _under(n, ("kvsmooth_hooks.core",))}
     assert not {n: d for n, d in outside.items() if d}, f"the core imports application code: {outside}"
+
+
+def test_tests_do_not_use_the_experiment_scripts():
+    """The test suite stands on the package and tests/ alone; the scripts' own tests live in experiments/tests/."""
+    root = PKG.parent / "tests"
+    scripts = {p.stem for p in (PKG.parent / "experiments").glob("*.py")}
+    offenders = {}
+    for path in root.rglob("*.py"):
+        if path == Path(__file__).resolve():
+            continue
+        text = path.read_text()
+        tree = ast.parse(text)
+        mods = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        mods |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+        bad = sorted(mods & scripts) + (["experiments/ on sys.path"] if re.search(r"sys\.path.*experiments", text) else [])
+        if bad:
+            offenders[str(path.relative_to(root))] = bad
+    assert not offenders, offenders
