@@ -13,7 +13,7 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "experiments"), str(ROOT)]
 
 @pytest.fixture(scope="module")
 def one_thread():
-    """Tiny models gain nothing from intra-op threads (see tests/integration/conftest.py)."""
+    """Tiny models gain nothing from intra-op threads (see tests/conftest.py)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -124,7 +124,9 @@ def test_published_json_schema_is_current():
     schema = KVSmoothConfig.json_schema()
     assert schema["additionalProperties"] is False
     assert {"site", "targets", "overrides", "layers", "scorer"} <= set(schema["properties"])
-    published = Path(__file__).resolve().parents[2] / "docs" / "kvsmooth-config.schema.json"
+    from helpers import ROOT
+
+    published = ROOT / "docs" / "kvsmooth-config.schema.json"
     assert json.loads(published.read_text()) == schema, "regenerate with: kvsmooth config schema -o docs/kvsmooth-config.schema.json"
 
 

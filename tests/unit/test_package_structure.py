@@ -6,7 +6,9 @@ import ast
 import re
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[2] / "kvsmooth_hooks"
+from helpers import ROOT
+
+PKG = ROOT / "kvsmooth_hooks"
 #: the core is held to 300 lines a module; evaluation code and the demo app sit beside it (nothing in the core
 #: imports them) and are sized by their own owners
 MAX_LINES, EXEMPT = 300, ("eval/", "demo.py")
