@@ -5,6 +5,7 @@
 * neither: per head ``[q_h, k_h, v_h]`` like GPT-NeoX.
 """
 
+from ..registry import SITES
 from .base import ProjSlot
 from .runtime import UnsupportedModelError
 from .discover import HeadLayout
@@ -77,7 +78,7 @@ class FalconAdapter(GenericAdapter):
                 "attn_implementation='eager' for row scorers, or use a scorer that reads no row (key_similarity, "
                 "constant, random)"
             )
-        if site == "cache" and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
+        if SITES[site].edits_cache and self.config.new_decoder_architecture and self.n_kv_heads != self.n_heads:
             raise UnsupportedModelError(
                 "Falcon's new decoder architecture caches every KV head repeated per query head "
                 f"({self.n_heads} cached heads for {self.n_kv_heads} KV heads), so per-KV-head cache edits do not "

@@ -12,6 +12,7 @@ import inspect
 
 from torch import nn
 
+from ..registry import SITES
 from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .cache_access import self_attention_part
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
@@ -155,7 +156,7 @@ class GenericAdapter(Adapter):
                     f"{type(self.model).__name__} generates without a KV cache ({type(attn).__name__}.forward takes none): "
                     "it recomputes every position at each step, so there are no cached keys and values to smooth"
                 )
-            if site == "kv_proj" and getattr(attn, "ngram", None):
+            if SITES[site].hooks_projections and getattr(attn, "ngram", None):
                 raise UnsupportedModelError(
                     f"{type(attn).__name__} (layer {i}) projects the main and n-gram prediction streams together, so its "
                     "key/value projections do not hold one entry per generated token; use site 'cache'"
@@ -166,7 +167,7 @@ class GenericAdapter(Adapter):
                     "interface, so attention rows cannot be captured: use a scorer that reads no row "
                     "(key_similarity, constant, random)"
                 )
-            if site == "kv_proj":
+            if SITES[site].hooks_projections:
                 kv_slots(attn, self.heads(i))
 
     def find_cache(self, args: tuple, kwargs: dict):

@@ -51,6 +51,10 @@ class Site:
     (:class:`~kvsmooth_hooks.core.state.GenerationState`) and the session options (``record_deltas``)."""
 
     name: ClassVar[str] = "?"
+    #: what the site rewrites, for adapters that must refuse a layout (they ask these, never the site's name):
+    #: the key/value projection outputs, or the entries of the KV cache
+    hooks_projections: ClassVar[bool] = False
+    edits_cache: ClassVar[bool] = False
 
     def __init__(self, session):
         self.session = session
