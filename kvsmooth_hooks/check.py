@@ -1,6 +1,6 @@
 """The checks of ``kvsmooth check`` (:mod:`kvsmooth_hooks.check_cli`): does smoothing work on this model? The same
 checks run over every generative class of the installed transformers as the architecture sweep
-(:mod:`kvsmooth_hooks.sweep`, ``experiments/arch_sweep.py``, ``tests/integration/test_arch_sweep.py``).
+(:mod:`kvsmooth_hooks.sweep`, ``experiments/arch_sweep.py``, ``tests/test_sweep.py``).
 
 Per site (``cache``, ``kv_proj``), on a short greedy generation:
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .check_inputs import make_inputs
+from .core.errors import KVSmoothError
 
 SITES = ("cache", "kv_proj")
 NEW_TOKENS = 5
@@ -30,7 +31,7 @@ NEW_TOKENS = 5
 FALLBACK_SCORER = "key_similarity"
 
 
-class HarnessError(RuntimeError):
+class HarnessError(KVSmoothError, RuntimeError):
     """The model could not be built or run unhooked (a statement about the inputs, not about kvsmooth_hooks)."""
 
 

@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from .check import FALLBACK_SCORER, check_model
+from .core.errors import UserError
 
 LOADERS = {  # --loader -> the Auto class that builds the model
     "causal-lm": "AutoModelForCausalLM",
@@ -32,18 +33,18 @@ def add_check_parser(sub) -> None:
 
 def load(model: str, loader: str = "auto", random: bool = False, trust_remote_code: bool = False,
          attn_implementation: str | None = None):
-    """The model named by ``--model`` (a folder or a cached hub id), built by ``--loader``; ValueError for user mistakes."""
+    """The model named by ``--model`` (a folder or a cached hub id), built by ``--loader``; UserError for user mistakes."""
     import transformers
 
     try:
         config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "trust_remote_code" in str(exc):
-            raise ValueError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
+            raise UserError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
                              "it") from None
-        raise ValueError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
     except OSError as exc:
-        raise ValueError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
+        raise UserError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
                          f"{str(exc).splitlines()[0]}") from None
     names = [LOADERS[loader]] if loader != "auto" else list(LOADERS.values())
     kw = {"trust_remote_code": trust_remote_code}
@@ -60,9 +61,9 @@ def load(model: str, loader: str = "auto", random: bool = False, trust_remote_co
         except ValueError as exc:  # this Auto class does not map the config
             errors.append(f"{name}: {str(exc).splitlines()[0][:150]}")
         except OSError as exc:
-            raise ValueError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
+            raise UserError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
                              "check with random weights from the config alone)") from None
-    raise ValueError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
+    raise UserError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
                      f"{', '.join(k for k in LOADERS if LOADERS[k] in names)} can build; " + "; ".join(errors[:2]))
 
 

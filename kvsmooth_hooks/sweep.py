@@ -1,6 +1,6 @@
 """The architecture sweep: :func:`~kvsmooth_hooks.check.check_model` (the checks of ``kvsmooth check``) on a tiny
 random model of every generative class of the installed transformers (:mod:`kvsmooth_hooks.tiny_configs`).
-Run by ``experiments/arch_sweep.py`` (results and the docs table) and ``tests/integration/test_arch_sweep.py``."""
+Run by ``experiments/arch_sweep.py`` (results and the docs table) and ``tests/test_sweep.py``."""
 
 from __future__ import annotations
 

@@ -31,6 +31,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol
 
+from ..core.errors import UserError
+
 __all__ = [
     "Lemmatizer",
     "OfflineLemmatizer",
@@ -210,7 +212,7 @@ class OfflineLemmatizer:
 
     def __init__(self, vocabulary: set[str] | None = None) -> None:
         if vocabulary is None:
-            from .coco_objects import lemma_vocabulary
+            from .vocabulary import lemma_vocabulary
 
             vocabulary = lemma_vocabulary()
         self.vocabulary = frozenset(vocabulary)
@@ -290,7 +292,7 @@ _NLTK_DATA = (
 )
 
 
-class NltkDataMissingError(RuntimeError):
+class NltkDataMissingError(UserError, RuntimeError):
     """Raised when the nltk backend is requested but nltk or its data is absent."""
 
 
@@ -348,6 +350,11 @@ class NltkLemmatizer:
         tokens = self._nltk.word_tokenize(caption.lower())
         tagged = self._nltk.pos_tag(tokens)
         return [self._wnl.lemmatize(tok, pos=self._pos(tag)) for tok, tag in tagged]
+
+    def noun_lemmas(self, text: str) -> list[str]:
+        """WordNet noun lemmas of the words NLTK tags as nouns (``NN*``), case kept (AMBER's noun extraction)."""
+        tagged = self._nltk.pos_tag(self._nltk.word_tokenize(text))
+        return [self._wnl.lemmatize(w) for w, pos in tagged if pos.startswith("NN")]
 
 
 def _nltk_has(nltk, resource: str) -> bool:

@@ -8,8 +8,10 @@
 from .base import ProjSlot
 from .discover import HeadLayout
 from .generic import GenericAdapter
+from .registry import register_adapter
 
 
+@register_adapter
 class FalconAdapter(GenericAdapter):
     """Discovered structure (``transformer.h[i].self_attention``); the fused layout and KV heads from the config."""
 

@@ -14,6 +14,7 @@ import re
 from torch import nn
 
 from ..inline import computes_attention_inline
+from ..registry import SITES
 from .base import CACHE_KWARGS, Adapter, ProjSlot
 from .cache_access import self_attention_part
 from .discover import DecoderStructure, HeadLayout, LayerInfo, discover, kv_slots
@@ -172,7 +173,7 @@ class GenericAdapter(Adapter):
                     f"{type(self.model).__name__} generates without a KV cache ({type(attn).__name__}.forward takes none): "
                     "it recomputes every position at each step, so there are no cached keys and values to smooth"
                 )
-            if site == "kv_proj" and getattr(attn, "ngram", None):
+            if SITES[site].hooks_projections and getattr(attn, "ngram", None):
                 raise UnsupportedModelError(
                     f"{type(attn).__name__} (layer {i}) projects the main and n-gram prediction streams together, so its "
                     "key/value projections do not hold one entry per generated token; use site 'cache'"
@@ -183,7 +184,7 @@ class GenericAdapter(Adapter):
                     "interface nor with a softmax or scaled_dot_product_attention call of its own, so attention rows "
                     "cannot be captured: use a scorer that reads no row (key_similarity, constant, random)"
                 )
-            if site == "kv_proj":
+            if SITES[site].hooks_projections:
                 kv_slots(attn, self.heads(i))
 
     def inline_attention(self, layer: int) -> bool:

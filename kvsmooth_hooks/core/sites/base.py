@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import SessionError
-from ..registry import registrar
+from ..registry import SITES, registrar
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters import ForwardInfo
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PREFILL, DECODE, EXTEND = "prefill", "decode", "extend"
 
-SITES: dict[str, type["Site"]] = {}
+#: the registry (``kvsmooth_hooks.core.registry.SITES``): name -> Site class
 
 
 class SiteError(SessionError):
@@ -51,6 +51,10 @@ class Site:
     (:class:`~kvsmooth_hooks.core.state.GenerationState`) and the session options (``record_deltas``)."""
 
     name: ClassVar[str] = "?"
+    #: what the site rewrites, for adapters that must refuse a layout (they ask these, never the site's name):
+    #: the key/value projection outputs, or the entries of the KV cache
+    hooks_projections: ClassVar[bool] = False
+    edits_cache: ClassVar[bool] = False
 
     def __init__(self, session):
         self.session = session

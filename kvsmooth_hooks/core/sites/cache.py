@@ -29,6 +29,8 @@ from .base import DECODE, PREFILL, Site, SiteError, register_site
 
 @register_site("cache")
 class CacheSite(Site):
+    edits_cache = True
+
     def register(self) -> list:
         self.kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.cache, self.seen = None, {}  # seen: layer -> weak reference to its keys at the previous decode step

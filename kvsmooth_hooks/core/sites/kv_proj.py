@@ -28,6 +28,8 @@ from .base import DECODE, PREFILL, Site, SiteError, register_site
 
 @register_site("kv_proj")
 class KVProjSite(Site):
+    hooks_projections = True
+
     @classmethod
     def check(cls, config, needs_row: bool) -> None:
         if config.smooth_prefill and needs_row:

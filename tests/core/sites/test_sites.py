@@ -84,3 +84,17 @@ def test_trace_plot_cli(model, tmp_path):
     for name in ("lambda_heatmap.png", "score_distributions.png", "clip_bounds.png"):
         assert (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
     assert cli(["trace", "plot", str(tmp_path / "missing.safetensors"), "-o", str(tmp_path)]) == 2
+
+
+def test_adapters_ask_what_a_site_rewrites_never_its_name():
+    """Site-specific refusals in adapters read the site's declared capabilities (so a new site is one file)."""
+    import re
+
+    from helpers import ROOT
+    from kvsmooth_hooks.core.registry import SITES
+
+    assert SITES["cache"].edits_cache and not SITES["cache"].hooks_projections
+    assert SITES["kv_proj"].hooks_projections and not SITES["kv_proj"].edits_cache
+    named = {p.name for p in (ROOT / "kvsmooth_hooks" / "core" / "adapters").glob("*.py")
+             if re.search(r"site\s*[!=]=\s*['\"]", p.read_text())}
+    assert not named, f"adapters branching on a site's name: {sorted(named)}"

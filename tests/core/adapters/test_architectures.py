@@ -82,7 +82,7 @@ def _padded():
 
 
 #: reference loops read eager rows; Falcon's eager and sdpa paths differ on left padding, so Falcon runs eager here
-#: (its sdpa rows are checked against eager ones in tests/integration/test_inline.py)
+#: (its sdpa rows are checked against eager ones in tests/core/test_inline.py)
 EXACT = [n + "_eager" if n in INLINE else n for n in TEXT if n not in NO_ROWS]
 
 

@@ -85,7 +85,7 @@ def test_recorded_sweep_meets_the_floor():
     """The committed sweep results (docs/results/arch_sweep/results.json): no crash, no silent no-op, enough classes."""
     import json
 
-    path = Path(__file__).resolve().parents[2] / "docs" / "results" / "arch_sweep" / "results.json"
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "arch_sweep" / "results.json"
     data = json.loads(path.read_text())
     s = data["summary"]
     for site in arch_sweep.SITES:

@@ -9,13 +9,11 @@ attention rows with plain forward hooks, and edit caches / projection outputs by
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
 from helpers import CACHE_KW, _rank
 from kvsmooth_hooks import KVSmoothConfig, PlanError, UnsupportedModelError, get_adapter, smooth
-
 from kvsmooth_hooks.tiny_configs import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
