@@ -25,10 +25,13 @@ from .scorer_spec import ScorerSpec, scorer_schema
 SCHEMA_VERSION = 1
 #: largest sink window ``M`` accepted (the paper uses 15; the window costs ``B x layers x units x M`` floats)
 MAX_WINDOW = 4096
-Site = Literal["cache", "kv_proj"]
+Site = Literal["cache", "kv_proj", "attn_out"]
 Target = Literal["key", "value"]
 Granularity = Literal["layer", "head"]
 Policy = Literal["fifo_rank", "fixed", "linear"]
+Previous = Literal["smoothed", "raw"]
+HeadReduce = Literal["mean", "max", "min", "median"]
+RankDivisor = Literal["window", "filled"]
 
 _SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?$")
 
@@ -120,7 +123,8 @@ class KVSmoothConfig(_Fields):
     toolkit_version: str | None = Field(
         default=None, description="kvsmooth_hooks version that wrote the file (informational)"
     )
-    site: Site = Field("cache", description="cache: edit the KV cache after attention; kv_proj: hooks on k/v projections")
+    site: Site = Field("cache", description="cache: edit the KV cache after attention; kv_proj: hooks on k/v projections; "
+                       "attn_out: blend each layer's attention output with its previous step's (the paper's ablation)")
     targets: list[Target] = Field(default_factory=lambda: ["key", "value"])
     granularity: Granularity = "layer"
     smooth_prefill: bool = False
@@ -132,6 +136,13 @@ class KVSmoothConfig(_Fields):
     clip: float = Field(0.2, ge=0.0, allow_inf_nan=False)
     layers: Union[str, list[int]] = "3:-1"
     overrides: list[Override] = Field(default_factory=list)
+    # points where the paper's text admits two readings (docs/method.md, "Choices where the paper is silent")
+    previous: Previous = Field("smoothed", description="the entry blended into the new one: 'smoothed' (what the cache "
+                               "holds, K_hat_{t-1}: an EMA) or 'raw' (the unsmoothed K_{t-1}: a two-tap filter)")
+    head_reduce: HeadReduce = Field("mean", description="how per-head scores become the layer's score (and, at head "
+                                    "granularity, a KV head's score from its query heads)")
+    rank_divisor: RankDivisor = Field("window", description="FIFO rank while the window fills: divide by the window "
+                                      "length M ('window') or by the number of scores stored so far ('filled')")
 
     # ------------------------------------------------------------------ presets
     @classmethod

@@ -172,7 +172,7 @@ class Session:
                 self.probe = AttentionProbe(configs, configs[0]._attn_implementation if configs else "sdpa")
                 for layer in self.state.layers.values():
                     self.probe.listen(layer.attn, self._row_listener(layer))
-                self.rows = RowBatch.for_groups(self.state.groups)
+                self.rows = RowBatch.for_groups(self.state.groups) if self.site.batch_rows else None
                 self.probe.install()
         if callable(getattr(self.model, "generate", None)):
             self._original_generate = vars(self.model).get("generate")  # None: the class's own method

@@ -5,6 +5,6 @@ To add a site: write ``sites/my_site.py`` with a :class:`Site` subclass decorate
 """
 
 from .base import DECODE, EXTEND, PREFILL, SITES, Site, SiteError, build_site, register_site  # noqa: F401
-from . import cache, kv_proj  # noqa: F401,E402
+from . import attn_out, cache, kv_proj  # noqa: F401,E402
 
 __all__ = ["DECODE", "EXTEND", "PREFILL", "SITES", "Site", "SiteError", "build_site", "register_site"]

@@ -13,7 +13,8 @@ looks at another site, and the session never asks which site it runs:
 ``end(kind)``                 when the forward is done (edits that need every layer's new entry)
 ============================  ==========================================================================
 
-Class attributes: ``name``; ``immediate(layer)`` says whether a layer's coefficient is needed inside its
+Class attributes: ``name``; ``batch_rows`` (False: decode rows are scored per layer as they arrive, never
+batched to the end of the forward); ``immediate(layer)`` says whether a layer's coefficient is needed inside its
 own hook (it then gets a coefficient group of its own); ``check(config, needs_row)`` refuses a config
 the site cannot serve before any hook is registered.
 
@@ -51,6 +52,7 @@ class Site:
     (:class:`~kvsmooth_hooks.core.state.GenerationState`) and the session options (``record_deltas``)."""
 
     name: ClassVar[str] = "?"
+    batch_rows: ClassVar[bool] = True
 
     def __init__(self, session):
         self.session = session
