@@ -19,6 +19,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
+from .core.errors import UserError
+
 __all__ = ["Protocol", "PROTOCOLS", "ProtocolError", "model_family", "resolve_protocol", "protocol_record",
            "ids_digest", "cpu_threads_per_process", "auto_batch_size"]
 
@@ -27,7 +29,7 @@ CHAIR_RULE = ("CHAIR (Rohrbach et al., EMNLP 2018) as in OPERA / PAI chair.py: M
               "hallucinated / mentioned object instances; Recall = correct / ground-truth objects")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError):
     """A protocol name or model the protocol cannot serve; the message says which and the fix."""
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from .core.errors import UserError
+
 __all__ = ["PromptTemplate", "TemplateError", "get_template", "list_templates", "format_prompt", "CHAT", "IMAGE_HERE"]
 
 CHAT = "chat"  # the name of the processor's own chat template
@@ -27,7 +29,7 @@ IMAGE_HERE = "<ImageHere>"  # OPERA / PAI's image placeholder, kept for loaders 
 _DATA = Path(__file__).parent / "data" / "templates.json"
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError):
     """A template name or string that cannot be used; the message names it and the fix."""
 
 
