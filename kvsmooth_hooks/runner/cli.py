@@ -35,6 +35,7 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     are the runner with other defaults (they pass them on with :func:`with_defaults`)."""
     from ..benchmarks import BENCHMARKS
     from .arms import GRIDS
+    from .paper import batch_size_arg
 
     defaults = defaults or {}
 
@@ -50,12 +51,6 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     b = ap.add_argument_group("benchmark")
     b.add_argument("--benchmark", default=defaults.get("--benchmark"),
                    help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin); required unless --protocol")
-    b.add_argument("--protocol", default=None, metavar="NAME",
-                   help="a published protocol in one word (kvsmooth-chair: CHAIR, 500 images, seed 0, greedy, 512 tokens, "
-                        "the family's preset and OPERA template); options given explicitly win")
-    b.add_argument("--template", default=None, metavar="NAME|STRING",
-                   help="prompt template: a name of kvsmooth_hooks/data/templates.json (opera-llava-1.5, "
-                        "llava-vicuna_v1, chat, ...) or a string with {question} and {image}; also --set template=NAME")
     b.add_argument("--data", default=None, help="folder of the benchmark's official files")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="benchmark option (repeatable)")
     b.add_argument("--n", "--items", dest="n", type=int, default=None,
@@ -63,9 +58,8 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
                         "reads --n as its own abbreviated option)")
     b.add_argument("--seed", type=int, default=0, help="seed of draws and bootstrap (default 0)")
     b.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (CHAIR 512)")
-    b.add_argument("--batch-size", type=_batch_size, default=1,
-                   help="items per generate call (default 1: padding-free, seconds per item comparable), or auto "
-                        "(CPU: 8; GPU: the largest batch whose KV caches fit in half the free memory, at most 64)")
+    b.add_argument("--batch-size", type=batch_size_arg, default=1, help="items per generate call (default 1: "
+                   "padding-free, seconds per item comparable), or auto (docs/experiments.md)")
     a = ap.add_argument_group("arms")
     src = a.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="base config of smoothed / off / grid arms (default: the paper's)")
@@ -87,9 +81,9 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     o.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (resumable; default runs/run)")
     o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    o.add_argument("--trace", action="store_true",
-                   help="keep each smoothed arm's trace of its first batch: cells/<arm>/trace.safetensors and per-cell "
-                        "heatmaps trace_lambda.png / trace_score.png (layer x decode step)")
+    from .paper import add_arguments as add_paper_arguments
+
+    add_paper_arguments(b, o)
     o.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
 
@@ -114,15 +108,6 @@ def with_defaults(defaults: Sequence[str], argv: Sequence[str]) -> list[str]:
         if not given.intersection(_ALIASES.get(flag, (flag,))):
             out += [flag, value]
     return out + list(argv)
-
-
-def _batch_size(text: str):
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of items or auto") from None
 
 
 def _options(pairs: list[str]) -> dict:
@@ -182,25 +167,23 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
     from .dist import shard, world_from_env
     from .engine import generate_records
     from .models import load_bundle, resolve_device_dtype
+    from .paper import cpu_threads, paper_settings, prepare_bundle, protocol_and_template, save_trace
     from .store import CellStore, RunLock, guard
 
     world = world_from_env()
     _check_numbers(args)
     opts = _options(args.set)
-    template = _protocol_and_template(args, opts)
+    template = protocol_and_template(args, opts)
     bench = get_benchmark(args.benchmark)(args.data, **opts)
     gen = {"max_new_tokens": args.max_new_tokens or bench.max_new_tokens, "do_sample": False}
     items = bench.items(args.n, args.seed)  # inputs first: a wrong folder fails before a 7B model loads
     if not items:
         raise ConfigError(f"benchmark {bench.name!r} has no items in {args.data}")
     device, torch_dtype = resolve_device_dtype(args.device, args.dtype, world.local_rank)
-    _cpu_threads(device, world)
+    cpu_threads(device, world)
     settings = {"model": args.model, "revision": args.revision, "loader": args.loader, **bench.settings(), "n": args.n,
                 "seed": args.seed, "generation": {**gen, "batch_size": args.batch_size, "dtype": str(torch_dtype)[6:]}}
-    if template is not None:  # only when asked: earlier run.json files stay valid
-        settings["template"] = template.record()
-    if args.protocol:
-        settings["protocol"] = args.protocol
+    settings.update(paper_settings(args, template))
     out: Path = args.out
     bundle_box: list = []
 
@@ -211,15 +194,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             if b.modality != bench.modality:
                 raise ConfigError(f"benchmark {bench.name!r} needs a {bench.modality} model; {args.model!r} is a "
                                   f"{b.modality} model")
-            if template is not None:
-                if not b.accepts_template:
-                    raise ConfigError(f"--template {template.name!r}: the model bundle of --loader {args.loader!r} does "
-                                      "not apply prompt templates; read bundle.prompt_template in its generate and "
-                                      "return ModelBundle(..., accepts_template=True), or leave out --template")
-                b.prompt_template = template
-                b.info = {**b.info, "prompt_format": f"template {template.name}"}
-            b.batch_size = _resolve_batch_size(args.batch_size, b, gen, len(items), bench.modality)
-            b.info = {**b.info, "batch_size": b.batch_size}
+            prepare_bundle(b, template, args, gen, len(items), bench.modality)
             bundle_box.append(b)
         return bundle_box[0]
 
@@ -263,7 +238,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
                                                          on_batch=store.append):
                     bar.update(len(records))
                     if traced and session is not None:  # the arm's first batch of this run
-                        _save_trace(session.trace, out / "cells" / a.name, world)
+                        save_trace(session.trace, out / "cells" / a.name, world)
                         traced = False
                 bar.close()
             world.barrier()  # every rank's records are written
@@ -277,6 +252,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
 
 def _finish(args, argv, bench, arms, stores, items, settings, world, model_info, n_layers_fn):
     from . import report
+    from .paper import chair_figure, run_record
 
     out: Path = args.out
     ids = [it.id for it in items]
@@ -287,19 +263,12 @@ def _finish(args, argv, bench, arms, stores, items, settings, world, model_info,
     md = report.write_tables(rows, bench.metrics, out)
     plots = report.write_plots(rows, bench, out, n_layers_fn() if n_layers_fn else None)
     if "CHAIR_S" in bench.metrics:
-        plots.append(_chair_vs_length(bench, arms, stores, ids, out))
+        plots.append(chair_figure(bench, arms, stores, ids, out))
     cmd = report.command_line(argv, world.size)
     (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
     machine = report.machine_info(world.size)
     report.write_json(out / "machine.json", machine)
-    from ..protocols import protocol_record
-
-    used = model_info.get("batch_size", args.batch_size)
-    record = protocol_record(template=getattr(args, "template_obj", None),
-                             question=getattr(bench, "opts", {}).get("prompt"), ids=ids,
-                             decoding={**settings["generation"], "batch_size_used": used},
-                             seeds={"items": args.seed, "bootstrap": args.seed}, metric_rule=_metric_rule(bench),
-                             protocol=args.protocol)
+    record = run_record(args, bench, settings, ids, model_info)
     results = {"settings": settings, "model_info": model_info, "arms": rows, "command": cmd, "machine": machine,
                "plots": [p.name for p in plots], "protocol_record": record}
     report.write_json(out / "results.json", results)
@@ -308,106 +277,6 @@ def _finish(args, argv, bench, arms, stores, items, settings, world, model_info,
           + (f", {', '.join(p.name for p in plots)}" if plots else ""))
     print(f"reproduce with: {cmd}")
     return results
-
-
-def _protocol_and_template(args, opts: dict):
-    """``--protocol``: fill every option the command line left out (benchmark, items, tokens, arms, template, the
-    benchmark's question); ``--template`` / ``--set template=``: the prompt template. Returns it (or None)."""
-    from ..templates import get_template
-
-    family = opts.pop("family", None)
-    spec = opts.pop("template", None)
-    if spec is not None and args.template is not None and spec != args.template:
-        raise ConfigError(f"--template {args.template!r} and --set template={spec} disagree; give one")
-    args.template = args.template or spec
-    if args.protocol:
-        from ..protocols import resolve_protocol
-
-        p = resolve_protocol(args.protocol, args.model, family=family)
-        if args.benchmark not in (None, p["benchmark"]):
-            raise ConfigError(f"--protocol {args.protocol} runs benchmark {p['benchmark']!r}, not {args.benchmark!r}")
-        args.benchmark = p["benchmark"]
-        args.n = args.n if args.n is not None else p["n"]
-        args.max_new_tokens = args.max_new_tokens or p["max_new_tokens"]
-        if args.arms is None and not (args.grid or args.grid_file):
-            args.arms = f"baseline,{p['preset']}"
-        args.template = args.template or p["template"]
-        if args.template == p["template"] and p["question"]:
-            opts.setdefault("prompt", p["question"])  # the harness's question with the harness's template
-    elif family is not None:
-        raise ConfigError("--set family= names the model family for --protocol; give --protocol too")
-    if args.benchmark is None:
-        raise ConfigError("--benchmark is required (or --protocol NAME)")
-    args.template_obj = get_template(args.template) if args.template is not None else None
-    return args.template_obj
-
-
-def _cpu_threads(device, world) -> None:
-    """Several CPU processes on one node: split the cores (unless OMP_NUM_THREADS is set), so N processes do not
-    each start a thread per core."""
-    import os
-
-    import torch
-
-    from ..protocols import cpu_threads_per_process
-
-    if world.size > 1 and str(device) == "cpu":
-        n = cpu_threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world.size)))
-        if n:
-            torch.set_num_threads(n)
-
-
-def _resolve_batch_size(value, b, gen: dict, n_items: int, modality: str) -> int:
-    """``--batch-size auto`` (see :func:`kvsmooth_hooks.protocols.auto_batch_size`), else the number given."""
-    if value != "auto":
-        return value
-    import torch
-
-    from ..protocols import auto_batch_size
-
-    p = next(b.model.parameters())
-    kv = free = None
-    if p.device.type == "cuda":
-        cfg = b.model.config.get_text_config() if hasattr(b.model.config, "get_text_config") else b.model.config
-        heads = cfg.num_attention_heads
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-        kvh = getattr(cfg, "num_key_value_heads", None) or heads
-        prompt = 700 if modality == "image" else 256  # LLaVA-1.5: 576 image tokens + text
-        kv = 2 * cfg.num_hidden_layers * kvh * hd * (prompt + gen["max_new_tokens"]) * p.element_size()
-        free = torch.cuda.mem_get_info(p.device)[0]
-    return auto_batch_size(n_items, str(p.device), kv, free)
-
-
-def _save_trace(trace, folder: Path, world) -> None:
-    """``trace[.rankR].safetensors`` and its per-cell heatmaps in the arm's folder."""
-    from ..figures import trace_heatmaps
-
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = "trace" if world.size == 1 else f"trace.rank{world.rank}"
-    trace.save(folder / f"{stem}.safetensors")
-    if trace.runs and trace.runs[-1].n_steps:
-        trace_heatmaps(trace, folder, prefix=stem)
-
-
-def _metric_rule(bench) -> str:
-    from ..protocols import CHAIR_RULE
-
-    if bench.name == "chair":
-        return CHAIR_RULE
-    doc = (type(bench).__doc__ or sys.modules[type(bench).__module__].__doc__ or "").strip()
-    return doc.split("\n\n")[0].replace("\n", " ") if doc else bench.name
-
-
-def _chair_vs_length(bench, arms, stores, ids, out: Path) -> Path:
-    """``chair_vs_length.png``: each record scored alone (CHAIR_S 0 or 100) against its length in words."""
-    from ..figures import chair_vs_length
-
-    items = []
-    for a in arms:
-        for r in stores[a.name].merge(ids):
-            s = bench.score([r], n_bootstrap=0, seed=0)
-            items.append({"arm": a.name, "length": len(str(r["output"]).split()), "hallucinated": s.get("CHAIR_S", 0) > 0})
-    return chair_vs_length(items, out / "chair_vs_length.png", title=f"{bench.name}: CHAIR_S vs caption length")
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m kvsmooth_hooks.run") -> int:
