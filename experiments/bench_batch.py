@@ -12,7 +12,7 @@ padding, ``generate``, decode) on the same items and batch size. The runner's ow
 ``(runner loop - bare loop) / items``; the time of the final report (tables, plots) is listed apart, since it is paid
 once per run, not per item.
 
-Items: the grounded-text proxy's prompts (``kvsmooth_hooks.eval.grounded.make_scenes``), SmolLM2-135M on CPU by
+Items: the grounded-text proxy's prompts (``kvsmooth_hooks.benchmarks.grounded.make_scenes``), SmolLM2-135M on CPU by
 default. A GPU recipe (not run here: this project's machines have none): a model with the language-model shape of
 LLaVA-1.5-7B and random weights (nothing downloaded), prompts of ``--prompt-tokens`` random tokens (576 image
 tokens + text in LLaVA-1.5):
@@ -79,7 +79,7 @@ def load(args):
         g = torch.Generator().manual_seed(0)
         items = [torch.randint(3, cfg.vocab_size, (args.prompt_tokens,), generator=g) for _ in range(args.n)]
         return no_eos(model), None, items
-    from kvsmooth_hooks.eval.grounded import make_scenes
+    from kvsmooth_hooks.benchmarks.grounded import make_scenes
     from kvsmooth_hooks.models import load_smollm2
 
     model, tok = load_smollm2(quiet=True)
