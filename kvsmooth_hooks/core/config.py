@@ -30,6 +30,9 @@ MAX_WINDOW = 4096
 Target = Literal["key", "value"]
 Granularity = Literal["layer", "head"]
 Policy = Literal["fifo_rank", "fixed", "linear"]
+Previous = Literal["smoothed", "raw"]
+HeadReduce = Literal["mean", "max", "min", "median"]
+RankDivisor = Literal["window", "filled"]
 
 _SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?$")
 
@@ -122,7 +125,8 @@ class KVSmoothConfig(_Fields):
         default=None, description="kvsmooth_hooks version that wrote the file (informational)"
     )
     site: str = Field("cache", description="a registered site (kvsmooth_hooks/core/sites/): cache edits the KV cache "
-                      "after attention; kv_proj hooks the key/value projections")
+                      "after attention; kv_proj hooks the key/value projections; attn_out blends each layer's attention "
+                      "output with its previous step's (the paper's ablation)")
     targets: list[Target] = Field(default_factory=lambda: ["key", "value"])
     granularity: Granularity = "layer"
     smooth_prefill: bool = False
@@ -134,6 +138,13 @@ class KVSmoothConfig(_Fields):
     clip: float = Field(0.2, ge=0.0, allow_inf_nan=False)
     layers: Union[str, list[int]] = "3:-1"
     overrides: list[Override] = Field(default_factory=list)
+    # points where the paper's text admits two readings (docs/method.md, "Choices where the paper is silent")
+    previous: Previous = Field("smoothed", description="the entry blended into the new one: 'smoothed' (what the cache "
+                               "holds, K_hat_{t-1}: an EMA) or 'raw' (the unsmoothed K_{t-1}: a two-tap filter)")
+    head_reduce: HeadReduce = Field("mean", description="how per-head scores become the layer's score (and, at head "
+                                    "granularity, a KV head's score from its query heads)")
+    rank_divisor: RankDivisor = Field("window", description="FIFO rank while the window fills: divide by the window "
+                                      "length M ('window') or by the number of scores stored so far ('filled')")
 
     @field_validator("site")
     @classmethod

@@ -20,6 +20,7 @@ class CoefficientGroup:
         self.layers = layers
         idx = [l.index for l in layers]
         self.policy = plan.policy[idx[0]]
+        self.filled = plan.config.rank_divisor == "filled"  # rank while the window fills: / stored scores, not / M
         self.per_head = layers[0].per_head
         window = plan.window[idx]  # [La, H]
         self.lengths = window if self.per_head else window[:, :1]  # [La, U]
@@ -95,7 +96,7 @@ class CoefficientGroup:
                 window = torch.where(valid.to(window.device)[:, None, None, None], window, self.window)
             self.window = window
             if self.policy == "fifo_rank":
-                rank = fifo_rank(window, unit, self.window_len if self.uniform else c["lengths"])
+                rank = fifo_rank(window, unit, self.window_len if self.uniform else c["lengths"], filled=self.filled)
                 lam = coefficient(rank, c["lo"], c["hi"])
             else:  # linear: position between the window's min and max, scaled into the clip band
                 rank = linear_position(window, unit)

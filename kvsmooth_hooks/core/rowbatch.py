@@ -107,7 +107,8 @@ class RowBatch:
         if any(self.filled):
             first = self.layers[0]
             raw = first.scorer.score({}, ScoreInputs(row=self.probs(), first_index=first_index))  # [La, B, Hq]
-            units = head_units(raw, first.n_kv, first.per_head, first.scorer.head_axis).transpose(0, 1)  # [B, La, U]
+            units = head_units(raw, first.n_kv, first.per_head, first.scorer.head_axis,
+                               first.head_reduce).transpose(0, 1)  # [B, La, U]
             complete = self.complete()
             for slot in self.loose if complete else range(len(self.layers)):
                 if self.filled[slot]:

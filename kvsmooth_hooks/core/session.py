@@ -210,7 +210,7 @@ class Session(Forwards):
                     self.handles.append(mod.register_forward_hook(self._pattern_hook(layer)))
                 elif layer not in probed:  # attention written in the module's own forward (core/inline.py)
                     self.handles += InlineRows(layer.attn, layer.n_heads, self._row_listener(layer), self).register()
-            self.rows = RowBatch.for_groups(self.state.groups)
+            self.rows = RowBatch.for_groups(self.state.groups) if self.site.batch_rows else None
             if probed:
                 configs = ad.attention_configs()
                 self.probe = AttentionProbe(configs, configs[0]._attn_implementation if configs else "sdpa")

@@ -24,6 +24,7 @@ __all__ = [
     "ema_update",
     "attention_entropy",
     "head_units",
+    "reduce_heads",
 ]
 
 
@@ -40,24 +41,32 @@ def push_window(window: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
     return torch.cat((window[..., 1:], score.unsqueeze(-1).to(window.dtype)), dim=-1)
 
 
-def fifo_rank(window: torch.Tensor, score: torch.Tensor, length: torch.Tensor | int | None = None) -> torch.Tensor:
+def fifo_rank(window: torch.Tensor, score: torch.Tensor, length: torch.Tensor | int | None = None,
+              filled: bool = False) -> torch.Tensor:
     """Percentile rank ``#{q in window : q < e} / M`` of ``score`` in its window.
 
     window: ``[B, U, M]`` (already holding ``score`` as its newest entry); score: ``[B, U]``;
     length: the window length M (int, or ``[U]`` per unit when units use only their last
-    ``length[u]`` slots). Divides by M even while the window is still filling, as the spec says.
+    ``length[u]`` slots). By default divides by M even while the window is still filling, as the spec
+    says; ``filled=True`` divides by the number of scores stored so far instead (``rank_divisor: filled``).
     Returns ``[B, U]`` in [0, 1).
     """
     below = window < score.unsqueeze(-1)
-    if length is None:
-        return below.sum(-1, dtype=torch.float32) / window.shape[-1]
-    if isinstance(length, int):
-        if length != window.shape[-1]:
-            below = below[..., -length:]
-        return below.sum(-1, dtype=torch.float32) / length
+    stored = ~window.isnan() if filled else None
     m = window.shape[-1]
+    if length is None or isinstance(length, int):
+        if length is not None and length != m:
+            below = below[..., -length:]
+            stored = stored[..., -length:] if filled else None
+        count = below.sum(-1, dtype=torch.float32)
+        if filled:
+            return count / stored.sum(-1, dtype=torch.float32).clamp_min(1.0)
+        return count / below.shape[-1]
     inside = torch.arange(m, device=window.device) >= (m - length.to(window.device)).unsqueeze(-1)  # [U, M]
-    return (below & inside).sum(-1).to(torch.float32) / length.to(window.device, torch.float32)
+    count = (below & inside).sum(-1).to(torch.float32)
+    if filled:
+        return count / (stored & inside).sum(-1).to(torch.float32).clamp_min(1.0)
+    return count / length.to(window.device, torch.float32)
 
 
 def linear_position(window: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
@@ -101,15 +110,37 @@ def attention_entropy(probs: torch.Tensor) -> torch.Tensor:
     return torch.special.entr(probs.to(torch.float32)).sum(-1)
 
 
-def head_units(raw: torch.Tensor, n_kv: int, per_head: bool, head_axis: str = "query") -> torch.Tensor:
-    """Per-head scores reduced to score units: the mean over all heads (``per_head`` False, one unit), or
-    per KV head (query heads of one KV head averaged when ``head_axis`` is ``"query"``).
+def reduce_heads(x: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """Reduce the last dim (heads) of float32 ``x [..., H]`` by ``how``: mean, max, min or median (the
+    interpolated median, ``torch.quantile(x, 0.5)``)."""
+    if how == "mean":
+        return x.mean(-1)
+    if how == "max":
+        return x.amax(-1)
+    if how == "min":
+        return x.amin(-1)
+    if how == "median":
+        return torch.quantile(x, 0.5, dim=-1)
+    raise ValueError(f"head_reduce '{how}' is not one of mean, max, min, median")
+
+
+def head_units(raw: torch.Tensor, n_kv: int, per_head: bool, head_axis: str = "query", reduce: str = "mean") -> torch.Tensor:
+    """Per-head scores reduced to score units: all heads reduced to one unit (``per_head`` False), or
+    per KV head (query heads of one KV head reduced when ``head_axis`` is ``"query"``). ``reduce``:
+    the reduction (``head_reduce``: mean, the default, max, min, median).
 
     raw: ``[..., Hq]`` or ``[..., Hkv]`` -> float32 ``[..., U]`` (U = 1 or Hkv); leading dims are kept,
     so one call reduces every layer of a stacked ``[La, B, Hq]``.
     """
+    if reduce == "mean":  # the default path, unchanged (mean in float32 of the raw dtype)
+        if not per_head:
+            return raw.mean(-1, keepdim=True, dtype=torch.float32)
+        if head_axis == "query":
+            return raw.unflatten(-1, (n_kv, -1)).mean(-1, dtype=torch.float32)
+        return raw.to(torch.float32)
+    raw = raw.to(torch.float32)
     if not per_head:
-        return raw.mean(-1, keepdim=True, dtype=torch.float32)
+        return reduce_heads(raw, reduce).unsqueeze(-1)
     if head_axis == "query":
-        return raw.unflatten(-1, (n_kv, -1)).mean(-1, dtype=torch.float32)
-    return raw.to(torch.float32)
+        return reduce_heads(raw.unflatten(-1, (n_kv, -1)), reduce)
+    return raw

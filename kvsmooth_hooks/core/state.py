@@ -48,6 +48,7 @@ class LayerState:
         self.scorer = scorer
         self.n_heads, self.n_kv, self.head_dim = adapter.layer_heads(index)
         self.per_head = plan.granularity == "head"
+        self.head_reduce = plan.config.head_reduce  # mean (default), max, min, median over heads
         self.group: CoefficientGroup | None = None
         self.slot = 0  # position inside its group
         self.reset(0, None)
@@ -59,7 +60,9 @@ class LayerState:
         self.scorer_state = self.scorer.init_state(batch, self.n_heads, self.n_kv, device, layer=self.index) if batch else {}
         self.unit: torch.Tensor | None = None  # newest unit score [B, U]
         self.stash = None  # smooth_prefill at the cache site: a function giving prompt rows
-        self.prev = {"key": None, "value": None}  # kv_proj: last smoothed projection [B, Hkv, D]
+        # kv_proj: last smoothed (or, with previous 'raw', raw) projection [B, Hkv, D]; cache site with previous 'raw':
+        # the raw newest entry before its blend; attn_out: "out", the last attention output [B, hidden]
+        self.prev = {"key": None, "value": None}
         self.pending = None  # kv_proj: this step's key blend (view, weight), waiting for the value hook
         self.prefill_lam: list[torch.Tensor] | None = None
 
@@ -71,7 +74,7 @@ class LayerState:
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         """Scorer output reduced to the granularity's units: ``[B, U]`` float32; stored as :attr:`unit`."""
         raw = self.scorer.score(self.scorer_state, inputs)  # [B, Hq] or [B, Hkv]
-        self.unit = head_units(raw, self.n_kv, self.per_head, self.scorer.head_axis)
+        self.unit = head_units(raw, self.n_kv, self.per_head, self.scorer.head_axis, self.head_reduce)
         return self.unit
 
 

@@ -36,6 +36,7 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     from ..benchmarks import BENCHMARKS
     from ..core.registry import site_names
     from .arms import GRIDS
+    from .paper import batch_size_arg
 
     defaults = defaults or {}
 
@@ -49,7 +50,8 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     m.add_argument("--dtype", default="auto", help="auto (float16 on GPU, float32 on CPU), float32, float16, bfloat16")
     m.add_argument("--device-map", default=None, help="transformers device_map (e.g. auto) for models over several GPUs")
     b = ap.add_argument_group("benchmark")
-    b.add_argument("--benchmark", required="--benchmark" not in defaults, default=defaults.get("--benchmark"), help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin)")
+    b.add_argument("--benchmark", default=defaults.get("--benchmark"),
+                   help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin); required unless --protocol")
     b.add_argument("--data", default=None, help="folder of the benchmark's official files")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="benchmark option (repeatable)")
     b.add_argument("--n", "--items", dest="n", type=int, default=None,
@@ -57,8 +59,8 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
                         "reads --n as its own abbreviated option)")
     b.add_argument("--seed", type=int, default=0, help="seed of draws and bootstrap (default 0)")
     b.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (CHAIR 512)")
-    b.add_argument("--batch-size", type=int, default=1,
-                   help="items per generate call (default 1: padding-free, seconds per item comparable)")
+    b.add_argument("--batch-size", type=batch_size_arg, default=1, help="items per generate call (default 1: "
+                   "padding-free, seconds per item comparable), or auto (docs/experiments.md)")
     a = ap.add_argument_group("arms")
     src = a.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="base config of smoothed / off / grid arms (default: the paper's)")
@@ -81,6 +83,9 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     o.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (resumable; default runs/run)")
     o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from .paper import add_arguments as add_paper_arguments
+
+    add_paper_arguments(b, o)
     o.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
                    help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
 
@@ -121,7 +126,7 @@ def _options(pairs: list[str]) -> dict:
 
 def _check_numbers(args) -> None:
     """Counts that must be positive, refused before anything loads."""
-    for flag, value, low in (("--n", args.n, 1), ("--batch-size", args.batch_size, 1),
+    for flag, value, low in (("--n", args.n, 1), ("--batch-size", None if args.batch_size == "auto" else args.batch_size, 1),
                              ("--max-new-tokens", args.max_new_tokens, 1), ("--bootstrap", args.bootstrap, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{flag} {value}: must be at least {low}"
@@ -164,18 +169,23 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
     from .dist import shard, world_from_env
     from .engine import generate_records
     from .models import load_bundle, resolve_device_dtype
+    from .paper import cpu_threads, paper_settings, prepare_bundle, protocol_and_template, save_trace
     from .store import CellStore, RunLock, guard
 
     world = world_from_env()
     _check_numbers(args)
-    bench = get_benchmark(args.benchmark)(args.data, **_options(args.set))
+    opts = _options(args.set)
+    template = protocol_and_template(args, opts)
+    bench = get_benchmark(args.benchmark)(args.data, **opts)
     gen = {"max_new_tokens": args.max_new_tokens or bench.max_new_tokens, "do_sample": False}
     items = bench.items(args.n, args.seed)  # inputs first: a wrong folder fails before a 7B model loads
     if not items:
         raise ConfigError(f"benchmark {bench.name!r} has no items in {args.data}")
-    _, torch_dtype = resolve_device_dtype(args.device, args.dtype, world.local_rank)
+    device, torch_dtype = resolve_device_dtype(args.device, args.dtype, world.local_rank)
+    cpu_threads(device, world)
     settings = {"model": args.model, "revision": args.revision, "loader": args.loader, **bench.settings(), "n": args.n,
                 "seed": args.seed, "generation": {**gen, "batch_size": args.batch_size, "dtype": str(torch_dtype)[6:]}}
+    settings.update(paper_settings(args, template))
     out: Path = args.out
     bundle_box: list = []
 
@@ -186,6 +196,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             if b.modality != bench.modality:
                 raise ConfigError(f"benchmark {bench.name!r} needs a {bench.modality} model; {args.model!r} is a "
                                   f"{b.modality} model")
+            prepare_bundle(b, template, args, gen, len(items), bench.modality)
             bundle_box.append(b)
         return bundle_box[0]
 
@@ -224,8 +235,13 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
                 bar = tqdm(total=len(mine), initial=len(mine) - len(todo),
                            desc=f"[rank {world.rank}/{world.size}] {a.name}", position=world.rank,
                            disable=args.no_progress, file=sys.stderr, leave=world.main)
-                for records, _ in generate_records(b, todo, a.config, gen, args.batch_size, on_batch=store.append):
+                traced = args.trace and a.config is not None
+                for records, session in generate_records(b, todo, a.config, gen, b.batch_size, trace=traced,
+                                                         on_batch=store.append):
                     bar.update(len(records))
+                    if traced and session is not None:  # the arm's first batch of this run
+                        save_trace(session.trace, out / "cells" / a.name, world)
+                        traced = False
                 bar.close()
             world.barrier()  # every rank's records are written
             if not world.main:
@@ -238,6 +254,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
 
 def _finish(args, argv, bench, arms, stores, items, settings, world, model_info, n_layers_fn):
     from . import report
+    from .paper import chair_figure, run_record
 
     out: Path = args.out
     ids = [it.id for it in items]
@@ -247,12 +264,15 @@ def _finish(args, argv, bench, arms, stores, items, settings, world, model_info,
         rows.append(report.summarize_arm(bench, a, recs, args.bootstrap, args.seed))
     md = report.write_tables(rows, bench.metrics, out)
     plots = report.write_plots(rows, bench, out, n_layers_fn() if n_layers_fn else None)
+    if "CHAIR_S" in bench.metrics:
+        plots.append(chair_figure(bench, arms, stores, ids, out))
     cmd = report.command_line(argv, world.size)
     (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
     machine = report.machine_info(world.size)
     report.write_json(out / "machine.json", machine)
+    record = run_record(args, bench, settings, ids, model_info)
     results = {"settings": settings, "model_info": model_info, "arms": rows, "command": cmd, "machine": machine,
-               "plots": [p.name for p in plots]}
+               "plots": [p.name for p in plots], "protocol_record": record}
     report.write_json(out / "results.json", results)
     print(md)
     print(f"results: {out}/results.md, results.csv, results.json, cells/<arm>/records.jsonl"

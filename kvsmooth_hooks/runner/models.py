@@ -38,13 +38,18 @@ class ModelBundle:
 
     ``model``: the ``torch.nn.Module`` that ``smooth(model, config)`` hooks; ``generate(items, gen_kwargs)``:
     one answer per item as ``(text, number of new tokens)``; ``modality``: ``"image"`` or ``"text"``;
-    ``info``: how prompts are formatted (recorded with the results).
+    ``info``: how prompts are formatted (recorded with the results). ``prompt_template``: the template the runner
+    asks for (``--template``, a name or string of :mod:`kvsmooth_hooks.templates`; None: the bundle's own format);
+    a bundle that applies it sets ``accepts_template`` (``hf_bundle`` does; a ``--loader`` bundle may read
+    ``bundle.prompt_template`` in its ``generate`` and set the flag).
     """
 
     model: Any
     generate: Callable[[list, dict], list[tuple[str, int]]]
     modality: str = "image"
     info: dict = field(default_factory=dict)
+    prompt_template: Any = None
+    accepts_template: bool = False
 
 
 _DTYPES = ("float32", "float16", "bfloat16")
@@ -114,14 +119,21 @@ def hf_bundle(model, processor) -> ModelBundle:
     def generate(items, gen_kwargs):
         from PIL import Image
 
+        from ..templates import format_prompt
+
         device, dtype = _first_device(model)
         if is_vlm:
             images = []
             for it in items:
                 with Image.open(it.image) as im:
                     images.append(im.convert("RGB"))
-            texts = [format_vlm_prompt(processor, it.prompt) for it in items]
+            tmpl = bundle.prompt_template
+            texts = [format_prompt(processor, tmpl, it.prompt) if tmpl is not None else format_vlm_prompt(processor, it.prompt)
+                     for it in items]
             enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
+        elif bundle.prompt_template is not None:
+            texts = [format_prompt(tok, bundle.prompt_template, it.prompt, image=False) for it in items]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         else:
             from ..models import chat_inputs
 
@@ -134,8 +146,10 @@ def hf_bundle(model, processor) -> ModelBundle:
     fmt = ("chat template" if getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
            else ("plain instruction" if not is_vlm or type(processor).__name__.startswith("InstructBlip")
                  else "LLaVA-1.5 conversation"))
-    return ModelBundle(model=model, generate=generate, modality="image" if is_vlm else "text",
-                       info={"class": type(model).__name__, "processor": type(processor).__name__, "prompt_format": fmt})
+    bundle = ModelBundle(model=model, generate=generate, modality="image" if is_vlm else "text",
+                         info={"class": type(model).__name__, "processor": type(processor).__name__, "prompt_format": fmt},
+                         accepts_template=True)
+    return bundle
 
 
 def _import_loader(spec: str) -> Callable:

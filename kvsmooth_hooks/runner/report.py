@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import platform
 import random
 import shlex
@@ -107,7 +108,7 @@ def _reference_lines(ax, rows, metric):
 
 def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None) -> list[Path]:
     """Plots for grids, every point with its 95% interval as an error bar: metric vs layer (layer grid),
-    metric vs value (one numeric sweep axis), scorer bars, and the CHAIR_S vs Recall frontier."""
+    metric vs value (one numeric sweep axis), scorer bars, and the CHAIR frontiers (:func:`write_frontiers`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,19 +160,29 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
             ax.legend(fontsize=7)
         fig.suptitle(f"{bench.name}: scorers x sites (error bars: 95% bootstrap)")
         made.append(_save(fig, out / "scorers.png", plt))
-    if len(rows) > 2 and all(k in bench.metrics for k in ("CHAIR_S", "Recall")):
-        fig, ax = plt.subplots(figsize=(6.5, 5))
-        pts = [r for r in rows if "CHAIR_S" in r and "Recall" in r]
-        for r in pts:
-            ref = r["arm"] in ("baseline", "off")
-            ax.errorbar(r["CHAIR_S"], r["Recall"], xerr=_err([r], "CHAIR_S"), yerr=_err([r], "Recall"),
-                        fmt="*" if ref else "o", color="k" if r["arm"] == "baseline" else None, capsize=2,
-                        markersize=12 if ref else 5)
-            ax.annotate(r["arm"], (r["CHAIR_S"], r["Recall"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("CHAIR_S (%)  <- less hallucination")
-        ax.set_ylabel("Recall (%)  ^ more objects covered")
-        ax.set_title(f"{bench.name}: hallucination vs recall (error bars: 95% bootstrap)", fontsize=9)
-        made.append(_save(fig, out / "frontier.png", plt))
+    made += write_frontiers(rows, bench, out)
+    return made
+
+
+#: frontier axes per benchmark metric set: (hallucination, coverage, file)
+FRONTIERS = (("CHAIR_S", "F1", "frontier.png"), ("CHAIR_S", "Recall", "frontier_recall.png"),
+             ("CHAIR", "Cover", "frontier.png"))
+
+
+def write_frontiers(rows: list[dict], bench, out: Path) -> list[Path]:
+    """``frontier.png`` (CHAIR_S vs F1; AMBER: CHAIR vs Cover) and ``frontier_recall.png`` (CHAIR_S vs Recall) for any
+    run whose benchmark has those metrics: one point per arm with its 95% intervals, the baseline marked
+    (:func:`kvsmooth_hooks.figures.frontier`)."""
+    from ..figures import frontier
+
+    made, written = [], set()
+    for x, y, name in FRONTIERS:
+        if name in written or not all(m in bench.metrics for m in (x, y)):
+            continue
+        if any(isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float)) for r in rows):
+            made.append(frontier(rows, out / name, x=x, y=y, title=f"{bench.name}: {x} vs {y}, one point per arm "
+                                 "(bars: 95% bootstrap)"))
+            written.add(name)
     return made
 
 
@@ -200,7 +211,9 @@ def machine_info(world_size: int = 1) -> dict:
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "host": socket.gethostname(),
             "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "kvsmooth_hooks": __version__, "world_size": world_size}
+            "transformers": transformers.__version__, "kvsmooth_hooks": __version__, "world_size": world_size,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda

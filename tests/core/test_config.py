@@ -65,7 +65,7 @@ def test_saved_file_is_self_describing(tmp_path):
         ({"lambda_ref": 1.2}, "lambda_ref: Input should be less than or equal to 1"),
         ({"lambda_ref": -0.1}, "lambda_ref: Input should be greater than or equal to 0"),
         ({"clip": -0.2}, "clip: Input should be greater than or equal to 0"),
-        ({"site": "attention"}, "site: unknown site 'attention'; registered sites: ['cache', 'kv_proj']"),
+        ({"site": "attention"}, "site: unknown site 'attention'; registered sites: ['attn_out', 'cache', 'kv_proj']"),
         ({"granularity": "token"}, "granularity: Input should be 'layer' or 'head'"),
         ({"policy": "rank"}, "policy: Input should be 'fifo_rank', 'fixed' or 'linear'"),
         ({"layers": "3-5"}, "'3-5' is not a layer selection"),

@@ -13,7 +13,8 @@ looks at another site, and the session never asks which site it runs:
 ``end(kind)``                 when the forward is done (edits that need every layer's new entry)
 ============================  ==========================================================================
 
-Class attributes: ``name``; ``immediate(layer)`` says whether a layer's coefficient is needed inside its
+Class attributes: ``name``; ``batch_rows`` (False: decode rows are scored per layer as they arrive, never
+batched to the end of the forward); ``immediate(layer)`` says whether a layer's coefficient is needed inside its
 own hook (it then gets a coefficient group of its own); ``check(config, needs_row)`` refuses a config
 the site cannot serve before any hook is registered.
 
@@ -55,6 +56,8 @@ class Site:
     #: the key/value projection outputs, or the entries of the KV cache
     hooks_projections: ClassVar[bool] = False
     edits_cache: ClassVar[bool] = False
+    #: whether decode-step rows are written into the batched RowBatch (False: each row is handed to ``on_row``)
+    batch_rows: ClassVar[bool] = True
 
     def __init__(self, session):
         self.session = session

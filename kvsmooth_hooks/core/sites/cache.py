@@ -161,7 +161,10 @@ class CacheSite(Site):
                 tensors = first if attr == 0 else self._tensors(group, 1)
                 cur = [t.select(2, pos) for t in tensors]
                 current.append(cur)
-                previous += [t.select(2, prev) for t in tensors]
+                if self.config.previous == "raw":  # K_{t-1} before its own blend (kept per layer), not K_hat_{t-1}
+                    previous += _raw_previous(group, "key" if attr == 0 else "value", tensors, cur, prev)
+                else:
+                    previous += [t.select(2, prev) for t in tensors]
                 if same:  # the target mask is the enabled mask: lambda itself, converted and split once for K and V
                     ws = lam_ws = _per_layer(lam, tensors, group, self.repeat) if lam_ws is None else lam_ws
                 else:
@@ -203,6 +206,17 @@ class CacheSite(Site):
                     self._blend(group, lam, pos, pos - 1, record=False)
             for layer in group.layers:
                 layer.stash = None
+
+
+def _raw_previous(group: CoefficientGroup, name: str, tensors: list, cur: list, prev: int) -> list[torch.Tensor]:
+    """``previous: raw``: each layer's raw entry of the last step (the cache's position ``prev`` when none is kept: the
+    raw last prompt entry, or the first position of a smoothed prompt), and keep this step's raw entries ``cur``."""
+    out = []
+    for layer, t, c in zip(group.layers, tensors, cur):
+        kept = layer.prev[name]
+        out.append(t.select(2, prev) if kept is None else kept)
+        layer.prev[name] = c.clone()
+    return out
 
 
 def _per_layer(w: torch.Tensor, tensors: list[torch.Tensor], group: CoefficientGroup, repeat: dict) -> list[torch.Tensor]:

@@ -108,11 +108,12 @@ class KVProjSite(Site):
         """``x_t <- lerp(x_t, x'_{t-1}, w)`` in place for each ``(name, view, weight)``: one fused op."""
         names, current, weights = zip(*todo)
         previous = [layer.prev[n] for n in names]
+        keep = [c.clone() for c in current] if self.config.previous == "raw" else current  # raw: x_{t-1}, not x'_{t-1}
         if len(todo) == 1:
             current[0].lerp_(previous[0], weights[0])
         else:
             torch._foreach_lerp_(list(current), previous, list(weights))
-        for name, new in zip(names, current):
+        for name, new in zip(names, keep):
             layer.prev[name] = new
 
     def _hook(self, layer, slots, wait: bool = False):
@@ -166,8 +167,9 @@ class KVProjSite(Site):
                     todo.append((name, current, weight))
                     continue
                 before = current.float() if record else None
+                raw = current.clone() if self.config.previous == "raw" else None
                 new = current.lerp_(layer.prev[name], weight)  # in place: heads is a view of the module output
-                layer.prev[name] = new
+                layer.prev[name] = new if raw is None else raw
                 if record:
                     rec, key = group.record, ("dk" if name == "key" else "dv")
                     if key not in rec or rec[key].shape[1] != len(group.layers):
@@ -199,11 +201,14 @@ class KVProjSite(Site):
         if out.requires_grad:
             out = out.clone()
         mask = group.consts(heads.device)["kmask" if name == "key" else "vmask"][layer.slot]
-        prev = heads[:, 0]
+        raw = self.config.previous == "raw"
+        prev = heads[:, 0].clone() if raw else heads[:, 0]
         for pos in range(1, t):
             has_prev = valid[:, pos] & valid[:, pos - 1]
             lam = layer.prefill_lam[pos] * mask * has_prev[:, None]
-            prev = torch.lerp(heads[:, pos], prev, lam.unsqueeze(-1).to(prev.dtype))
-            slot.heads(out, layer.n_kv, layer.head_dim)[:, pos] = prev
+            current = heads[:, pos].clone() if raw else None  # previous 'raw': the next position blends with this
+            new = torch.lerp(heads[:, pos], prev, lam.unsqueeze(-1).to(prev.dtype))
+            slot.heads(out, layer.n_kv, layer.head_dim)[:, pos] = new
+            prev = current if raw else new
         layer.prev[name] = prev.clone()
         return out

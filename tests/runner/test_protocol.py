@@ -1,0 +1,103 @@
+"""The runner with the paper's protocol pieces (issue 23): templates recorded and applied, --protocol, the
+protocol record, frontier / length / per-cell trace figures, and records at every batch size equal batch 1."""
+
+import json
+
+import pytest
+
+from benchmark_data import write_all
+from kvsmooth_hooks.runner.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    paths = write_all(root)
+    cfg = root / "cfg.yaml"
+    cfg.write_text('layers: "1:-1"\nlambda_ref: 0.9\n')  # the tiny models have 4 layers
+    return {**paths, "cfg": cfg}
+
+
+def argv(data, out, model="tiny-llava", benchmark="chair", *extra, loader="tiny_vlms:load_tiny_vlm"):
+    d = {"chair": data["coco"], "pope": data["coco"], "opope": data["coco"], "objhal": data["coco"],
+         "amber": data["amber"], "grounded": None, None: data["coco"]}[benchmark]
+    return ["--model", model, "--loader", loader, *(["--benchmark", benchmark] if benchmark else []),
+            *(["--data", str(d)] if d else []), "--config", str(data["cfg"]), "--max-new-tokens", "5",
+            "--bootstrap", "20", "--no-progress", "--out", str(out), *extra]
+
+
+def records(out, arm):
+    return [json.loads(l) for l in (out / "cells" / arm / "records.jsonl").read_text().splitlines()]
+
+
+def test_template_is_applied_and_recorded(data, tmp_path, monkeypatch):
+    import kvsmooth_hooks.templates as templates
+
+    seen = []
+    real = templates.format_prompt
+    monkeypatch.setattr(templates, "format_prompt", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
+    out = tmp_path / "run"
+    assert main(argv(data, out, "tiny-llava", "chair", "--n", "2", "--set", "template=opera-llava-1.5-bare")) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert "opera-llava-1.5-bare" in json.dumps(run)  # the template is part of the run's key
+    assert seen and all(t.startswith("USER: <image> ") and t.endswith(" ASSISTANT:") for t in seen)
+    res = json.loads((out / "results.json").read_text())
+    rec = res["protocol_record"]
+    assert rec["template"]["text"] == "USER: {image} {question} ASSISTANT:" and rec["n_items"] == 2
+    assert rec["decoding"]["max_new_tokens"] == 5 and rec["decoding"]["batch_size_used"] == 1
+    assert rec["metric_rule"].startswith("CHAIR") and rec["versions"]["torch"]
+    assert {"frontier.png", "frontier_recall.png", "chair_vs_length.png"} <= set(res["plots"])
+    assert (out / "frontier.png").stat().st_size > 5000
+
+
+def test_protocol_kvsmooth_chair(data, tmp_path):
+    out = tmp_path / "run"
+    assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=llava-1.5",
+                     "--n", "2", "--arms", "baseline,smoothed")) == 0
+    res = json.loads((out / "results.json").read_text())
+    s = res["settings"]
+    assert s["benchmark"] == "chair" and s["protocol"] == "kvsmooth-chair" and s["template"]["name"] == "opera-llava-1.5"
+    assert res["protocol_record"]["question"] == "Please describe this image in detail."
+    assert res["protocol_record"]["protocol"] == "kvsmooth-chair"
+
+
+def test_protocol_and_template_mistakes_exit_2(data, tmp_path, capsys):
+    assert main(argv(data, tmp_path / "a", "tiny-qwen2_vl", None, "--protocol", "kvsmooth-chair")) == 2
+    assert "--set family=" in capsys.readouterr().err
+    assert main(argv(data, tmp_path / "a2", "tiny-llava", None, "--protocol", "kvsmooth-chair")) == 2  # 4 layers
+    assert "layers '3:-1' select none" in capsys.readouterr().err
+    assert main(argv(data, tmp_path / "b", "tiny-llava", "chair", "--template", "llava")) == 2
+    assert "unknown template 'llava'" in capsys.readouterr().err
+    assert main(argv(data, tmp_path / "c", "minigpt4", "chair", "--n", "1", "--template", "opera-minigpt4",
+                     loader="tiny_vlms:load_minigpt4_like")) == 2
+    assert "accepts_template=True" in capsys.readouterr().err
+    assert main(argv(data, tmp_path / "d", "tiny-llava", None)) == 2
+    assert "--benchmark is required" in capsys.readouterr().err
+
+
+def test_trace_writes_per_cell_heatmaps(data, tmp_path):
+    out = tmp_path / "run"
+    assert main(argv(data, out, "tiny-llava", "pope", "--n", "2", "--trace")) == 0
+    cell = out / "cells" / "smoothed"
+    assert (cell / "trace.safetensors").exists() and (cell / "trace_lambda.png").exists()
+    assert (cell / "trace_score.png").exists() and not (out / "cells" / "baseline" / "trace.safetensors").exists()
+
+
+CASES = [("tiny-llava", "chair", ["--n", "3"]), ("tiny-qwen2_vl", "pope", ["--set", "split=adversarial", "--n", "4"]),
+         ("tiny-instructblip", "amber", ["--set", "task=all"]), ("tiny-llava", "objhal", []),
+         ("tiny-llava", "opope", ["--n", "4"]), ("tiny-text", "grounded", ["--n", "5"])]
+
+
+@pytest.mark.parametrize("model,benchmark,extra", CASES, ids=[c[1] for c in CASES])
+def test_records_at_every_batch_size_equal_batch_1(data, tmp_path, model, benchmark, extra):
+    loader = "tiny_vlms:load_tiny_text" if benchmark == "grounded" else "tiny_vlms:load_tiny_vlm"
+    outs = {}
+    for bs in ("1", "4", "auto"):
+        out = tmp_path / f"b{bs}"
+        assert main(argv(data, out, model, benchmark, *extra, "--batch-size", bs, "--bootstrap", "0",
+                         loader=loader)) == 0
+        outs[bs] = {arm: [(r["id"], r["output"], r["new_tokens"]) for r in records(out, arm)]
+                    for arm in ("baseline", "smoothed")}
+    assert outs["4"] == outs["1"] and outs["auto"] == outs["1"]
