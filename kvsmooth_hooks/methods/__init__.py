@@ -1,0 +1,14 @@
+"""Inference-time methods as plug-ins beside the KVSmooth session: one file per method (see docs/methods.md).
+
+``build_method("vcd", alpha=1.0).generate(model, **inputs, max_new_tokens=64)``; registry :data:`METHODS`,
+:func:`register_method`, entry-point group ``kvsmooth_hooks.methods``.
+"""
+
+from .base import (ENTRY_POINT_GROUP, METHODS, Call, Method, MethodError, build_method, get_method,  # noqa: F401
+                   register_method)
+from .vcd import VCD  # noqa: F401
+from .pai import PAI  # noqa: F401
+from .dola import DoLa  # noqa: F401
+
+__all__ = ["Method", "Call", "MethodError", "METHODS", "ENTRY_POINT_GROUP", "register_method", "get_method",
+           "build_method", "VCD", "PAI", "DoLa"]
