@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 from PIL import Image
+from transformers.masking_utils import AttentionMaskInterface
+from transformers.modeling_utils import AttentionInterface
 
 from tiny_vlms import build_tiny_vlm
 
@@ -36,16 +38,21 @@ def image_ids(model) -> list[int]:
                                "vision_end_token_id") if isinstance(v := getattr(cfg, k, None), int)})
 
 
-def full_forward(model, inputs: dict, ids: torch.Tensor, **extra) -> torch.Tensor:
+def full_forward(model, inputs: dict, ids: torch.Tensor, hidden: bool = False):
     """Last-position logits ``[B, V]`` of one cache-free forward over ``ids`` (prompt + generated tokens) with the
-    image tensors of ``inputs``."""
+    image tensors of ``inputs``; with ``hidden``, also the language model's ``hidden_states`` tuple."""
     kw = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     kw["input_ids"] = ids
     kw["attention_mask"] = torch.ones_like(ids)
     if "mm_token_type_ids" in inputs:  # Qwen2-VL: the token types of its M-RoPE positions
         kw["mm_token_type_ids"] = (ids == model.config.image_token_id).long()
     with torch.no_grad():
-        return model(**kw, use_cache=False, **extra).logits[:, -1, :].float()
+        out = model(**kw, use_cache=False, output_hidden_states=hidden)
+    logits = out.logits[:, -1, :].float()
+    if not hidden:
+        return logits
+    inner = getattr(out, "language_model_outputs", None)
+    return logits, (inner.hidden_states if inner is not None else out.hidden_states)
 
 
 def hooked_generate(model, inputs: dict, n: int, method=None, **gen):
@@ -82,3 +89,90 @@ def no_hooks_left(module) -> bool:
     impls = {str(m.config._attn_implementation) for m in module.modules() if hasattr(getattr(m, "config", None),
                                                                                   "_attn_implementation")}
     return our_hooks(module) == 0 and not any("_pai" in i or "_kvsmooth" in i for i in impls)
+
+
+def step_positions(model, inputs: dict, n: int) -> list:
+    """The ``position_ids`` generation passes to the language model at each of ``n`` forwards (None where it
+    passes none): hand loops reuse them (Qwen2-VL's M-RoPE decode positions are generation's business)."""
+    from kvsmooth_hooks.methods.base import lm_module
+
+    seen = []
+    h = lm_module(model).register_forward_pre_hook(lambda m, a, kw: seen.append(kw.get("position_ids")),
+                                                   with_kwargs=True)
+    try:
+        hooked_generate(model, inputs, n)
+    finally:
+        h.remove()
+    return seen
+
+
+def cache_of(out):
+    """The cache a forward returned (InstructBLIP nests its language model's output)."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.language_model_outputs.cache
+
+
+class ReferenceAttention:
+    """The weights path of the references' ``llama_new_forward`` (PAI ``attention.py``, MiddleLayer
+    ``modify_attention.py``) on full ``[B, H, Q, T]`` matrices: scores * scale + mask, clamp at the dtype's minimum,
+    ``change(w, img_start, img_end)`` in the chosen layers, float32 softmax, weights @ V."""
+
+    def __init__(self, layers, image, change):
+        self.layers, self.image, self.change, self.on = set(layers), image, change, False
+
+    def __call__(self, module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
+        g = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
+        w = torch.matmul(query, key.transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            m = attention_mask[..., : key.shape[2]]
+            if m.dtype == torch.bool:
+                m = torch.zeros(m.shape, dtype=w.dtype).masked_fill(~m, torch.finfo(w.dtype).min)
+            w = torch.max(w + m, torch.tensor(torch.finfo(w.dtype).min))
+        if self.on and module.layer_idx in self.layers:
+            where = self.image[0].nonzero()[:, 0]  # one image: img_start_idx .. img_end_idx
+            self.change(w, int(where[0]), int(where[-1]) + 1)
+        p = torch.softmax(w, dim=-1, dtype=torch.float32).to(query.dtype)
+        return torch.matmul(p, value).transpose(1, 2).contiguous(), p
+
+
+def image_positions(model, ids):
+    cfg = model.config
+    tok = getattr(cfg, "image_token_id", None)
+    tok = getattr(cfg, "image_token_index", None) if tok is None else tok
+    return ids == tok
+
+
+def reference_loop(model, inputs, seq, layers, change, amplify_prefill):
+    """Per-step logits of a hand-written cached loop over ``seq`` with :class:`ReferenceAttention` installed."""
+    p = inputs["input_ids"].shape[1]
+    ref = ReferenceAttention(layers, image_positions(model, inputs["input_ids"]), change)
+    AttentionInterface.register("pai_reference", ref)
+    AttentionMaskInterface.register("pai_reference", AttentionMaskInterface._global_mapping["eager"])
+    from kvsmooth_hooks import get_adapter
+    from kvsmooth_hooks.methods.base import lm_module
+
+    configs = get_adapter(model).attention_configs()
+    saved = [c._attn_implementation_internal for c in configs]
+    for c in configs:
+        c._attn_implementation_internal = "pai_reference"
+    steps, positions = [], step_positions(model, inputs, seq.shape[1] - p)
+    try:
+        with torch.no_grad():
+            ref.on = amplify_prefill
+            out = model(**inputs, use_cache=True)
+            steps.append(out.logits[:, -1].float())
+            ref.on = True
+            cache, mask = cache_of(out), inputs["attention_mask"]
+            for k in range(1, seq.shape[1] - p):
+                mask = torch.cat([mask, mask.new_ones(1, 1)], 1)
+                out = lm_module(model)(input_ids=seq[:, p + k - 1: p + k], attention_mask=mask, cache=cache,
+                                       position_ids=positions[k], use_cache=True)
+                steps.append(out.logits[:, -1].float())
+                cache = out.cache
+    finally:
+        for c, s in zip(configs, saved):
+            c._attn_implementation_internal = s
+        AttentionInterface._global_mapping.pop("pai_reference")
+        AttentionMaskInterface._global_mapping.pop("pai_reference")
+    return steps

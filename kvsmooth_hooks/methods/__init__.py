@@ -9,6 +9,7 @@ from .base import (ENTRY_POINT_GROUP, METHODS, Call, Method, MethodError, build_
 from .vcd import VCD  # noqa: F401
 from .pai import PAI  # noqa: F401
 from .dola import DoLa  # noqa: F401
+from .middle_layer import MiddleLayer  # noqa: F401
 
 __all__ = ["Method", "Call", "MethodError", "METHODS", "ENTRY_POINT_GROUP", "register_method", "get_method",
-           "build_method", "VCD", "PAI", "DoLa"]
+           "build_method", "VCD", "PAI", "DoLa", "MiddleLayer"]

@@ -98,6 +98,13 @@ def _convert(default, v):
         return _bool(v)
     if isinstance(default, (int, float)):
         return type(default)(v)
+    if default is None:  # an optional number (e.g. PAI's end_layer)
+        if v.lower() == "none":
+            return None
+        try:
+            return int(v)
+        except ValueError:
+            return float(v)
     return v
 
 

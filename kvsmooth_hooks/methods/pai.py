@@ -19,45 +19,15 @@ first generated token) is not amplified. The image positions are the image-token
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
 
-from .base import Call, Method, MethodError, frame_token_ids, image_token_ids, register_method
+from ..core.adapters import get_adapter
+from .base import Call, Method, frame_token_ids, register_method
+from .row_attention import image_mask, install_row_change
 
-__all__ = ["PAI", "amplified_last_row", "cfg_logits"]
-
-
-def amplified_last_row(query, key, value, attention_mask, kwargs: dict, image: torch.Tensor, alpha: float):
-    """Attention output of the last query position with image logits amplified.
-
-    query ``[B, Hq, Q, D]``, key/value ``[B, Hkv, T, D]`` (GQA unrepeated), attention_mask None, bool or additive
-    ``[B|1, 1|Hq, Q, T']``, image bool ``[B, T0]`` (T0 <= T: the prompt's image positions). Returns ``[B, Hq, D]``.
-    """
-    if kwargs.get("s_aux") is not None or kwargs.get("position_bias") is not None:
-        raise MethodError("pai: attention sinks / position biases are not supported by the amplified row")
-    b, hq, _, d = query.shape
-    hkv, t = key.shape[1], key.shape[2]
-    g = hq // hkv
-    scaling = kwargs.get("scaling")
-    scaling = d**-0.5 if scaling is None else scaling
-    scores = torch.matmul(query[:, :, -1:, :].reshape(b, hkv, g, d), key.transpose(-1, -2))  # [B, Hkv, g, T]
-    scores = scores.reshape(b, hq, 1, t).float() * scaling
-    if kwargs.get("softcap"):
-        scores = torch.tanh(scores / kwargs["softcap"]) * kwargs["softcap"]
-    img = torch.zeros(b, t, dtype=torch.bool, device=scores.device)
-    n = min(t, image.shape[1])
-    img[:, :n] = image[:, :n].to(scores.device)
-    scores = torch.where(img[:, None, None, :], scores + alpha * scores.abs(), scores)
-    if attention_mask is not None and attention_mask.dim() == 4:
-        m = attention_mask[..., -1:, :t]
-        scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
-    elif attention_mask is not None and attention_mask.dim() == 2:
-        scores = scores.masked_fill(~attention_mask[:, None, None, -t:].bool(), float("-inf"))
-    probs = torch.softmax(scores, dim=-1).to(query.dtype)  # the reference: float32 softmax, back to the query dtype
-    out = torch.matmul(probs.reshape(b, hkv, g, t), value)  # [B, Hkv, g, D]
-    return out.reshape(b, hq, d)
+__all__ = ["PAI", "cfg_logits"]
 
 
 def cfg_logits(logits: torch.Tensor, text_logits: torch.Tensor, gamma: float, cutoff: float = 0.1) -> torch.Tensor:
@@ -66,33 +36,6 @@ def cfg_logits(logits: torch.Tensor, text_logits: torch.Tensor, gamma: float, cu
     u = torch.log_softmax(text_logits, dim=-1)
     out = gamma * (s - u) + u
     return out.masked_fill(s < torch.log(torch.tensor(cutoff)) + s.max(dim=-1, keepdim=True).values, -float("inf"))
-
-
-class _Attention:
-    """The registered attention function: the base implementation, then the amplified last row where active."""
-
-    def __init__(self, base: str, layers: dict[int, int], active):
-        self.base, self.layers, self.active = base, layers, active
-        self._eager: dict[type, object] = {}
-
-    def _base_fn(self, module):
-        from transformers.modeling_utils import AttentionInterface
-
-        if self.base != "eager":
-            return AttentionInterface._global_mapping[self.base]
-        fn = self._eager.get(type(module))
-        if fn is None:
-            fn = self._eager[type(module)] = getattr(sys.modules[type(module).__module__], "eager_attention_forward")
-        return fn
-
-    def __call__(self, module, query, key, value, attention_mask, **kwargs):
-        out, weights = self._base_fn(module)(module, query, key, value, attention_mask, **kwargs)
-        image = self.active() if id(module) in self.layers else None
-        if image is not None:
-            row = amplified_last_row(query, key, value, attention_mask, kwargs, image[0], image[1])
-            out = out.clone()
-            out[:, -1] = row.to(out.dtype)  # out: [B, Q, Hq, D]
-        return out, weights
 
 
 @register_method
@@ -114,68 +57,20 @@ class PAI(Method):
     aux_cache = True
     source = "github.com/LALBJ/PAI attention.py (llama_new_forward, llama_modify), CFG.py (CFGLogits), chair_eval.py"
 
-    def image_mask(self, model, inputs: dict) -> torch.Tensor:
-        ids = inputs.get("input_ids")
-        if ids is None:
-            raise MethodError("pai: the generate call has no input_ids; PAI finds the image positions from the image "
-                              "token in input_ids (inputs_embeds alone do not say where the image is)")
-        img = torch.zeros_like(ids, dtype=torch.bool)
-        for t in image_token_ids(model):
-            img |= ids == t
-        if not bool(img.any()):
-            raise MethodError(f"pai: input_ids hold no image token ({image_token_ids(model)}); build the prompt with "
-                              "the processor's chat template so that it contains the image")
-        return img
-
     def install(self, call: Call) -> None:
-        img = self.image_mask(call.model, call.inputs)
+        img = image_mask(self.name, call.model, call.inputs)
         if self.use_attn:
-            self._install_attention(call, img)
+            n = get_adapter(call.model).n_layers
+            alpha = self.alpha
+
+            def amplify(scores, image):  # w + alpha |w| at the image columns
+                return torch.where(image[:, None, None, :], scores + alpha * scores.abs(), scores)
+
+            # off in the text-only pass and, with the refinement on, at the prefill (the reference's llama_modify)
+            install_row_change(call, self.name, range(self.start_layer, n if self.end_layer is None else self.end_layer),
+                               img, amplify, lambda: not call.aux and not (self.use_cfg and call.step == 0))
         if self.use_cfg:
             self._install_cfg(call, img)
-
-    def _install_attention(self, call: Call, img: torch.Tensor) -> None:
-        from transformers.masking_utils import AttentionMaskInterface
-        from transformers.modeling_utils import AttentionInterface
-
-        from ..core.adapters import get_adapter
-
-        adapter = get_adapter(call.model)
-        n = adapter.n_layers
-        end = n if self.end_layer is None else self.end_layer
-        if not 0 <= self.start_layer < end <= n:
-            raise MethodError(f"pai: start_layer={self.start_layer}, end_layer={self.end_layer}: need "
-                              f"0 <= start_layer < end_layer <= {n} (this model's layers)")
-        configs = adapter.attention_configs()
-        base = configs[0]._attn_implementation or "eager"
-        if base.endswith("_kvsmooth") or "_pai" in base:
-            raise MethodError("pai: the attention implementation is already wrapped (a KVSmooth session or another "
-                              f"PAI call: {base!r}); PAI replaces attention rows and cannot run inside those")
-        if base not in ("eager",) and base not in AttentionInterface._global_mapping:
-            raise MethodError(f"pai: attention implementation {base!r} is not in transformers' AttentionInterface")
-        layers = {id(adapter.attention(i)): i for i in range(self.start_layer, end)}
-
-        def active():
-            if call.aux or (self.use_cfg and call.step == 0):  # text-only pass; the reference's prefill quirk
-                return None
-            return img, self.alpha
-
-        key = f"{base}_pai{id(call)}"
-        AttentionInterface.register(key, _Attention(base, layers, active))
-        mask_fn = AttentionMaskInterface._global_mapping.get(base)
-        if mask_fn is not None:
-            AttentionMaskInterface.register(key, mask_fn)
-        saved = [(cfg, cfg._attn_implementation_internal) for cfg in configs]
-
-        def undo():
-            for cfg, impl in saved:
-                cfg._attn_implementation_internal = impl
-            AttentionInterface._global_mapping.pop(key, None)
-            AttentionMaskInterface._global_mapping.pop(key, None)
-
-        call.stack.callback(undo)
-        for cfg in configs:
-            cfg._attn_implementation_internal = key
 
     def _install_cfg(self, call: Call, img: torch.Tensor) -> None:
         ids = call.inputs["input_ids"]
