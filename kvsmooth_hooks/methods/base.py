@@ -232,6 +232,8 @@ class Method:
     name: ClassVar[str] = ""
     needs_image: ClassVar[bool] = False
     aux_cache: ClassVar[bool] = False
+    #: False for methods that replace attention rows (they cannot run inside a KVSmooth session's probe)
+    composes_with_kvsmooth: ClassVar[bool] = True
     source: ClassVar[str] = ""
 
     def settings(self) -> dict:
@@ -274,3 +276,26 @@ class Method:
         """``model.generate(**kwargs)`` under this method."""
         with self(model, kwargs):
             return model.generate(**kwargs)
+
+    @contextlib.contextmanager
+    def around_generate(self, model):
+        """Inside the block every ``model.generate(**kwargs)`` (e.g. a runner's or a pipeline's) runs under this
+        method with its own inputs. Works inside or around a KVSmooth session (the previous ``generate``, the
+        session's wrapper or the class's, is called and put back on exit)."""
+        had, before = "generate" in vars(model), vars(model).get("generate")
+        inner = model.generate
+
+        def generate(*args, **kwargs):
+            if args:
+                raise MethodError(f"{self.name}: call generate with keyword arguments (input_ids=..., pixel_values=...)")
+            with self(model, kwargs):
+                return inner(**kwargs)
+
+        model.__dict__["generate"] = generate
+        try:
+            yield self
+        finally:
+            if had:
+                model.__dict__["generate"] = before
+            else:
+                model.__dict__.pop("generate", None)

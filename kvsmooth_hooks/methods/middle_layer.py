@@ -48,6 +48,7 @@ class MiddleLayer(Method):
     top_k: int = 4
 
     name = "middle-layer"
+    composes_with_kvsmooth = False
     needs_image = True
     source = "github.com/ZhangqiJiang07/middle_layers_indicating_hallucinations modify_attention.py, chair_eval.py"
 

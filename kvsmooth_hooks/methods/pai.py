@@ -53,6 +53,7 @@ class PAI(Method):
     use_cfg: bool = True
 
     name = "pai"
+    composes_with_kvsmooth = False
     needs_image = True
     aux_cache = True
     source = "github.com/LALBJ/PAI attention.py (llama_new_forward, llama_modify), CFG.py (CFGLogits), chair_eval.py"

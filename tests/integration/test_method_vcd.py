@@ -124,3 +124,18 @@ def test_hooks_removed_when_generation_raises():
         VCD().generate(model, **inputs, max_new_tokens=2)
     h.remove()
     assert no_hooks_left(model)
+
+
+def test_around_generate_inside_and_outside_a_session():
+    model, inputs = vlm_case("llava")
+    direct, _ = hooked_generate(model, inputs, 3, VCD())
+    with VCD().around_generate(model):
+        via, _ = hooked_generate(model, inputs, 3)
+    assert torch.equal(direct, via) and "generate" not in vars(model)
+    cfg = KVSmoothConfig(lambda_ref=0.9, layers="1:3")
+    with smooth(model, cfg):
+        composed, _ = hooked_generate(model, inputs, 3, VCD())
+    with smooth(model, cfg) as session, VCD().around_generate(model):
+        wrapped, _ = hooked_generate(model, inputs, 3)
+    assert torch.equal(composed, wrapped) and len(session.trace.runs) == 1
+    assert "generate" not in vars(model) and no_hooks_left(model)
