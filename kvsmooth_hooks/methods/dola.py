@@ -28,13 +28,18 @@ from .base import Call, Method, MethodError, register_method
 __all__ = ["DoLa", "candidate_layers", "dola_logits", "relative_top_filter"]
 
 
-def candidate_layers(spec: str, n_layers: int) -> list[int]:
-    """``low`` (even layers below N/2), ``high`` (even layers from N/2 up to N-2), or ``0,2,4``. For N = 32 these are
-    the original README's ``0,2,...,14`` and ``16,...,30`` (its mature layer 32 is the model's output here)."""
-    if spec == "low":
-        return list(range(0, n_layers // 2, 2))
-    if spec == "high":
-        return list(range(n_layers // 2, n_layers, 2))
+def candidate_layers(spec: str, n_layers: int, tied_embeddings: bool = False) -> list[int]:
+    """Premature candidates as transformers' ``dola_layers`` (4.43-4.5x ``_dola_decoding``): ``low`` =
+    ``range(start, N // 2, 2)`` (N > 40: ``range(start, 20, 2)``), ``high`` = ``range(N // 2, N, 2)`` (N > 40:
+    ``range(N - 20, N, 2)``), where ``start`` is 0, or 2 when the LM head is tied to the embeddings (an early exit
+    from the embeddings would be the identity; 1 for a 2-layer model); or a list ``0,2,4``. For an untied 32-layer
+    model these are the original README's ``0,2,...,14`` and ``16,...,30``."""
+    if spec in ("low", "high"):
+        start = 0 if not tied_embeddings else 2 if n_layers > 2 else 1 if n_layers == 2 else 0
+        if spec == "low":
+            out = list(range(start, n_layers // 2, 2)) if n_layers <= 40 else list(range(start, 20, 2))
+            return out or [start]
+        return list(range(n_layers // 2, n_layers, 2)) if n_layers <= 40 else list(range(n_layers - 20, n_layers, 2))
     try:
         out = [int(x) for x in str(spec).replace(";", ",").split(",") if x.strip()]
     except ValueError:
@@ -72,8 +77,8 @@ def dola_logits(mature: torch.Tensor, premature: torch.Tensor, relative_top: flo
 @register_method
 @dataclass
 class DoLa(Method):
-    """``layers`` (``low``, ``high`` or a list; the original has no default: its README uses the low half for
-    open-ended generation, the high half for TruthfulQA) and ``relative_top`` (0.1, the original's default).
+    """``layers`` (``low``, ``high`` as transformers' ``dola_layers``, or a list; the original has no default: its
+    README uses the low half for open-ended generation, the high half for TruthfulQA) and ``relative_top`` (0.1, the original's default).
     The original's scripts also set ``repetition_penalty=1.2``; that is a generation setting, left to the run."""
 
     layers: str = "low"
@@ -86,10 +91,12 @@ class DoLa(Method):
         from ..core.adapters import get_adapter
 
         blocks = get_adapter(call.model).layers()
-        cands = candidate_layers(self.layers, len(blocks))
         head = call.lm.get_output_embeddings()
         if head is None:
             raise MethodError(f"dola: {type(call.lm).__name__} has no output embeddings (LM head)")
+        emb = call.lm.get_input_embeddings()
+        tied = emb is not None and head.weight.data_ptr() == emb.weight.data_ptr()  # config.tie_word_embeddings in effect
+        cands = candidate_layers(self.layers, len(blocks), tied)
         hidden: dict[int, torch.Tensor] = {}
         call.info["premature_layer_dist"] = {j: 0 for j in cands}
 

@@ -59,7 +59,8 @@ def test_dola_equals_the_original_step_over_explicit_hidden_states(family, layer
         out = model.generate(**kw)
     seq, logits = out.sequences, [s.float() for s in out.logits]
     n = model.config.get_text_config().num_hidden_layers
-    cands = candidate_layers(layers, n)
+    lm = lm_module(model)
+    cands = candidate_layers(layers, n, lm.get_output_embeddings().weight is lm.get_input_embeddings().weight)
     p, chosen = inputs["input_ids"].shape[1], []
     for k, got in enumerate(logits):
         final, hs = full_forward(model, inputs, seq[:, : p + k], hidden=True)
@@ -77,6 +78,8 @@ def test_dola_equals_the_original_step_over_explicit_hidden_states(family, layer
 def test_dola_layers_and_refusals():
     assert candidate_layers("low", 32) == [0, 2, 4, 6, 8, 10, 12, 14]  # the README's 7B setting
     assert candidate_layers("high", 32) == [16, 18, 20, 22, 24, 26, 28, 30]
+    assert candidate_layers("low", 30, tied_embeddings=True) == [2, 4, 6, 8, 10, 12, 14]  # SmolLM2: no identity exit
+    assert candidate_layers("low", 80) == list(range(0, 20, 2)) and candidate_layers("high", 80) == list(range(60, 80, 2))
     with pytest.raises(MethodError, match="layers"):
         candidate_layers("0,40", 32)
     model, inputs = text_case()
