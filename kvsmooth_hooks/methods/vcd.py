@@ -67,13 +67,22 @@ class VCD(Method):
         diffusion_noise(torch.zeros(1), self.noise_step)  # range check
 
     def distorted_inputs(self, inputs: dict) -> dict:
-        """The call's inputs with every image tensor replaced by its noised copy."""
+        """The call's inputs with every image tensor replaced by its noised copy. Each image gets its own noise,
+        seeded with ``seed`` and a checksum of that image's tensor, so a batch gets what each image gets alone."""
         out = dict(inputs)
-        for key in ("pixel_values", "pixel_values_videos"):
+        for key, grid in (("pixel_values", "image_grid_thw"), ("pixel_values_videos", "video_grid_thw")):
             x = inputs.get(key)
-            if x is not None:
-                g = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(x.detach().float().cpu().numpy().tobytes()))
-                out[key] = diffusion_noise(x, self.noise_step, g)
+            if x is None:
+                continue
+            if inputs.get(grid) is not None:  # Qwen2-VL: the patches of all images in one [N, D] tensor
+                sizes = [int(n) for n in inputs[grid].prod(-1)]
+            else:
+                sizes = [1] * x.shape[0]
+            parts = []
+            for chunk in torch.split(x, sizes, dim=0):
+                crc = zlib.crc32(chunk.detach().float().cpu().numpy().tobytes())
+                parts.append(diffusion_noise(chunk, self.noise_step, torch.Generator().manual_seed(self.seed * 1_000_003 + crc)))
+            out[key] = torch.cat(parts, dim=0)
         return out
 
     def install(self, call: Call) -> None:

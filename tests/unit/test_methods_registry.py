@@ -40,3 +40,22 @@ def test_register_a_method_in_one_class():
                 name = "test-identity"
     finally:
         METHODS.pop("test-identity")
+
+
+def test_arm_tokens_and_method_sets():
+    from kvsmooth_hooks.methods.arms import is_method_axis, method_arm_name, parse_method_sets, split_method
+
+    assert split_method("vcd") == (None, "vcd")
+    assert split_method("llava-1.5+vcd") == ("llava-1.5", "vcd")
+    assert split_method("llava-1.5") == ("llava-1.5", None)
+    assert split_method("my+cfg.yaml") == ("my+cfg.yaml", None)
+    assert parse_method_sets(["vcd.alpha=0.5", "pai.gamma=2"]) == {"vcd": {"alpha": "0.5"}, "pai": {"gamma": "2"}}
+    with pytest.raises(MethodError, match="METHOD.PARAM"):
+        parse_method_sets(["alpha=0.5"])
+    with pytest.raises(MethodError, match="unknown method 'vdc'"):
+        parse_method_sets(["vdc.alpha=0.5"])
+    with pytest.raises(MethodError, match="no parameter"):
+        parse_method_sets(["vcd.gamma=0.5"])
+    assert is_method_axis("vcd.alpha") and not is_method_axis("lambda_ref") and not is_method_axis("x.y")
+    assert method_arm_name(build_method("vcd")) == "vcd"
+    assert method_arm_name(build_method("vcd", alpha=0.5)) == "vcd(alpha=0.5)"
