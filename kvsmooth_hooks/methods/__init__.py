@@ -4,8 +4,8 @@
 :func:`register_method`, entry-point group ``kvsmooth_hooks.methods``.
 """
 
-from .base import (ENTRY_POINT_GROUP, METHODS, Call, Method, MethodError, build_method, get_method,  # noqa: F401
-                   register_method)
+from .base import Call, Method, MethodError  # noqa: F401
+from .registry import ENTRY_POINT_GROUP, METHODS, build_method, get_method, register_method  # noqa: F401
 from .vcd import VCD  # noqa: F401
 from .pai import PAI  # noqa: F401
 from .dola import DoLa  # noqa: F401

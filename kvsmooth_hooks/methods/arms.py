@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from .base import METHODS, Method, MethodError, _load_entry_points, build_method
+from .base import Method, MethodError
+from .registry import METHODS, _load_entry_points, build_method
 
 __all__ = ["split_method", "method_settings", "parse_method_sets", "is_method_axis", "method_arm_name"]
 

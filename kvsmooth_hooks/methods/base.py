@@ -1,7 +1,7 @@
-"""What an inference-time method is, the registry, and the per-call plumbing every method shares.
+"""What an inference-time method is, and the per-call plumbing every method shares.
 
-A method is one small dataclass in one file, registered with :func:`register_method` (or through the
-entry-point group ``kvsmooth_hooks.methods``). Its fields are its parameters (with the authors' defaults);
+A method is one small dataclass in one file, registered with :func:`~kvsmooth_hooks.methods.registry.register_method`
+(or through the entry-point group ``kvsmooth_hooks.methods``). Its fields are its parameters (with the authors' defaults);
 it is applied to *one* ``generate`` call, because most methods need that call's inputs (the image to
 distort, the image-token positions, the text-only prompt)::
 
@@ -24,97 +24,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import torch
 
-__all__ = ["Method", "Call", "MethodError", "METHODS", "ENTRY_POINT_GROUP", "register_method", "get_method",
-           "build_method", "lm_module", "image_token_ids", "forward_inputs"]
+__all__ = ["Method", "Call", "MethodError", "lm_module", "image_token_ids", "frame_token_ids", "forward_inputs"]
 
 
 class MethodError(ValueError):
     """A method cannot serve this model, input or generation mode; the message names what and the fix."""
-
-
-METHODS: dict[str, type["Method"]] = {}
-ENTRY_POINT_GROUP = "kvsmooth_hooks.methods"
-_entry_points_loaded = False
-
-
-def register_method(cls: type["Method"]) -> type["Method"]:
-    """Class decorator: make ``cls`` available as ``cls.name`` (``--arms NAME``, :func:`build_method`)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"method {cls.name!r} is already registered by {METHODS[cls.name].__module__}")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in METHODS:
-            METHODS.setdefault(ep.name, ep.load())
-
-
-def get_method(name: str) -> type["Method"]:
-    """The method class registered as ``name``; the error lists the known ones."""
-    if name not in METHODS:
-        _load_entry_points()
-    if name not in METHODS:
-        raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
-def build_method(name: str, **params: Any) -> "Method":
-    """``get_method(name)(**params)`` with values converted to the fields' types; unknown fields named."""
-    cls = get_method(name)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        raise MethodError(f"method {name!r} has no parameter {', '.join(unknown)}; its parameters are "
-                          f"{', '.join(sorted(fields)) or 'none'}")
-    conv = {}
-    for k, v in params.items():
-        try:
-            conv[k] = _convert(fields[k].default, v)
-        except ValueError:
-            raise MethodError(f"method {name!r}: {k}={v!r}: expected {type(fields[k].default).__name__} "
-                              f"(default {fields[k].default!r})") from None
-    return cls(**conv)
-
-
-def _convert(default, v):
-    """A command-line string to the type of the field's default (bool, int, float; else kept)."""
-    if not isinstance(v, str):
-        return v
-    if isinstance(default, bool):
-        return _bool(v)
-    if isinstance(default, (int, float)):
-        return type(default)(v)
-    if default is None:  # an optional number (e.g. PAI's end_layer)
-        if v.lower() == "none":
-            return None
-        try:
-            return int(v)
-        except ValueError:
-            return float(v)
-    return v
-
-
-def _bool(v: str) -> bool:
-    s = v.lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(v)
 
 
 def lm_module(model) -> torch.nn.Module:

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import Call, Method, MethodError, register_method
+from .base import Call, Method, MethodError
+from .registry import register_method
 
 __all__ = ["DoLa", "candidate_layers", "dola_logits", "relative_top_filter"]
 

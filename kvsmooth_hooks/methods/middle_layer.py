@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Call, Method, MethodError, register_method
+from .base import Call, Method, MethodError
+from .registry import register_method
 from .row_attention import image_mask, install_row_change
 
 __all__ = ["MiddleLayer", "head_guided"]

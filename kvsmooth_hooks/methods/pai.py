@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import torch
 
 from ..core.adapters import get_adapter
-from .base import Call, Method, frame_token_ids, register_method
+from .base import Call, Method, frame_token_ids
+from .registry import register_method
 from .row_attention import image_mask, install_row_change
 
 __all__ = ["PAI", "cfg_logits"]

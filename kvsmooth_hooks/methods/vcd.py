@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import Call, Method, MethodError, image_token_ids, register_method
+from .base import Call, Method, MethodError, image_token_ids
+from .registry import register_method
 
 __all__ = ["VCD", "diffusion_noise", "vcd_logits"]
 

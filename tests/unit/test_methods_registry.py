@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import pytest
 
 from kvsmooth_hooks.methods import METHODS, Method, MethodError, build_method, get_method, register_method
-from kvsmooth_hooks.methods.base import ENTRY_POINT_GROUP
+from kvsmooth_hooks.methods.registry import ENTRY_POINT_GROUP
 
 
 def test_builtin_methods_and_parameters():
