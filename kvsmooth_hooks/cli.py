@@ -1,16 +1,19 @@
 """``kvsmooth`` command line: demo, config tools, plans, evaluation and trace plots.
 
-Every error exits with status 2 and prints ``error: <one-line reason>`` first.
+A user mistake exits with status 2 and prints ``error: <one line naming the option, file or field and the fix>``;
+an unexpected error exits 1 and asks to be reported (:func:`kvsmooth_hooks.core.errors.run_command`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
+
+from .core.errors import UserError
+
 
 def _config_from_args(args, default: dict | None = None):
     from .core.config import KVSmoothConfig
@@ -18,37 +21,6 @@ def _config_from_args(args, default: dict | None = None):
     cfg = KVSmoothConfig.from_source(getattr(args, "config", None), getattr(args, "preset", None), default)
     changes = {k: getattr(args, k) for k in ("lambda_ref", "layers", "site", "granularity") if getattr(args, k, None) is not None}
     return cfg.updated(**changes) if changes else cfg
-
-
-def load_model_for_structure(name: str):
-    """A model to resolve plans against: ``smollm2``, or a local HF directory / cached hub id.
-
-    Only the architecture matters for plans, so hub ids are instantiated from their config on
-    the ``meta`` device (no weights are loaded).
-    """
-    import torch
-
-    if name.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
-        from .models import SMOLLM2_NAME, cache_dir, load_smollm2
-
-        if not (cache_dir() / SMOLLM2_NAME / "config.json").is_file():
-            load_smollm2()
-        name = str(cache_dir() / SMOLLM2_NAME)
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(name)
-    except OSError as exc:
-        raise FileNotFoundError(f"cannot read a model config from '{name}': {str(exc).splitlines()[0]}") from None
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
-    with torch.device("meta"):
-        for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
-            try:
-                return auto.from_config(cfg)
-            except ValueError:
-                continue
-    raise ValueError(f"'{name}' ({type(cfg).__name__}) is neither a causal LM nor an image-text-to-text model")
 
 
 # ---------------------------------------------------------------------- commands
@@ -60,7 +32,7 @@ def cmd_demo(args) -> int:
 
     check_output_path(args.save_trace, ".safetensors", "--save-trace")
     if args.scenes < 0 or args.scene < 0 or args.max_new_tokens < 1:
-        raise ValueError("--scenes and --scene must be >= 0 and --max-new-tokens >= 1")
+        raise UserError("--scenes and --scene must be >= 0 and --max-new-tokens >= 1")
     cfg = _config_from_args(args, DEMO_DEFAULTS)
     first = not (cache_dir() / SMOLLM2_NAME / "config.json").is_file()
     print("kvsmooth demo: SmolLM2-135M-Instruct on CPU, greedy decoding, baseline vs KVSmooth."
@@ -105,6 +77,8 @@ def _plan_from_args(args):
     from .core.plan import resolve
 
     cfg = _config_from_args(args)
+    from .runner.models import load_model_for_structure
+
     model = load_model_for_structure(args.model)
     return resolve(cfg, model)
 
@@ -128,7 +102,13 @@ def cmd_export(args) -> int:
 def cmd_trace(args) -> int:
     from .plots import plot_trace
 
-    for path in plot_trace(args.file, args.output):
+    try:
+        paths = plot_trace(args.file, args.output)
+    except (FileNotFoundError, ValueError, IndexError) as exc:  # Trace.load's refusals of a file
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(str(exc)) from None
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -141,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")
     p.add_argument("--version", action="version", version=f"kvsmooth_hooks {__version__}")
+    p.add_argument("--traceback", action="store_true",
+                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_source(sp, positional: bool):
@@ -214,8 +196,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command under one error policy (:func:`~kvsmooth_hooks.core.errors.run_command`): a user mistake
+    prints ``error: <one line naming the option, file or field and the fix>`` and exits 2; an unexpected error
+    asks to be reported and exits 1 (``--traceback`` or ``KVSMOOTH_TRACEBACK=1`` shows the traceback)."""
+    from .core.errors import run_command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = argv
     if args.command in ("plan", "export") and not args.config and not args.preset:
         parser.error(f"{args.command}: give a config file or --preset")
     if args.command == "eval":
@@ -225,27 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         from .runner.cli import run_cli
 
-        return run_cli(args, args.argv_after_run(sys.argv[1:] if argv is None else argv))
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, TypeError, FileNotFoundError, OSError, RuntimeError) as exc:
-        if os.environ.get("KVSMOOTH_DEBUG"):
-            raise
-        msg = str(exc).strip().splitlines()
-        print(f"error: {msg[0] if msg else type(exc).__name__}", file=sys.stderr)
-        for line in msg[1:]:
-            print(f"  {line}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # a bug of ours: still one line, the traceback on request
-        if os.environ.get("KVSMOOTH_DEBUG"):
-            raise
-        first = (str(exc).strip().splitlines() or [""])[0]
-        print(f"error: unexpected {type(exc).__name__}: {first} (set KVSMOOTH_DEBUG=1 for the traceback and "
-              "please report it)", file=sys.stderr)
-        return 2
+        return run_cli(args, args.argv_after_run(argv))
+    return run_command(lambda: args.func(args), args.traceback)
 
 
 if __name__ == "__main__":

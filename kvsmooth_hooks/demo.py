@@ -1,6 +1,6 @@
 """``kvsmooth demo``: what smoothing is for, on SmolLM2-135M and a CPU, in about a minute.
 
-The demo uses the grounded-text proxy's scenes (:mod:`kvsmooth_hooks.eval.grounded`): the prompt lists the
+The demo uses the grounded-text proxy's scenes (:mod:`kvsmooth_hooks.benchmarks.grounded`): the prompt lists the
 objects a photo shows and asks for a description, so every COCO object the model mentions is either
 *grounded* (it is in the scene) or *invented* (it is not). It prints
 
@@ -10,8 +10,9 @@ objects a photo shows and asks for a description, so every COCO object the model
    repetition rate Rep3 per arm, bootstrap 95% intervals, and a paired bootstrap of each difference,
    read in one honest sentence.
 
-This module is an application (like the CLI): it uses the public session API and the evaluation package;
-nothing in the core imports it.
+This module is an application (like the CLI): it generates through the runner's loop
+(:func:`kvsmooth_hooks.runner.engine.generate_records`) and scores with the evaluation package; nothing in the
+core imports it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .core.errors import UserError
 
 #: Demo setting, picked from the grounded-proxy measurements in docs/evaluation.md: on this 135M text model
 #: the paper's lambda_ref 0.9 on layers 3..L-2 collapses the text into repetition (Rep3 2.6 -> 28), while
@@ -158,12 +161,13 @@ def _ratio(num, den):
 
 def compare_arms(base: list[dict], smoothed: list[dict], n_bootstrap: int = 2000, seed: int = 0) -> dict:
     """Per metric: each arm's value with its bootstrap 95% interval, and the paired difference
-    (smoothed - baseline, resampling scenes jointly) with its interval. Records are the grounded proxy's
-    per-scene dicts, in the same scene order for both arms."""
+    (smoothed - baseline, resampling scenes jointly) with its interval. Records are the runner's records
+    (``id``, ``objects``, ``output``) with :func:`~kvsmooth_hooks.eval.grounded.score_description`'s fields, in
+    the same scene order for both arms."""
     from .eval.bootstrap import bootstrap_intervals
 
-    if [r["scene_id"] for r in base] != [r["scene_id"] for r in smoothed]:
-        raise ValueError("compare_arms: both arms must hold the same scenes in the same order")
+    if [r["id"] for r in base] != [r["id"] for r in smoothed]:
+        raise UserError("compare_arms: both arms must hold the same scenes in the same order")
     cols = {f"b.{k}": v for k, v in _columns(base).items()} | {f"s.{k}": v for k, v in _columns(smoothed).items()}
     stats = {}
     for name, (num, den) in METRICS.items():
@@ -217,24 +221,18 @@ def format_table(cmp: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------- generation
-def _generate(model, tok, prompts: list[str], cfg, max_new_tokens: int, trace: bool = False):
-    """Greedy descriptions for ``prompts`` (left-padded batch); ``cfg`` None = unhooked. Returns (texts, session)."""
-    import torch
+def _answer(bundle, items, cfg, max_new_tokens: int, trace: bool = False, bar=None):
+    """Records of ``items`` (greedy, batches of 10) through the runner's generation loop; ``cfg`` None =
+    unhooked. Returns (records, the last batch's session)."""
+    from .runner.engine import generate_records
 
-    from . import smooth
-    from .models import chat_inputs
-
-    enc = chat_inputs(tok, prompts)
-    n = enc["input_ids"].shape[1]
-    gen = dict(max_new_tokens=max_new_tokens, do_sample=False)
-    session = None
-    with torch.no_grad():
-        if cfg is None:
-            out = model.generate(**enc, **gen)
-        else:
-            with smooth(model, cfg, trace=trace) as session:
-                out = model.generate(**enc, **gen)
-    return [tok.decode(row[n:], skip_special_tokens=True).strip() for row in out], session
+    records, session = [], None
+    gen = {"max_new_tokens": max_new_tokens, "do_sample": False}
+    for batch, session in generate_records(bundle, items, cfg, gen, batch_size=10, trace=trace):
+        records += batch
+        if bar is not None:
+            bar.update(len(batch))
+    return records, session
 
 
 def check_output_path(path: str | None, suffix: str, what: str) -> None:
@@ -243,12 +241,12 @@ def check_output_path(path: str | None, suffix: str, what: str) -> None:
         return
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"{what} '{path}' is a directory; give a file name such as '{p / ('out' + suffix)}'")
+        raise UserError(f"{what} '{path}' is a directory; give a file name such as '{p / ('out' + suffix)}'")
     if p.suffix.lower() != suffix:
-        raise ValueError(f"{what} '{path}' must end in {suffix} (the file is written as {suffix[1:]}); "
+        raise UserError(f"{what} '{path}' must end in {suffix} (the file is written as {suffix[1:]}); "
                          f"e.g. '{p.with_suffix(suffix)}'")
     if not p.parent.is_dir():
-        raise ValueError(f"the folder of {what} '{path}' does not exist; create '{p.parent}' first")
+        raise UserError(f"the folder of {what} '{path}' does not exist; create '{p.parent}' first")
 
 
 def use_color(choice: str) -> bool:
@@ -263,8 +261,12 @@ def run_demo(cfg, model, tok, *, prompt: str | None = None, n_scenes: int = DEMO
              seed: int = DEMO_SEED, max_new_tokens: int = DEMO_MAX_NEW_TOKENS, width: int = 120, color: bool = False,
              layer_table: bool = False, save_trace: str | None = None, progress: bool = True, echo=print) -> dict:
     """The demo on a loaded model. Returns what it printed as data (texts, marks, comparison)."""
-    from .eval.grounded import make_scenes, score_description
+    from .benchmarks.base import Item
+    from .benchmarks.grounded import make_scenes
+    from .eval.grounded import score_description
+    from .runner.models import hf_bundle
 
+    bundle = hf_bundle(model, tok)
     result: dict = {"config": cfg.to_dict()}
     echo(f"config: site={cfg.site} lambda_ref={cfg.lambda_ref} window={cfg.window} clip={cfg.clip} "
          f"layers={cfg.layers} scorer={cfg.scorer.name} policy={cfg.policy}")
@@ -276,11 +278,14 @@ def run_demo(cfg, model, tok, *, prompt: str | None = None, n_scenes: int = DEMO
         shown_prompt, objects = shown.prompt(), shown.objects
         echo(f"\nScene {shown.scene_id}: the prompt lists {shown.phrase()}.")
     echo(f'Prompt: "{shown_prompt}"\n')
-    texts, sessions = [], []
+    shown_item = Item(shown.scene_id if objects is not None else "prompt", shown_prompt, None,
+                      {"objects": list(objects)} if objects is not None else {})
+    shown_records, sessions = [], []
     for arm in (None, cfg):
-        t, s = _generate(model, tok, [shown_prompt], arm, max_new_tokens, trace=arm is not None)
-        texts.append(t[0])
+        recs, s = _answer(bundle, [shown_item], arm, max_new_tokens, trace=arm is not None)
+        shown_records.append(recs[0])
         sessions.append(s)
+    texts = [r["output"] for r in shown_records]
     if objects is not None:
         marks = [mark_objects(t, objects) for t in texts]
         for line in side_by_side(("baseline", "KVSmooth"), [m.text for m in marks], width, color):
@@ -312,22 +317,21 @@ def run_demo(cfg, model, tok, *, prompt: str | None = None, n_scenes: int = DEMO
     # the batch: the shown scene's outputs are reused, the others generated in batches of 10
     from tqdm.auto import tqdm
 
-    others = [s for i, s in enumerate(scenes[:n_scenes]) if i != scene]
+    items = [Item(s.scene_id, s.prompt(), None, {"objects": list(s.objects)}) for s in scenes[:n_scenes]]
+    others = [it for i, it in enumerate(items) if i != scene]
     arms = {"baseline": None, "KVSmooth": cfg}
-    outputs = {name: {shown.scene_id: texts[i]} for i, name in enumerate(arms)}  # reused when in the batch
     t0 = time.perf_counter()
     bar = tqdm(total=2 * len(others), desc="batch of scenes", disable=not progress, file=sys.stderr)
-    for start in range(0, len(others), 10):
-        chunk = others[start:start + 10]
-        for name, arm in arms.items():
-            gen, _ = _generate(model, tok, [s.prompt() for s in chunk], arm, max_new_tokens)
-            outputs[name].update({s.scene_id: t for s, t in zip(chunk, gen)})
-            bar.update(len(chunk))
+    generated = {}
+    for i, (name, arm) in enumerate(arms.items()):
+        recs, _ = _answer(bundle, others, arm, max_new_tokens, bar=bar)
+        generated[name] = {r["id"]: r for r in recs} | {shown_item.id: shown_records[i]}  # the shown scene reused
     bar.close()
-    batch = scenes[:n_scenes]  # the shown scene counts only when it is one of them: no hand-picked item in the numbers
-    records = {name: [{"scene_id": s.scene_id, "objects": list(s.objects), "description": outputs[name][s.scene_id],
-                       **score_description(outputs[name][s.scene_id], s.objects)} for s in batch]
+    # the shown scene counts only when it is one of the batch: no hand-picked item in the numbers
+    records = {name: [{**generated[name][it.id], **score_description(generated[name][it.id]["output"],
+                                                                      it.meta["objects"])} for it in items]
                for name in arms}
+    batch = items
     cmp = compare_arms(records["baseline"], records["KVSmooth"])
     echo(f"\nBatch: scenes 0-{len(batch) - 1} of seed {seed}" + ("" if scene < n_scenes else " (the scene above is not one "
          "of them)") + f", greedy, {max_new_tokens} new tokens, "

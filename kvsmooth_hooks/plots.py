@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from .core.errors import UserError
+
 
 def _plt():
     import matplotlib
@@ -46,10 +48,10 @@ def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"plot output '{out}' is a file; give a directory (it is created if missing)")
+        raise UserError(f"plot output '{out}' is a file; give a directory (it is created if missing)")
     trace = Trace.load(path)  # refuses non-safetensors files, other files and incomplete traces, naming the file
     if not trace.runs or trace.runs[run].n_steps == 0:
-        raise ValueError(f"trace '{path}' holds no decode step to plot")
+        raise UserError(f"trace '{path}' holds no decode step to plot")
     out.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     lam = trace.tensor("lambda", run)

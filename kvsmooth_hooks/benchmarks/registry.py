@@ -19,7 +19,13 @@ def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
     return cls
 
 
+#: entry-point name -> one line saying why it could not be loaded
+BROKEN: dict[str, str] = {}
+
+
 def _load_entry_points() -> None:
+    """Load the group's plugins once; one that fails to import is remembered in :data:`BROKEN` (by name, with the
+    reason) and hides no other."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
@@ -27,17 +33,29 @@ def _load_entry_points() -> None:
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in BENCHMARKS:
+        if ep.name in BENCHMARKS:
+            continue
+        try:
             cls = ep.load()
-            BENCHMARKS.setdefault(ep.name, cls)
+        except Exception as exc:  # a third-party plugin: any failure is its own
+            BROKEN[ep.name] = f"{ep.value} failed to load: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Benchmark)):
+            BROKEN[ep.name] = f"{ep.value} is not a Benchmark subclass"
+            continue
+        BENCHMARKS.setdefault(ep.name, cls)
 
 
 def get_benchmark(name: str) -> type[Benchmark]:
-    """The benchmark class registered as ``name``; the error lists the known ones."""
+    """The benchmark class registered as ``name``; the error lists the known ones and names broken plugins."""
     if name not in BENCHMARKS:
         _load_entry_points()
+    if name in BROKEN:
+        raise BenchmarkError(f"--benchmark {name!r}: the plugin of entry-point group {ENTRY_POINT_GROUP!r} "
+                             f"{BROKEN[name]}; fix or uninstall the package that provides it")
     if name not in BENCHMARKS:
-        raise BenchmarkError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}")
+        broken = f" (broken plugins: {', '.join(sorted(BROKEN))})" if BROKEN else ""
+        raise BenchmarkError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}{broken}")
     return BENCHMARKS[name]
 
-__all__ = ["BENCHMARKS", "ENTRY_POINT_GROUP", "get_benchmark", "register_benchmark"]
+__all__ = ["BENCHMARKS", "BROKEN", "ENTRY_POINT_GROUP", "get_benchmark", "register_benchmark"]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .._version import __version__
 from .fileio import FileFormatError, read_data
+from .errors import UserError
 from .scorer_spec import ScorerSpec, scorer_schema
 
 SCHEMA_VERSION = 1
@@ -33,7 +34,7 @@ Policy = Literal["fifo_rank", "fixed", "linear"]
 _SLICE_RE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot be used; the message names the field path and the fix."""
 
 

@@ -1,5 +1,76 @@
-"""Errors raised while a session runs (kept apart so every layer can raise them without import cycles)."""
+"""The package's error classes' roots, and the one policy every command applies to them.
+
+* :class:`KVSmoothError`: every error this package raises on purpose derives from it.
+* :class:`UserError` (also a ``ValueError``): a user mistake (an option, a file, a field); its message is one
+  line that names what is wrong and the fix. Every command prints it as ``error: <message>`` and exits 2.
+* :class:`SessionError` (also a ``RuntimeError``): misuse of a session.
+* anything else is a bug of ours: ``error: unexpected ...; please report it`` and exit 1, with the traceback
+  when ``--traceback`` is given or ``KVSMOOTH_TRACEBACK=1`` is set (:func:`run_command`).
+
+Kept apart from the rest so every layer can raise them without import cycles.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback as _tb
+from typing import Callable
+
+__all__ = ["KVSmoothError", "UserError", "SessionError", "run_command", "TRACEBACK_ENV"]
+
+TRACEBACK_ENV = "KVSMOOTH_TRACEBACK"
 
 
-class SessionError(RuntimeError):
+class KVSmoothError(Exception):
+    """Base of every error the package raises on purpose."""
+
+
+class UserError(KVSmoothError, ValueError):
+    """A user mistake; the message is one line naming the option, file or field and the fix."""
+
+
+class SessionError(KVSmoothError, RuntimeError):
     """Misuse of a session (a second session on one model, an unsupported generation mode...)."""
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def run_command(func: Callable[[], int | None], show_traceback: bool = False) -> int:
+    """Run a command's body under the error policy and return its exit status.
+
+    ``UserError`` and ``SessionError``: ``error: <one line>`` on stderr, status 2. ``OSError`` with a file name
+    (unreadable input, unwritable output): the same, naming the file. ``KeyboardInterrupt``: status 130.
+    Anything else: ``error: unexpected <type>: <message>; this is a bug, please report it`` and status 1; the
+    traceback follows with ``show_traceback`` or ``KVSMOOTH_TRACEBACK=1`` (it never replaces the line)."""
+    show_traceback = show_traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    try:
+        status = func()
+        return 0 if status is None else int(status)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, SessionError) as exc:
+        print(f"error: {_one_line(exc) or type(exc).__name__}", file=sys.stderr)
+        if show_traceback:
+            _tb.print_exc()
+        return 2
+    except OSError as exc:
+        if exc.filename is None:
+            return _unexpected(exc, show_traceback)
+        print(f"error: {exc.filename}: {exc.strerror or _one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug of ours
+        return _unexpected(exc, show_traceback)
+
+
+def _unexpected(exc: BaseException, show_traceback: bool) -> int:
+    if show_traceback:
+        _tb.print_exc()
+    first = _one_line(exc)[:300]
+    print(f"error: unexpected {type(exc).__name__}: {first}; this is a bug, please report it with the command "
+          f"and the traceback ({'above' if show_traceback else f'rerun with --traceback or {TRACEBACK_ENV}=1'})",
+          file=sys.stderr)
+    return 1

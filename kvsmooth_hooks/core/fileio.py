@@ -11,11 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 #: deepest nesting accepted in a config file (the schema itself is 4 levels deep)
 MAX_DEPTH = 32
 
 
-class FileFormatError(ValueError):
+class FileFormatError(UserError):
     """A file that cannot be read as the data it should hold."""
 
 

@@ -9,11 +9,12 @@ import torch
 from pydantic import ValidationError
 
 from .config import MAX_WINDOW, ConfigError, KVSmoothConfig, Policy, ScorerSpec, format_validation_error
+from .errors import UserError
 
 TENSOR_FIELDS = ("enabled", "key", "value", "lambda_ref", "clip", "window")
 
 
-class PlanError(ValueError):
+class PlanError(UserError):
     """A config that does not fit the model (indices out of range, inconsistent overrides), or a bad plan file."""
 
 

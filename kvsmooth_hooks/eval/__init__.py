@@ -22,9 +22,7 @@ from .objhal import ObjHalResult, compute_objhal
 from .pope import (
     PopeResult, binary_metrics, compute_opope, compute_pope, load_pope_answers, load_pope_questions, parse_yes_no,
 )
-from .records import (
-    EvalInputError, EvalInputWarning, read_captions, read_json, read_records, read_resumable_jsonl, append_jsonl,
-)
+from .records import EvalInputError, EvalInputWarning, read_captions, read_json, read_records
 
 __all__ = [
     "AmberResult",
@@ -47,8 +45,6 @@ __all__ = [
     "read_captions",
     "read_json",
     "read_records",
-    "read_resumable_jsonl",
-    "append_jsonl",
     "build_coco_ground_truth",
     "coco_categories",
     "compute_amber",

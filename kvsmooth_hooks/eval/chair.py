@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 CHAIR_METRICS = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len")
-GT_CACHE_VERSION = 1
+GT_CACHE_VERSION = 2
 
 
 # ---------------------------------------------------------------------------
@@ -97,6 +97,17 @@ def _coco_json(path: Path, keys: tuple[str, ...]) -> dict:
     return data
 
 
+def _content_digest(path: Path) -> str:
+    """sha1 of a file's bytes (the cache key: an edit that keeps the size or the time stamp still counts)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def build_coco_ground_truth(
     annotation_dir: str | Path,
     extractor: ObjectExtractor | None = None,
@@ -109,7 +120,7 @@ def build_coco_ground_truth(
     objects extracted from all reference captions, over COCO 2014 train + val
     (``instances_{train,val}2014.json`` and ``captions_{train,val}2014.json`` in
     ``annotation_dir``).  With ``cache_path`` the result is stored as JSON after
-    the first build and reused while the backend and annotation files are unchanged.
+    the first build and reused while the backend and the annotation files' contents (sha1) are unchanged.
     """
     from tqdm.auto import tqdm
 
@@ -128,7 +139,7 @@ def build_coco_ground_truth(
     meta = {
         "version": GT_CACHE_VERSION,
         "backend": backend,
-        "files": {k: [p.name, p.stat().st_size] for k, p in files.items()},
+        "files": {k: [p.name, _content_digest(p)] for k, p in files.items()},
     }
     if cache_path is not None and Path(cache_path).is_file():
         try:

@@ -31,6 +31,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
 
 
 def _add_gt(p: argparse.ArgumentParser) -> None:
@@ -200,39 +202,33 @@ def _run_objhal(args):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Dispatch a parsed ``eval`` command; returns the exit status.
-
-    Input errors print ``error: <one-line reason>`` on stderr and return 2.
-    """
+    """Dispatch a parsed ``eval`` command under the package's error policy
+    (:func:`~kvsmooth_hooks.core.errors.run_command`): a bad input prints ``error: <one line>`` on stderr and
+    returns 2; tolerated input problems print ``warning: ...``."""
     import warnings
 
-    from .lemmatize import NltkDataMissingError
+    from ..core.errors import run_command
     from .records import EvalInputWarning
+
+    def body() -> int:
+        _check_output(args)
+        if getattr(args, "bootstrap", 0) < 0:
+            raise EvalInputError(f"--bootstrap {args.bootstrap}: must be at least 0 (0 = no intervals)")
+        result = args.eval_func(args)
+        if isinstance(result, int):  # commands that report themselves (grounded, added by the application)
+            return result
+        print(result.summary())
+        _write(args, result.to_dict())
+        return 0
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvalInputWarning)
-        try:
-            _check_output(args)
-            result = args.eval_func(args)
-            if isinstance(result, int):  # commands that report themselves (grounded, added by the application)
-                status = result
-            else:
-                print(result.summary())
-                _write(args, result.to_dict())
-                status = 0
-        except (EvalInputError, NltkDataMissingError) as exc:
-            status = 2
-            message = str(exc)
-        except OSError as exc:  # unreadable input, unwritable output
-            status = 2
-            message = f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+        status = run_command(body, getattr(args, "traceback", False))
     for w in caught:
         if issubclass(w.category, EvalInputWarning):
             print(f"warning: {w.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if status == 2:
-        print(f"error: {' '.join(message.split())}", file=sys.stderr)
     return status
 
 

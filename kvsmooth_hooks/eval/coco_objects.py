@@ -11,16 +11,15 @@ Implements the word → category mapping of the CHAIR metric (Rohrbach et al.
 3. if ``toilet`` occurs anywhere, drop every ``seat``;
 4. keep the words that are in the synonym table and map each to its category.
 
-The tables live in ``kvsmooth_hooks/data/chair_synonyms.json`` and
-``chair_rules.json`` (see ``kvsmooth_hooks/data/README.md`` for provenance).
+The tables (``kvsmooth_hooks/data/chair_synonyms.json`` and ``chair_rules.json``, provenance in
+``kvsmooth_hooks/data/README.md``) are read by :mod:`.vocabulary`, which the lemmatiser shares.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
+
+from .vocabulary import coco_categories, lemma_vocabulary, load_double_words, load_synonyms
 
 __all__ = [
     "Mention",
@@ -31,45 +30,6 @@ __all__ = [
     "coco_categories",
     "lemma_vocabulary",
 ]
-
-
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
-
-def _load_json(name: str):
-    with open(DATA_DIR / name, encoding="utf-8") as f:
-        return json.load(f)
-
-
-@lru_cache(maxsize=None)
-def load_synonyms() -> dict[str, str]:
-    """Word → COCO category table (Rohrbach et al. 2018 ``synonyms.txt``)."""
-    return dict(_load_json("chair_synonyms.json"))
-
-
-@lru_cache(maxsize=None)
-def load_double_words() -> dict[str, str]:
-    """Two-word phrase → replacement word, as hard-coded in the reference ``chair.py``."""
-    return dict(_load_json("chair_rules.json")["double_word_dict"])
-
-
-@lru_cache(maxsize=None)
-def coco_categories() -> tuple[str, ...]:
-    """The 80 COCO category names (first word of each synonym line), sorted."""
-    return tuple(sorted({c for c in load_synonyms().values() if c}))
-
-
-@lru_cache(maxsize=None)
-def lemma_vocabulary() -> frozenset[str]:
-    """Every single word that can matter for extraction: synonyms and double-word parts."""
-    words: set[str] = set()
-    for key in load_synonyms():
-        words.update(key.split())
-    for key, value in load_double_words().items():
-        words.update(key.split())
-        words.update(value.split())
-    words.discard("")
-    return frozenset(words)
 
 
 @dataclass(frozen=True)

@@ -12,51 +12,16 @@ so the model never has to see anything; numbers from this proxy say how a settin
 tendency to add unrequested objects, not how it changes an MLLM's perception. Treat it as a cheap signal for
 ablations, never as a CHAIR result.
 
-Generating the descriptions (the part that runs a model, with or without smoothing) is the ``grounded``
-benchmark of the experiment runner, :mod:`kvsmooth_hooks.benchmarks.grounded`: this module only scores.
+The scenes and prompts are the ``grounded`` benchmark (:mod:`kvsmooth_hooks.benchmarks.grounded`); the runner
+generates the descriptions; this module only scores records (``{"id", "objects", "output"}``, the runner's
+record schema).
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass
 from typing import Any
 
 from .chair import ChairEvaluator
-from .coco_objects import coco_categories
-
-PROMPT = "Describe this photo in a few sentences. The photo shows exactly these objects: {objects}."
-_PHRASES = {"skis": "a pair of skis", "scissors": "a pair of scissors", "broccoli": "some broccoli",
-            "person": "a person"}
-
-
-@dataclass(frozen=True)
-class Scene:
-    """One synthetic scene: ``scene_id`` (stable for a seed and index) and its COCO categories."""
-
-    scene_id: str
-    objects: tuple[str, ...]
-
-    def phrase(self) -> str:
-        items = [_PHRASES.get(o, ("an " if o[0] in "aeiou" else "a ") + o) for o in self.objects]
-        return ", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]
-
-    def prompt(self, template: str = PROMPT) -> str:
-        return template.format(objects=self.phrase())
-
-
-def make_scenes(n: int, seed: int = 0, min_objects: int = 3, max_objects: int = 6) -> list[Scene]:
-    """``n`` scenes; scene ``i`` depends only on ``(seed, i)``, so a larger ``n`` extends a smaller one."""
-    if not 1 <= min_objects <= max_objects <= 80:
-        raise ValueError(f"need 1 <= min_objects <= max_objects <= 80, got {min_objects}, {max_objects}")
-    cats = sorted(coco_categories())
-    scenes = []
-    for i in range(n):
-        rng = random.Random(f"kvsmooth-grounded:{seed}:{i}")
-        k = rng.randint(min_objects, max_objects)
-        scenes.append(Scene(f"s{seed}-{i:05d}", tuple(rng.sample(cats, k))))
-    return scenes
-
 
 def score_description(text: str, objects) -> dict[str, Any]:
     """CHAIR details of one description against a scene's objects (the scene is the ground truth)."""
@@ -85,15 +50,14 @@ def repetition_rate(text: str, n: int = 3) -> float:
 
 
 def summarize(records: list[dict], n_bootstrap: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """Corpus-level CHAIR over scored samples (percent), with bootstrap intervals."""
-    gt = {r["scene_id"]: r["objects"] for r in records}
-    result = ChairEvaluator(gt).evaluate([{"image_id": r["scene_id"], "caption": r["description"]} for r in records],
+    """Corpus-level CHAIR over records ``{"id", "objects", "output"}`` (percent), with bootstrap intervals;
+    ``Rep3`` is the mean repetition rate (percent)."""
+    gt = {r["id"]: r["objects"] for r in records}
+    result = ChairEvaluator(gt).evaluate([{"image_id": r["id"], "caption": r["output"]} for r in records],
                                          n_bootstrap=n_bootstrap, seed=seed)
-    secs = [r["seconds"] for r in records]
-    reps = [r.get("Rep3", repetition_rate(r["description"])) for r in records]
+    reps = [repetition_rate(r["output"]) for r in records]
     return {**result.overall, "Rep3": 100.0 * sum(reps) / max(1, len(reps)),
-            "ci95": {k: list(v) for k, v in result.intervals.items()}, "n": len(records),
-            "seconds_per_sample": sum(secs) / len(secs) if secs else 0.0}
+            "ci95": {k: list(v) for k, v in result.intervals.items()}, "n": len(records)}
 
 
-__all__ = ["Scene", "make_scenes", "score_description", "repetition_rate", "summarize", "PROMPT"]
+__all__ = ["score_description", "repetition_rate", "summarize"]

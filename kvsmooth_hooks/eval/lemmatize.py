@@ -31,6 +31,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol
 
+from ..core.errors import UserError
+
 __all__ = [
     "Lemmatizer",
     "OfflineLemmatizer",
@@ -210,7 +212,7 @@ class OfflineLemmatizer:
 
     def __init__(self, vocabulary: set[str] | None = None) -> None:
         if vocabulary is None:
-            from .coco_objects import lemma_vocabulary
+            from .vocabulary import lemma_vocabulary
 
             vocabulary = lemma_vocabulary()
         self.vocabulary = frozenset(vocabulary)
@@ -290,7 +292,7 @@ _NLTK_DATA = (
 )
 
 
-class NltkDataMissingError(RuntimeError):
+class NltkDataMissingError(UserError, RuntimeError):
     """Raised when the nltk backend is requested but nltk or its data is absent."""
 
 

@@ -14,8 +14,8 @@ the CLI prints it as one line and exits with status 2.
 
 Also here: id normalisation (:func:`normalize_image_id`, :func:`record_id`), string fields
 (:func:`record_text`), one-record-per-key indexing with duplicate / conflict handling
-(:func:`index_records`), the resumable JSONL files of the runners (:func:`read_resumable_jsonl`, :func:`append_jsonl`) and
-their settings guard (:func:`check_run_settings`).
+(:func:`index_records`). The runner's own output (resumable records, settings guard) is
+:mod:`kvsmooth_hooks.runner.store`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping
+
+from ..core.errors import UserError
 
 __all__ = [
     "EvalInputError",
@@ -36,9 +38,6 @@ __all__ = [
     "record_id",
     "record_text",
     "index_records",
-    "read_resumable_jsonl",
-    "append_jsonl",
-    "check_run_settings",
     "coco_image_id",
     "read_captions",
     "read_json",
@@ -48,7 +47,7 @@ __all__ = [
 DUPLICATE_POLICIES = ("error", "warn")
 
 
-class EvalInputError(ValueError):
+class EvalInputError(UserError):
     """An evaluation input file is missing, malformed or lacks a field.
 
     The message is one line that names the file (and line) and the field, and says how to fix it.
@@ -304,64 +303,6 @@ def index_records(
     return out
 
 
-def read_resumable_jsonl(path: str | Path, key: str,
-                         key_fn: Callable[[Any], Hashable] = normalize_image_id) -> dict[Any, dict]:
-    """Records of a JSONL file that a run appends to (:func:`append_jsonl`), by ``key_fn(record[key])``; the
-    later record of an id wins. Every resumable run of the toolkit (the benchmark runner's cells, the
-    grounded-text proxy) reads its own output with this.
-
-    A missing file is an empty run. A line that is not valid JSON was cut by an interrupted run (the next
-    :func:`append_jsonl` removes it): it is skipped, with one :class:`EvalInputWarning` naming the file and
-    lines, and its item is redone. A line that is JSON but not an object with ``key`` is another file's
-    content and raises :class:`EvalInputError` naming the file and line.
-    """
-    p = Path(path)
-    if not p.exists():
-        return {}
-    done: dict[Any, dict] = {}
-    cut = []
-    for i, line in enumerate(_read_text(p).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            cut.append(i)
-            continue
-        if not isinstance(rec, dict) or key not in rec:
-            raise EvalInputError(f"{p}:{i}: expected a JSON object with field {key!r}; is this the output of "
-                                 "another run? Use a new output path")
-        done[key_fn(rec[key])] = rec
-    if cut:
-        lines = ", ".join(map(str, cut[:5])) + (" ..." if len(cut) > 5 else "")
-        warnings.warn(f"{p}: {len(cut)} line(s) not valid JSON (cut by an interrupted run), skipped and redone: "
-                      f"line {lines}", EvalInputWarning, stacklevel=2)
-    return done
-
-
-def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
-    """Append one JSON line per record, creating the file and its folder. A last line that an interrupted run
-    cut short (no final newline) is removed first: its item was not finished and is being redone."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("a+b") as fh:
-        end = fh.seek(0, 2)
-        if end:
-            fh.seek(end - 1)
-            if fh.read(1) != b"\n":  # keep everything up to the last newline
-                pos = end
-                while pos > 0:
-                    step = min(1 << 16, pos)
-                    pos -= step
-                    fh.seek(pos)
-                    i = fh.read(step).rfind(b"\n")
-                    if i >= 0:
-                        pos += i + 1
-                        break
-                fh.truncate(pos)
-        fh.write("".join(json.dumps(rec) + "\n" for rec in records).encode("utf-8"))
-
-
 # ---------------------------------------------------------------------------
 # Captions / free-form responses keyed by image (CHAIR, OPOPE, Object-HalBench)
 # ---------------------------------------------------------------------------
@@ -440,37 +381,3 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise EvalInputError(f"{p}:{exc.lineno}: not valid JSON ({exc.msg}); expected the {what}") from None
-
-
-def check_run_settings(out: str | Path, settings: dict, legacy_marker: str | None = None) -> None:
-    """Guard a resumable output directory: its ``settings.json`` must equal ``settings``.
-
-    The first run writes the file; a rerun with other settings raises :class:`EvalInputError` naming the
-    fields that differ (resuming would otherwise mix samples of two runs). ``toolkit_version`` entries (at any
-    depth, e.g. inside a config) are informational and not compared, so a package upgrade can resume a run.
-    ``legacy_marker``: a file whose
-    presence without ``settings.json`` means a run from before the guard existed (accepted as is).
-    """
-    import json
-
-    out = Path(out)
-    path = out / "settings.json"
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        old_cmp, new_cmp = _without_version(old), _without_version(json.loads(json.dumps(settings)))
-        diff = sorted(k for k in set(old_cmp) | set(new_cmp) if old_cmp.get(k) != new_cmp.get(k))
-        if diff:
-            raise EvalInputError(f"{path}: this output directory holds a run with a different {', '.join(diff)}; "
-                                 "use another output directory (or delete this one) to start a new run")
-    elif legacy_marker is None or not (out / legacy_marker).exists():
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-
-
-def _without_version(obj):
-    """``obj`` with every ``toolkit_version`` key dropped (nested dicts and lists included)."""
-    if isinstance(obj, dict):
-        return {k: _without_version(v) for k, v in obj.items() if k != "toolkit_version"}
-    if isinstance(obj, list):
-        return [_without_version(v) for v in obj]
-    return obj

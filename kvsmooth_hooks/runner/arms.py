@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..core.config import PRESETS, KVSmoothConfig
+from ..core.errors import UserError
 
-__all__ = ["Arm", "GRIDS", "register_grid", "parse_arms", "off_arm", "parse_axis", "grid_file_arms", "GridError"]
+__all__ = ["Arm", "GRIDS", "register_grid", "parse_arms", "off_arm", "parse_axis", "grid_file_arms", "GridError",
+           "check_arm_names", "KEYWORD_ARMS"]
 
 
-class GridError(ValueError):
+class GridError(UserError):
     """A bad ``--arms``, ``--grid``, ``--axis`` or grid file; the message names it and the fix."""
 
 
@@ -46,12 +48,42 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_=.+" else "_" for c in name)
 
 
-def parse_arms(text: str, base: KVSmoothConfig) -> list[Arm]:
-    """``baseline,off,smoothed,<preset>,<config file>`` -> arms (order kept, duplicates dropped)."""
-    arms: dict[str, Arm] = {}
-    for tok in (t.strip() for t in text.split(",")):
-        if not tok:
+#: arm names with a meaning of their own (rows, reference lines of plots); a config file never takes one
+KEYWORD_ARMS = ("baseline", "off", "smoothed", "paper")
+
+
+def _config_arm_names(paths: list[str]) -> dict[str, str]:
+    """A name per config file: its stem, unless that is a keyword, a preset or another file's stem; then the
+    shortest tail of its path that tells it apart (``a/cfg.yaml``, ``b/cfg.yaml`` -> ``a-cfg``, ``b-cfg``;
+    ``baseline.yaml`` -> ``baseline.yaml``)."""
+    taken = set(KEYWORD_ARMS) | set(PRESETS)
+    stems: dict[str, list[str]] = {}
+    for p in paths:
+        stems.setdefault(Path(p).stem, []).append(p)
+    names = {}
+    for stem, group in stems.items():
+        if len(group) == 1 and stem not in taken:
+            names[group[0]] = _safe(stem)
             continue
+        for k in range(1, 64):
+            tails = {p: _safe("-".join(Path(p).with_suffix("").parts[-k:]) if k > 1 else Path(p).name) for p in group}
+            if len(set(tails.values())) == len(group) and not set(tails.values()) & taken:
+                names.update(tails)
+                break
+        else:  # the same path twice: one arm
+            names.update({p: _safe(Path(p).as_posix()) for p in group})
+    return names
+
+
+def parse_arms(text: str, base: KVSmoothConfig) -> list[Arm]:
+    """``baseline,off,smoothed,<preset>,<config file>`` -> arms (order kept; a token given twice is one arm;
+    config files are named so that no two arms and no keyword share a name, see :func:`_config_arm_names`)."""
+    tokens = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    files = [t for t in tokens if t not in KEYWORD_ARMS and t not in PRESETS
+             and Path(t).suffix.lower() in (".yaml", ".yml", ".json")]
+    file_names = _config_arm_names(files)
+    arms: list[Arm] = []
+    for tok in tokens:
         if tok == "baseline":
             arm = Arm("baseline", None, {"kind": "baseline"})
         elif tok == "off":
@@ -60,15 +92,28 @@ def parse_arms(text: str, base: KVSmoothConfig) -> list[Arm]:
             arm = Arm("smoothed", base, {"kind": "smoothed"})
         elif tok in PRESETS:
             arm = Arm(tok, KVSmoothConfig.preset(tok), {"kind": "preset"})
-        elif Path(tok).suffix.lower() in (".yaml", ".yml", ".json"):
-            arm = Arm(_safe(Path(tok).stem), KVSmoothConfig.from_file(tok), {"kind": "config"})
+        elif tok in file_names:
+            arm = Arm(file_names[tok], KVSmoothConfig.from_file(tok), {"kind": "config", "file": tok})
         else:
             raise GridError(f"--arms: {tok!r} is not baseline, off, smoothed, a preset ({', '.join(sorted(PRESETS))}) "
                             "or a .yaml/.json config file")
-        arms.setdefault(arm.name, arm)
+        arms.append(arm)
     if not arms:
         raise GridError("--arms is empty; e.g. --arms baseline,smoothed")
-    return list(arms.values())
+    return arms
+
+
+def check_arm_names(arms: list[Arm]) -> list[Arm]:
+    """Every arm name is a usable folder name and no two arms share one (else one would overwrite the other)."""
+    from .store import cell_name
+
+    seen: dict[str, Arm] = {}
+    for a in arms:
+        cell_name(a.name, f"arm {a.name!r}")
+        if a.name in seen:
+            raise GridError(f"two arms are named {a.name!r}; rename one (arm names are folder names)")
+        seen[a.name] = a
+    return arms
 
 
 #: grid name -> function(base config, n_layers, options namespace) -> arms
@@ -87,7 +132,15 @@ def register_grid(name: str):
 def layer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
     """Single layers (every ``single_step``), windows of ``window_size`` (stride default k/2), prefixes and
     suffixes with boundaries every ``range_step``; ``parts`` picks among single, window, prefix, suffix."""
-    L, parts = n_layers, set(opts.parts.split(","))
+    L, parts = n_layers, {p.strip() for p in opts.parts.split(",") if p.strip()}
+    unknown = parts - {"single", "window", "prefix", "suffix"}
+    if unknown or not parts:
+        raise GridError(f"--parts {opts.parts!r}: choose among single, window, prefix, suffix")
+    for flag, value, part in (("--window-size", opts.window_size, "window"), ("--stride", opts.stride, "window"),
+                              ("--single-step", opts.single_step, "single"), ("--range-step", opts.range_step, "prefix"),
+                              ("--range-step", opts.range_step, "suffix")):
+        if part in parts and value is not None and not 1 <= value <= L:
+            raise GridError(f"{flag} {value}: must be between 1 and the model's {L} layers (grid part {part!r})")
     arms = [Arm("paper", base, {"kind": "paper", "layers": str(base.layers)})]
     if "single" in parts:
         arms += [Arm(f"single-{i}", base.updated(layers=[i]), {"kind": "single", "layers": str(i)})
@@ -155,15 +208,12 @@ def sweep_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
 
 
 def grid_file_arms(path: str | Path) -> list[Arm]:
-    """Arms of a grid file: ``arms: [{name, preset | config | base + set}]`` (YAML or JSON, safe loaders)."""
-    import json
-
-    import yaml
+    """Arms of a grid file: ``arms: [{name, preset | config | base + set}]`` (YAML or JSON, strict safe loaders:
+    duplicate keys, bad encodings and invalid syntax are refused naming the file)."""
+    from ..core.fileio import read_data
 
     p = Path(path)
-    if not p.is_file():
-        raise GridError(f"--grid-file {p}: file not found")
-    data = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    data = read_data(p, "--grid-file")
     if not isinstance(data, dict) or not isinstance(data.get("arms"), list):
         raise GridError(f"--grid-file {p}: expected a mapping with a list 'arms'")
     arms = []
@@ -173,6 +223,9 @@ def grid_file_arms(path: str | Path) -> list[Arm]:
         extra = set(a) - {"name", "preset", "config", "set", "baseline"}
         if extra:
             raise GridError(f"--grid-file {p}: arm {a['name']!r} has unknown key(s) {', '.join(sorted(extra))}")
+        if a.get("set") is not None and not isinstance(a["set"], dict):
+            raise GridError(f"--grid-file {p}: arm {a['name']!r}: 'set' must be a mapping of config fields to "
+                            f"values (e.g. set: {{lambda_ref: 0.5}}), got {type(a['set']).__name__}")
         if a.get("baseline"):
             arms.append(Arm(_safe(str(a["name"])), None, {"kind": "baseline"}))
             continue

@@ -14,8 +14,8 @@ intervals, seconds per item), plots for grids, ``command.txt``, ``machine.json``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -30,12 +30,17 @@ def build_parser(prog: str = "python -m kvsmooth_hooks.run") -> argparse.Argumen
     return ap
 
 
-def add_arguments(ap: argparse.ArgumentParser) -> None:
+def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> None:
+    """The runner's options on ``ap``; ``defaults`` (``{"--flag": "value"}``) shown in the help of commands that
+    are the runner with other defaults (they pass them on with :func:`with_defaults`)."""
     from ..benchmarks import BENCHMARKS
     from .arms import GRIDS
 
+    defaults = defaults or {}
+
     m = ap.add_argument_group("model")
-    m.add_argument("--model", required=True, help="HF hub id or local folder (VLM or causal LM), or 'smollm2'")
+    m.add_argument("--model", required="--model" not in defaults, default=defaults.get("--model"),
+                   help="HF hub id or local folder (VLM or causal LM), or 'smollm2'")
     m.add_argument("--revision", default=None, help="hub revision (part of the run's key)")
     m.add_argument("--loader", default=None, metavar="MODULE:FUNCTION",
                    help="user loader for models outside transformers (e.g. MiniGPT-4); see docs/experiments.md")
@@ -43,7 +48,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     m.add_argument("--dtype", default="auto", help="auto (float16 on GPU, float32 on CPU), float32, float16, bfloat16")
     m.add_argument("--device-map", default=None, help="transformers device_map (e.g. auto) for models over several GPUs")
     b = ap.add_argument_group("benchmark")
-    b.add_argument("--benchmark", required=True, help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin)")
+    b.add_argument("--benchmark", required="--benchmark" not in defaults, default=defaults.get("--benchmark"), help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin)")
     b.add_argument("--data", default=None, help="folder of the benchmark's official files")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="benchmark option (repeatable)")
     b.add_argument("--n", "--items", dest="n", type=int, default=None,
@@ -74,6 +79,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     o.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (resumable; default runs/run)")
     o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
+    o.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
 
 
 def add_run_parser(subparsers) -> None:
@@ -104,12 +111,25 @@ def _options(pairs: list[str]) -> dict:
         if "=" not in p:
             raise ConfigError(f"--set {p!r}: use KEY=VALUE")
         k, v = p.split("=", 1)
+        if k.strip() in out:
+            raise ConfigError(f"--set {k.strip()} is given twice; give it once")
         out[k.strip()] = v
     return out
 
 
+def _check_numbers(args) -> None:
+    """Counts that must be positive, refused before anything loads."""
+    for flag, value, low in (("--n", args.n, 1), ("--batch-size", args.batch_size, 1),
+                             ("--max-new-tokens", args.max_new_tokens, 1), ("--bootstrap", args.bootstrap, 0)):
+        if value is not None and value < low:
+            raise ConfigError(f"{flag} {value}: must be at least {low}"
+                              + (" (0 = no intervals)" if flag == "--bootstrap" else ""))
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: is a file; give a folder (created when missing)")
+
+
 def _arms(args, n_layers_of):
-    from .arms import GRIDS, grid_file_arms, parse_arms
+    from .arms import GRIDS, check_arm_names, grid_file_arms, parse_arms
 
     base = KVSmoothConfig.from_source(args.config, args.preset)
     grid = args.grid or args.grid_file
@@ -118,30 +138,36 @@ def _arms(args, n_layers_of):
         arms += GRIDS[args.grid](base, n_layers_of(), args)
     if args.grid_file:
         arms += grid_file_arms(args.grid_file)
-    names = [a.name for a in arms]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ConfigError(f"two arms are named {dup[0]!r}; rename one (arm names are folder names)")
-    return arms
+    return check_arm_names(arms)
+
+
+def _check_layers_selected(arms, model) -> None:
+    """Every smoothing arm must smooth at least one layer of this model (else it silently runs the baseline)."""
+    from ..core.adapters import get_adapter
+    from ..core.plan import resolve
+
+    adapter = get_adapter(model)
+    for a in arms:
+        if a.config is not None and not resolve(a.config, adapter).active_layers():
+            raise ConfigError(f"arm {a.name!r}: layers {a.config.layers!r} select none of this model's "
+                              f"{adapter.n_layers} layers (it would run as the baseline); choose layers with "
+                              "--preset/--config (e.g. layers: all) or the grid's options")
 
 
 def run(args, argv: Sequence[str] = ()) -> dict | None:
     """The whole run on this rank; rank 0 returns the results (also in ``<out>/results.json``)."""
     from tqdm.auto import tqdm
 
-    from .. import smooth
     from ..benchmarks import get_benchmark
     from .dist import shard, world_from_env
+    from .engine import generate_records
     from .models import load_bundle, resolve_device_dtype
-    from .store import CellStore, guard
+    from .store import CellStore, RunLock, guard
 
     world = world_from_env()
+    _check_numbers(args)
     bench = get_benchmark(args.benchmark)(args.data, **_options(args.set))
-    if args.batch_size < 1 or (args.n is not None and args.n < 1):
-        raise ConfigError("--n and --batch-size must be at least 1")
     gen = {"max_new_tokens": args.max_new_tokens or bench.max_new_tokens, "do_sample": False}
-    if gen["max_new_tokens"] < 1:
-        raise ConfigError("--max-new-tokens must be at least 1")
     items = bench.items(args.n, args.seed)  # inputs first: a wrong folder fails before a 7B model loads
     if not items:
         raise ConfigError(f"benchmark {bench.name!r} has no items in {args.data}")
@@ -153,8 +179,12 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
 
     def bundle():
         if not bundle_box:
-            bundle_box.append(load_bundle(args.model, args.device, args.dtype, args.loader, args.revision,
-                                          args.device_map, world.local_rank))
+            b = load_bundle(args.model, args.device, args.dtype, args.loader, args.revision, args.device_map,
+                            world.local_rank)
+            if b.modality != bench.modality:
+                raise ConfigError(f"benchmark {bench.name!r} needs a {bench.modality} model; {args.model!r} is a "
+                                  f"{b.modality} model")
+            bundle_box.append(b)
         return bundle_box[0]
 
     def n_layers():
@@ -162,53 +192,46 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
 
         return get_adapter(bundle().model).n_layers
 
-    arms = _arms(args, n_layers)
-    if world.main:
-        guard(out / "run.json", settings, "a run")
-    world.start()
-    try:
-        world.barrier()  # rank 0 has checked (or written) run.json
-        if not world.main:
+    arms, checked = _arms(args, n_layers), []
+    lock = RunLock(out) if world.main else contextlib.nullcontext()
+    with lock:
+        if world.main:
             guard(out / "run.json", settings, "a run")
-        mine = shard(items, world.rank, world.size)
-        stores = {a.name: CellStore(out, a.name, world.rank, world.size) for a in arms}
-        for a in arms:
-            if world.main:
-                stores[a.name].check(settings, a.config.to_dict() if a.config else None)
-        world.barrier()
-        for a in arms:
-            store = stores[a.name]
-            store.check(settings, a.config.to_dict() if a.config else None)
-            done = store.done()
-            todo = [it for it in mine if it.id not in done]
-            if not todo:
-                continue
-            b = bundle()
-            if b.modality != bench.modality:
-                raise ConfigError(f"benchmark {bench.name!r} needs a {bench.modality} model; {args.model!r} is a "
-                                  f"{b.modality} model")
-            bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"[rank {world.rank}/{world.size}] {a.name}",
-                       position=world.rank, disable=args.no_progress, file=sys.stderr, leave=world.main)
-            for start in range(0, len(todo), args.batch_size):
-                batch = todo[start:start + args.batch_size]
-                t0 = time.perf_counter()
-                if a.config is None:
-                    answers = b.generate(batch, gen)
-                else:
-                    with smooth(b.model, a.config, trace=False):
-                        answers = b.generate(batch, gen)
-                secs = (time.perf_counter() - t0) / len(batch)
-                store.append([{"id": it.id, **it.meta, "output": text, "new_tokens": ntok, "seconds": round(secs, 4)}
-                              for it, (text, ntok) in zip(batch, answers)])
-                bar.update(len(batch))
-            bar.close()
-        world.barrier()  # every rank's records are written
-        if not world.main:
-            return None
-        return _finish(args, argv, bench, arms, stores, items, settings, world,
-                       bundle_box[0].info if bundle_box else {}, n_layers if args.grid == "layers" else None)
-    finally:
-        world.stop()
+        world.start()
+        try:
+            world.barrier()  # rank 0 has checked (or written) run.json
+            if not world.main:
+                guard(out / "run.json", settings, "a run")
+            mine = shard(items, world.rank, world.size)
+            stores = {a.name: CellStore(out, a.name, world.rank, world.size) for a in arms}
+            for a in arms:
+                if world.main:
+                    stores[a.name].check(settings, a.config.to_dict() if a.config else None)
+            world.barrier()
+            for a in arms:
+                store = stores[a.name]
+                store.check(settings, a.config.to_dict() if a.config else None)
+                done = store.done()
+                todo = [it for it in mine if it.id not in done]
+                if not todo:
+                    continue
+                b = bundle()  # the model loads once, when there is work; every arm is checked against it once
+                if not checked:
+                    _check_layers_selected(arms, b.model)
+                    checked.append(True)
+                bar = tqdm(total=len(mine), initial=len(mine) - len(todo),
+                           desc=f"[rank {world.rank}/{world.size}] {a.name}", position=world.rank,
+                           disable=args.no_progress, file=sys.stderr, leave=world.main)
+                for records, _ in generate_records(b, todo, a.config, gen, args.batch_size, on_batch=store.append):
+                    bar.update(len(records))
+                bar.close()
+            world.barrier()  # every rank's records are written
+            if not world.main:
+                return None
+            return _finish(args, argv, bench, arms, stores, items, settings, world,
+                           bundle_box[0].info if bundle_box else {}, n_layers if args.grid == "layers" else None)
+        finally:
+            world.stop()
 
 
 def _finish(args, argv, bench, arms, stores, items, settings, world, model_info, n_layers_fn):
@@ -243,14 +266,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m kvsmooth_hook
 
 
 def run_cli(args, argv) -> int:
-    """Run and turn expected errors into ``error: ...`` on stderr and exit status 2."""
-    from ..eval.records import EvalInputError
-    from .arms import GridError
-    from .models import LoaderError
+    """Run under the package's error policy (:func:`~kvsmooth_hooks.core.errors.run_command`): user mistakes
+    print ``error: ...`` and exit 2, unexpected errors ask to be reported."""
+    from ..core.errors import run_command
 
-    try:
+    def body() -> int:
         run(args, argv)
-    except (EvalInputError, ConfigError, GridError, LoaderError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(body, getattr(args, "traceback", False))

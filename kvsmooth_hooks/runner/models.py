@@ -20,12 +20,15 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..core.errors import UserError
+
 LLAVA15_FORMAT = "USER: <image>\n{prompt} ASSISTANT:"
 
-__all__ = ["ModelBundle", "load_bundle", "hf_bundle", "format_vlm_prompt", "resolve_device_dtype", "LoaderError"]
+__all__ = ["ModelBundle", "load_bundle", "hf_bundle", "format_vlm_prompt", "resolve_device_dtype", "LoaderError",
+           "load_model_for_structure"]
 
 
-class LoaderError(ValueError):
+class LoaderError(UserError):
     """A model could not be loaded as asked (bad ``--loader``, unknown model kind); the message says why."""
 
 
@@ -44,16 +47,29 @@ class ModelBundle:
     info: dict = field(default_factory=dict)
 
 
+_DTYPES = ("float32", "float16", "bfloat16")
+
+
 def resolve_device_dtype(device: str, dtype: str, local_rank: int = 0):
-    """``auto`` device: ``cuda:<LOCAL_RANK>`` when CUDA is there, else CPU; ``auto`` dtype: float16 on GPU."""
+    """``auto`` device: ``cuda:<LOCAL_RANK>`` when CUDA is there, else CPU; ``auto`` dtype: float16 on GPU.
+    A device torch does not know, or CUDA on a machine without it, is a :class:`LoaderError`."""
     import torch
 
     if device == "auto":
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise LoaderError(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:1, mps, ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LoaderError(f"--device {device!r}: this torch build ({torch.__version__}) sees no CUDA GPU; "
+                          "use --device cpu (or auto)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise LoaderError(f"--device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
     if dtype == "auto":
-        dtype = "float16" if str(device).startswith("cuda") else "float32"
-    if not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise LoaderError(f"--dtype {dtype!r}: use float32, float16 or bfloat16")
+        dtype = "float16" if dev.type == "cuda" else "float32"
+    if dtype not in _DTYPES:
+        raise LoaderError(f"--dtype {dtype!r}: use auto, {', '.join(_DTYPES)}")
     return device, getattr(torch, dtype)
 
 
@@ -93,6 +109,7 @@ def hf_bundle(model, processor) -> ModelBundle:
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
     is_vlm = hasattr(processor, "image_processor")
+    decode = getattr(processor, "batch_decode", None) or (lambda rows, **kw: [tok.decode(r, **kw) for r in rows])
 
     def generate(items, gen_kwargs):
         from PIL import Image
@@ -106,16 +123,13 @@ def hf_bundle(model, processor) -> ModelBundle:
             texts = [format_vlm_prompt(processor, it.prompt) for it in items]
             enc = processor(images=images, text=texts, return_tensors="pt", padding=True)
         else:
-            if getattr(tok, "chat_template", None):
-                texts = [tok.apply_chat_template([{"role": "user", "content": it.prompt}], add_generation_prompt=True,
-                                                 tokenize=False) for it in items]
-            else:
-                texts = [it.prompt + "\n" for it in items]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            from ..models import chat_inputs
+
+            enc = chat_inputs(tok, [it.prompt for it in items])
         enc = {k: (v.to(device, dtype) if v.is_floating_point() else v.to(device)) for k, v in enc.items()}
         with torch.inference_mode():
             out = model.generate(**enc, **gen_kwargs)
-        return _decode(model, out[:, enc["input_ids"].shape[1]:], processor.batch_decode)
+        return _decode(model, out[:, enc["input_ids"].shape[1]:], decode)
 
     fmt = ("chat template" if getattr(processor, "chat_template", None) or getattr(tok, "chat_template", None)
            else ("plain instruction" if not is_vlm or type(processor).__name__.startswith("InstructBlip")
@@ -125,18 +139,35 @@ def hf_bundle(model, processor) -> ModelBundle:
 
 
 def _import_loader(spec: str) -> Callable:
-    if ":" not in spec:
-        raise LoaderError(f"--loader {spec!r}: use module:function (e.g. my_minigpt4:load)")
-    mod, fn = spec.split(":", 1)
+    mod, _, fn = spec.partition(":")
+    if not mod or not fn or not mod.replace(".", "").replace("_", "").isalnum() or mod.startswith(".") \
+            or not fn.isidentifier():
+        raise LoaderError(f"--loader {spec!r}: use module:function with an absolute module name (e.g. "
+                          "my_minigpt4:load, a file my_minigpt4.py in the current folder or on PYTHONPATH)")
     if "" not in sys.path:
         sys.path.insert(0, "")  # the current folder, as `python -m` has it
     try:
         module = importlib.import_module(mod)
-    except ImportError as exc:
-        raise LoaderError(f"--loader {spec!r}: cannot import module {mod!r} ({exc}); is it on PYTHONPATH?") from None
+    except ModuleNotFoundError as exc:
+        if exc.name and mod.split(".")[0] == exc.name.split(".")[0]:
+            raise LoaderError(f"--loader {spec!r}: cannot import module {mod!r} ({exc}); is it on PYTHONPATH?") from None
+        raise LoaderError(f"--loader {spec!r}: module {mod!r} imports {exc.name!r}, which is not installed") from None
+    except Exception as exc:  # the user's module fails while it loads
+        raise LoaderError(f"--loader {spec!r}: importing module {mod!r} raised {type(exc).__name__}: "
+                          f"{' '.join(str(exc).split())[:200]}; fix the module (python -c 'import {mod}')") from None
     if not callable(getattr(module, fn, None)):
         raise LoaderError(f"--loader {spec!r}: module {mod!r} has no function {fn!r}")
-    return getattr(module, fn)
+    func = getattr(module, fn)
+    import inspect
+
+    try:
+        inspect.signature(func).bind("model-id", device="cpu", dtype=None)
+    except TypeError:
+        raise LoaderError(f"--loader {spec!r}: {fn}{inspect.signature(func)} cannot be called as "
+                          f"{fn}(model_id, device=..., dtype=...); change its signature") from None
+    except ValueError:  # no signature (a builtin): let the call decide
+        pass
+    return func
 
 
 def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader: str | None = None,
@@ -144,7 +175,12 @@ def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader
     """Load ``model_id`` as a :class:`ModelBundle` (see the module docstring for the three kinds)."""
     dev, torch_dtype = resolve_device_dtype(device, dtype, local_rank)
     if loader:
-        got = _import_loader(loader)(model_id, device=dev, dtype=torch_dtype)
+        func = _import_loader(loader)
+        try:
+            got = func(model_id, device=dev, dtype=torch_dtype)
+        except Exception as exc:  # the user's code: name it and keep its message
+            raise LoaderError(f"--loader {loader!r}: {func.__name__}({model_id!r}, device={dev!r}, dtype=...) raised "
+                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
         if isinstance(got, ModelBundle):
             return got
         if isinstance(got, tuple) and len(got) == 2:
@@ -176,3 +212,34 @@ def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader
     if not device_map:
         model = model.to(dev)
     return hf_bundle(model.eval(), processor)
+
+
+def load_model_for_structure(name: str):
+    """A model to resolve plans against: ``smollm2``, or a local HF directory / cached hub id.
+
+    Only the architecture matters for plans, so hub ids are instantiated from their config on
+    the ``meta`` device (no weights are loaded).
+    """
+    import torch
+
+    if name.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
+        from ..models import SMOLLM2_NAME, cache_dir, load_smollm2
+
+        if not (cache_dir() / SMOLLM2_NAME / "config.json").is_file():
+            load_smollm2()
+        name = str(cache_dir() / SMOLLM2_NAME)
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(name)
+    except OSError as exc:
+        raise LoaderError(f"--model {name!r}: cannot read a model config ({str(exc).splitlines()[0]})") from None
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
+            try:
+                return auto.from_config(cfg)
+            except ValueError:
+                continue
+    raise LoaderError(f"--model '{name}' ({type(cfg).__name__}) is neither a causal LM nor an image-text-to-text model")

@@ -50,7 +50,7 @@ def test_demo_on_a_tiny_model_marks_objects_and_scores_both_arms(tmp_path):
     assert len(res["records"]["baseline"]) == 4 and len(res["records"]["KVSmooth"]) == 4
     # the shown scene's texts are the batch's texts for that scene
     shown = res["records"]["baseline"][1]
-    assert shown["description"] == res["texts"][0]
+    assert shown["output"] == res["texts"][0]
     for name in ("CHAIR_S", "CHAIR_I", "Recall", "Rep3"):
         assert any(l.startswith(name) for l in lines)
     assert "Reading: on 4 scenes" in out and "layer   entropy" in out

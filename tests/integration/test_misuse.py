@@ -282,13 +282,13 @@ def test_smooth_prefill_with_record_deltas_at_cache_site(model):
 
 
 def test_resume_guard_ignores_toolkit_version(tmp_path):
-    from kvsmooth_hooks.eval.records import EvalInputError, check_run_settings
+    from kvsmooth_hooks.runner.store import RunSettingsError, guard
 
     cfg = KVSmoothConfig().to_dict()
-    check_run_settings(tmp_path, {"config": cfg, "n": 5})
-    check_run_settings(tmp_path, {"config": {**cfg, "toolkit_version": "9.9.9"}, "n": 5})
-    with pytest.raises(EvalInputError, match="different config"):
-        check_run_settings(tmp_path, {"config": {**cfg, "window": 3}, "n": 5})
+    guard(tmp_path / "run.json", {"config": cfg, "n": 5}, "a run")
+    guard(tmp_path / "run.json", {"config": {**cfg, "toolkit_version": "9.9.9"}, "n": 5}, "a run")
+    with pytest.raises(RunSettingsError, match="config.window: 15 there, 3 now"):
+        guard(tmp_path / "run.json", {"config": {**cfg, "window": 3}, "n": 5}, "a run")
 
 
 def test_all_padding_row_is_named(model):

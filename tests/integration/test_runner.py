@@ -14,7 +14,7 @@ import pytest
 import kvsmooth_hooks
 from benchmark_data import write_all
 from tiny_vlms import record_sessions
-from kvsmooth_hooks.eval.records import EvalInputWarning
+from kvsmooth_hooks.runner.store import RecordsWarning
 from kvsmooth_hooks.runner.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,7 +141,7 @@ def test_refuses_other_settings_and_resumes_item_by_item(data, tmp_path, capsys,
     lines = rank_file.read_text().splitlines(keepends=True)
     rank_file.write_text("".join(lines[:2]) + lines[2][:10])
     asked.clear()
-    with pytest.warns(EvalInputWarning, match="records.rank0-of1.jsonl: 1 line.* line 3"):
+    with pytest.warns(RecordsWarning, match="records.rank0-of1.jsonl: 1 line.* line 3"):
         assert main(argv) == 0
     assert asked == [first["smoothed"][2]["id"]]
     again = _records(out, "smoothed")
@@ -223,3 +223,137 @@ def test_kvsmooth_run_subcommand(data, tmp_path):
                                    loader="tiny_vlms:load_tiny_text")]) == 0
     assert _strip(_records(out, "off")) == _strip(_records(out, "baseline"))
     assert (out / "command.txt").read_text().startswith("python -m kvsmooth_hooks.run --model tiny-text")
+
+
+# ---------------------------------------------------------------------- the runner's silent mistakes, refused
+def _text_argv(tmp_path, out, *extra, layers="1:-1"):
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(f'layers: "{layers}"\n')
+    return ["--model", "tiny-text", "--loader", "tiny_vlms:load_tiny_text", "--benchmark", "grounded", "--n", "2",
+            "--config", str(cfg), "--max-new-tokens", "3", "--bootstrap", "0", "--no-progress", "--out", str(out),
+            *extra]
+
+
+def _rows(out):
+    return {r["arm"]: r for r in json.loads((out / "results.json").read_text())["arms"]}
+
+
+def test_config_arms_with_one_stem_or_a_keyword_stem_are_named_apart(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, lam in (("a/cfg.yaml", 0.5), ("b/cfg.yaml", 0.7), ("baseline.yaml", 0.9)):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f'layers: "1:-1"\nlambda_ref: {lam}\n')
+    out = tmp_path / "r1"
+    assert main(_text_argv(tmp_path, out, "--arms", "baseline,a/cfg.yaml,b/cfg.yaml")) == 0
+    rows = _rows(out)
+    assert list(rows) == ["baseline", "a-cfg", "b-cfg"]  # b/cfg.yaml is run, not dropped
+    assert rows["a-cfg"]["config"]["lambda_ref"] == 0.5 and rows["b-cfg"]["config"]["lambda_ref"] == 0.7
+    out = tmp_path / "r2"
+    assert main(_text_argv(tmp_path, out, "--arms", "baseline,baseline.yaml")) == 0
+    rows = _rows(out)
+    assert list(rows) == ["baseline", "baseline.yaml"] and rows["baseline.yaml"]["config"]["lambda_ref"] == 0.9
+    assert rows["baseline"]["config"] is None
+    out = tmp_path / "r3"
+    assert main(_text_argv(tmp_path, out, "--arms", "baseline.yaml")) == 0
+    assert list(_rows(out)) == ["baseline.yaml"]  # a smoothed arm is never reported as `baseline`
+
+
+def test_reserved_arm_names_are_refused(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("arms:\n  - name: ..\n    set: {lambda_ref: 0.5}\n")
+    out = tmp_path / "run"
+    assert main(_text_argv(tmp_path, out, "--grid-file", str(grid))) == 2
+    assert "arm name '..' cannot be a folder name" in capsys.readouterr().err
+    assert not (out / "cells").exists() and not (out / "records.rank0-of1.jsonl").exists()
+
+
+def test_a_broken_benchmark_plugin_is_named_and_hides_no_other(monkeypatch):
+    import importlib.metadata as md
+
+    from kvsmooth_hooks.benchmarks import registry
+    from kvsmooth_hooks.benchmarks.base import BenchmarkError
+
+    eps = [md.EntryPoint("broken", "no_such_plugin_module:Bench", registry.ENTRY_POINT_GROUP),
+           md.EntryPoint("working", "kvsmooth_hooks.benchmarks.pope:Pope", registry.ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "BROKEN", {})
+    monkeypatch.setattr(registry, "BENCHMARKS", dict(registry.BENCHMARKS))
+    assert registry.get_benchmark("working").name == "pope"
+    assert registry.get_benchmark("chair").name == "chair"
+    with pytest.raises(BenchmarkError, match=r"unknown benchmark 'nope'; .*\(broken plugins: broken\)"):
+        registry.get_benchmark("nope")
+    with pytest.raises(BenchmarkError, match=r"--benchmark 'broken': .*no_such_plugin_module:Bench failed to load"):
+        registry.get_benchmark("broken")
+
+
+def test_a_last_record_without_newline_is_kept_in_one_rerun(tmp_path, monkeypatch):
+    from kvsmooth_hooks.runner import models
+
+    asked = []
+    real = models.hf_bundle
+
+    def counting(model, processor):
+        b = real(model, processor)
+        inner = b.generate
+        b.generate = lambda items, gen: asked.extend(it.id for it in items) or inner(items, gen)
+        return b
+
+    monkeypatch.setattr(models, "hf_bundle", counting)
+    out = tmp_path / "run"
+    argv = _text_argv(tmp_path, out)
+    assert main(argv) == 0
+    before = _records(out, "smoothed")
+    rank_file = out / "cells" / "smoothed" / "records.rank0-of1.jsonl"
+    # a crash after the first item's line was written but before its newline: the second item is still to do
+    rank_file.write_text(rank_file.read_text().splitlines()[0])
+    asked.clear()
+    assert main(argv) == 0 and asked == [before[1]["id"]]  # the finished record is kept, one rerun finishes
+    assert _strip(_records(out, "smoothed")) == _strip(before)
+
+
+def test_two_runs_into_one_folder(tmp_path, capsys):
+    from kvsmooth_hooks.runner.store import RunLock
+
+    out = tmp_path / "run"
+    with RunLock(out):  # another run holds the folder
+        assert main(_text_argv(tmp_path, out)) == 2
+    assert "another run (pid" in capsys.readouterr().err and not (out / "cells").exists()
+    assert main(_text_argv(tmp_path, out)) == 0
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--grid", "layers", "--window-size", "0"], "--window-size 0: must be between 1 and the model's 4 layers"),
+    (["--grid", "layers", "--range-step", "-1"], "--range-step -1: must be between 1"),
+    (["--grid", "layers", "--single-step", "0"], "--single-step 0: must be between 1"),
+    (["--grid", "layers", "--parts", "single,middle"], "--parts 'single,middle': choose among"),
+    (["--bootstrap", "-5"], "--bootstrap -5: must be at least 0"),
+])
+def test_degenerate_grids_and_counts_are_refused(tmp_path, capsys, extra, msg):
+    assert main(_text_argv(tmp_path, tmp_path / "run", *extra)) == 2
+    assert msg in capsys.readouterr().err
+
+
+def test_grid_file_with_duplicate_keys_is_refused(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("arms:\n  - name: a\n    set: {lambda_ref: 0.5, lambda_ref: 0.9}\n")
+    assert main(_text_argv(tmp_path, tmp_path / "run", "--grid-file", str(grid))) == 2
+    assert "duplicate key 'lambda_ref'" in capsys.readouterr().err
+
+
+def test_an_arm_that_selects_no_layer_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_text_argv(tmp_path, out, layers="3:-1")) == 2  # the paper's layers on a 4-layer model
+    assert "arm 'smoothed': layers '3:-1' select none of this model's 4 layers" in capsys.readouterr().err
+    assert not list(out.glob("cells/*/records*"))
+
+
+def test_eval_refuses_a_negative_bootstrap(tmp_path, capsys):
+    from kvsmooth_hooks.cli import main as kvsmooth
+
+    gt = tmp_path / "gt.json"
+    gt.write_text('{"1": ["dog"]}')
+    caps = tmp_path / "c.jsonl"
+    caps.write_text('{"image_id": 1, "caption": "A dog."}\n')
+    assert kvsmooth(["eval", "chair", str(caps), "--gt-objects", str(gt), "--bootstrap", "-5"]) == 2
+    assert "--bootstrap -5: must be at least 0" in capsys.readouterr().err

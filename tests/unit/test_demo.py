@@ -35,7 +35,7 @@ def test_colour_rendering_and_columns_keep_marks_whole():
 
 
 def _rec(i, hall, mentions, correct, gt, rep):
-    return {"scene_id": f"s{i}", "CHAIR_S": int(hall > 0), "hallucinated_objects": ["car"] * hall,
+    return {"id": f"s{i}", "CHAIR_S": int(hall > 0), "hallucinated_objects": ["car"] * hall,
             "mentioned_objects": ["x"] * mentions, "correct_objects": ["y"] * correct, "objects": ["z"] * gt,
             "Rep3": rep}
 

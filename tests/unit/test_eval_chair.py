@@ -126,6 +126,23 @@ def test_build_coco_ground_truth_with_cache(tmp_path):
     assert load_ground_truth(cache) == gt
 
 
+def test_ground_truth_cache_is_keyed_by_content(tmp_path):
+    """An annotation edit that keeps the file's size (and its time stamp) is not scored against the stale cache."""
+    import os
+
+    _write_coco(tmp_path)
+    cache = tmp_path / "cache" / "gt.json"
+    assert build_coco_ground_truth(tmp_path, cache_path=cache, show_progress=False)[1] == {"dog", "person"}
+    inst = tmp_path / "instances_train2014.json"
+    stat = inst.stat()
+    text = inst.read_text()
+    edited = text.replace('"category_id": 18', '"category_id": 67')  # dog -> dining table, same length
+    assert len(edited) == len(text) and edited != text
+    inst.write_text(edited)
+    os.utime(inst, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert "dining table" in build_coco_ground_truth(tmp_path, cache_path=cache, show_progress=False)[1]
+
+
 def test_build_coco_ground_truth_missing_file(tmp_path):
     with pytest.raises(EvalInputError, match="instances_train2014.json"):
         build_coco_ground_truth(tmp_path, show_progress=False)

@@ -10,9 +10,7 @@ import pytest
 
 from kvsmooth_hooks.eval.cli import main
 from kvsmooth_hooks.eval.pope import caption_says_yes, compute_pope, parse_yes_no
-from kvsmooth_hooks.eval.records import (
-    EvalInputError, EvalInputWarning, append_jsonl, read_captions, read_records, read_resumable_jsonl,
-)
+from kvsmooth_hooks.eval.records import EvalInputError, EvalInputWarning, read_captions, read_records
 
 QUESTIONS = [
     {"question_id": 1, "image": "COCO_val2014_000000000042.jpg", "text": "Is there a dog in the image?", "label": "yes"},
@@ -205,47 +203,6 @@ def test_caption_shapes_the_field_publishes(tmp_path):
     coco_name = _lines(tmp_path / "name.jsonl", [{"image": "COCO_val2014_000000000042.jpg", "caption": "A dog."}])
     for p in (opera, llava, coco_name):
         assert [(r["image_id"], r["caption"]) for r in read_captions(p)] == [(42, "A dog.")], p
-
-
-def test_resumable_reader(tmp_path):
-    p = tmp_path / "samples.jsonl"
-    assert read_resumable_jsonl(p, "id") == {}
-    p.write_text('{"id": 1, "v": "a"}\n{"id": 2, "v": "b"}\n{"id": 3, "v": ')
-    with pytest.warns(EvalInputWarning, match=r"samples.jsonl: 1 line\(s\) not valid JSON .* line 3"):
-        assert sorted(read_resumable_jsonl(p, "id")) == [1, 2]  # the cut last line is redone
-    # a resumed run drops the cut line when it appends; the later record of an id wins
-    append_jsonl(p, [{"id": 3, "v": "c"}, {"id": "1", "v": "A"}])
-    assert p.read_text().splitlines()[2:] == ['{"id": 3, "v": "c"}', '{"id": "1", "v": "A"}']
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        done = read_resumable_jsonl(p, "id")
-    assert {k: r["v"] for k, r in done.items()} == {1: "A", 2: "b", 3: "c"}  # ids normalised by default
-    assert sorted(read_resumable_jsonl(p, "id", key_fn=str)) == ["1", "2", "3"]
-    # a broken line elsewhere (a run that appended without ending it): skipped with a warning, redone
-    p.write_text('{"id": 1}\n{"id": 2, "v\n{"id": 3}\n')
-    with pytest.warns(EvalInputWarning, match="1 line.* line 2"):
-        assert sorted(read_resumable_jsonl(p, "id")) == [1, 3]
-    p.write_text('{"id": 1}\n["not", "a", "record"]\n')
-    with pytest.raises(EvalInputError, match="samples.jsonl:2: expected a JSON object with field 'id'"):
-        read_resumable_jsonl(p, "id")
-    p.write_text('{"id": 1}\n{"scene": 2}\n')
-    with pytest.raises(EvalInputError, match="samples.jsonl:2: .*another run"):
-        read_resumable_jsonl(p, "id")
-
-
-def test_append_jsonl(tmp_path):
-    p = tmp_path / "a" / "b.jsonl"
-    append_jsonl(p, [{"id": 1}])
-    append_jsonl(p, [])
-    append_jsonl(p, [{"id": 2, "text": "é"}])
-    assert read_resumable_jsonl(p, "id") == {1: {"id": 1}, 2: {"id": 2, "text": "é"}}
-    # a file that is one cut line, and a cut line longer than the scan block
-    p.write_text('{"id": 1, "v": ')
-    append_jsonl(p, [{"id": 5}])
-    assert p.read_text() == '{"id": 5}\n'
-    p.write_text('{"id": 1}\n{"id": 2, "v": "' + "x" * 200_000)
-    append_jsonl(p, [{"id": 3}])
-    assert p.read_text() == '{"id": 1}\n{"id": 3}\n'
 
 
 def test_opope_rules():

@@ -1,15 +1,12 @@
-"""Grounded-text CHAIR proxy: scenes, scoring and resumable runs."""
+"""Grounded-text CHAIR proxy: scenes, scoring, and ``kvsmooth eval grounded`` as the runner with defaults."""
 
 import json
 
 import pytest
-import torch
 
-from helpers import tiny_llama
-from kvsmooth_hooks import KVSmoothConfig
-from kvsmooth_hooks.benchmarks.grounded import run_grounded_chair
-from kvsmooth_hooks.eval.grounded import make_scenes, repetition_rate, score_description
-from kvsmooth_hooks.eval.records import EvalInputWarning
+from kvsmooth_hooks.benchmarks.grounded import make_scenes
+from kvsmooth_hooks.cli import main
+from kvsmooth_hooks.eval.grounded import repetition_rate, score_description, summarize
 
 
 def test_scenes_are_deterministic_and_extend():
@@ -33,88 +30,49 @@ def test_score_description_by_hand():
     assert repetition_rate("one two") == 0.0
 
 
-class WordTok:
-    """A minimal tokenizer for a tiny random model: words <-> ids modulo the vocabulary."""
-
-    pad_token = "<pad>"
-    eos_token = "<pad>"
-    padding_side = "left"
-    chat_template = None
-
-    def __call__(self, texts, return_tensors="pt", padding=True, add_special_tokens=False):
-        rows = [[3 + (hash(w) % 100) for w in t.split()] for t in texts]
-        n = max(map(len, rows))
-        ids = torch.tensor([[0] * (n - len(r)) + r for r in rows])
-        mask = torch.tensor([[0] * (n - len(r)) + [1] * len(r) for r in rows])
-
-        class Enc(dict):
-            def to(self, device):
-                return self
-
-        return Enc(input_ids=ids, attention_mask=mask)
-
-    def decode(self, ids, skip_special_tokens=True):
-        words = ["dog", "car", "a", "the", "bench", "cat"]
-        return " ".join(words[int(i) % len(words)] for i in ids)
+def test_summarize_reads_runner_records():
+    recs = [{"id": "s0", "objects": ["dog"], "output": "A dog and a car."},
+            {"id": "s1", "objects": ["cat"], "output": "A cat."}]
+    s = summarize(recs, n_bootstrap=0)
+    assert s["CHAIR_S"] == 50.0 and s["Recall"] == 100.0 and s["n"] == 2 and s["Rep3"] == 0.0
 
 
-def test_run_is_resumable_and_uses_the_session(tmp_path):
-    model, tok = tiny_llama(), WordTok()
-    scenes = make_scenes(5, seed=1)
-    out = tmp_path / "s.jsonl"
-    first = run_grounded_chair(model, tok, scenes[:3], None, out, batch_size=2, max_new_tokens=6, progress=False,
-                               n_bootstrap=0)
-    assert first["n"] == 3 and len(out.read_text().splitlines()) == 3
-    full = run_grounded_chair(model, tok, scenes, None, out, batch_size=2, max_new_tokens=6, progress=False,
-                              n_bootstrap=0)
-    lines = [json.loads(l) for l in out.read_text().splitlines()]
-    assert full["n"] == 5 and [l["scene_id"] for l in lines] == [s.scene_id for s in scenes]  # only 2 new samples
-    # an interrupted run cut the last line: that scene is redone, and the cut line replaced
-    text = out.read_text()
-    out.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])
-    with pytest.warns(EvalInputWarning, match="line 5"):
-        again = run_grounded_chair(model, tok, scenes, None, out, batch_size=2, max_new_tokens=6, progress=False,
-                                   n_bootstrap=0)
-    assert {k: v for k, v in again.items() if k != "seconds_per_sample"} == \
-        {k: v for k, v in full.items() if k != "seconds_per_sample"}
-    assert out.read_text().splitlines()[:4] == text.splitlines()[:4]
-    assert [json.loads(l)["scene_id"] for l in out.read_text().splitlines()] == [s.scene_id for s in scenes]
-    smoothed = run_grounded_chair(model, tok, scenes, KVSmoothConfig(layers="1:-1"), tmp_path / "sm.jsonl",
-                                  batch_size=5, max_new_tokens=6, progress=False, n_bootstrap=0)
-    descs = [json.loads(l)["description"] for l in (tmp_path / "sm.jsonl").read_text().splitlines()]
-    assert smoothed["n"] == 5 and descs != [l["description"] for l in lines]
+def test_eval_grounded_is_the_runner_with_defaults(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text('layers: "1:-1"\n')  # the tiny text model has 4 layers
+    out = tmp_path / "g"
+    argv = ["eval", "grounded", "--model", "tiny-text", "--loader", "tiny_vlms:load_tiny_text", "--n", "3",
+            "--config", str(cfg), "--max-new-tokens", "4", "--bootstrap", "0", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in res["arms"]] == ["baseline", "smoothed"]  # the command's default arms
+    assert res["settings"]["benchmark"] == "grounded" and res["settings"]["generation"]["batch_size"] == 10
+    recs = [json.loads(l) for l in (out / "cells" / "smoothed" / "records.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in recs] == [s.scene_id for s in make_scenes(3)]
+    assert set(recs[0]) >= {"id", "objects", "output", "new_tokens", "seconds"}  # the runner's record schema
+    cmd = (out / "command.txt").read_text()
+    assert cmd.startswith("python -m kvsmooth_hooks.run --benchmark grounded --batch-size 10 --arms baseline,smoothed")
+    assert "--model tiny-text" in cmd and cmd.count("--model") == 1
+    # the recorded command reproduces the run: same folder, same settings, nothing left to do
+    from kvsmooth_hooks.runner.cli import main as run_main
 
-
-def test_resume_refuses_other_settings_but_grows(tmp_path):
-    from kvsmooth_hooks.benchmarks.grounded import evaluate_config
-    from kvsmooth_hooks.eval.records import EvalInputError
-
-    model, tok = tiny_llama(), WordTok()
-    out = tmp_path / "arm"
-    small = evaluate_config(model, tok, None, n_scenes=2, seed=0, out_dir=out, max_new_tokens=4, batch_size=2,
-                            progress=False)
-    assert small["n"] == 2 and json.loads((out / "summary.json").read_text())["n"] == 2
-    grown = evaluate_config(model, tok, None, n_scenes=3, seed=0, out_dir=out, max_new_tokens=4, batch_size=2,
-                            progress=False)  # a larger n extends the same scenes
-    assert grown["n"] == 3 and len((out / "samples.jsonl").read_text().splitlines()) == 3
-    with pytest.raises(EvalInputError, match="max_new_tokens"):
-        evaluate_config(model, tok, None, n_scenes=3, seed=0, out_dir=out, max_new_tokens=5, progress=False)
-    with pytest.raises(EvalInputError, match="config"):
-        evaluate_config(model, tok, KVSmoothConfig(), n_scenes=3, seed=0, out_dir=out, max_new_tokens=4,
-                        progress=False)
+    assert run_main(cmd.split()[3:]) == 0
+    # the paper's default layers on this 4-layer model select nothing: refused, not run as the baseline
+    assert main(argv[:argv.index("--config")] + argv[argv.index("--config") + 2:-1] + [str(tmp_path / "p")]) == 2
+    assert "arm 'smoothed': layers '3:-1' select none of this model's 4 layers" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_four_scenes_on_smollm2(smollm2, tmp_path):
-    """The real model, both arms: well-formed samples and summaries (the numbers themselves are in the docs)."""
-    from kvsmooth_hooks.benchmarks.grounded import evaluate_config
-
-    model, tok = smollm2
-    for arm, cfg in (("baseline", None), ("smoothed", KVSmoothConfig.preset("llava-1.5"))):
-        s = evaluate_config(model, tok, cfg, n_scenes=4, seed=0, out_dir=tmp_path / arm, max_new_tokens=24,
-                            batch_size=4, progress=False)
+def test_four_scenes_on_smollm2(tmp_path):
+    """The real model, both arms: well-formed records and summaries (the numbers themselves are in the docs)."""
+    out = tmp_path / "g"
+    assert main(["eval", "grounded", "--n", "4", "--max-new-tokens", "24", "--preset", "llava-1.5", "--no-progress",
+                 "--out", str(out)]) == 0
+    res = {r["arm"]: r for r in json.loads((out / "results.json").read_text())["arms"]}
+    for arm in ("baseline", "smoothed"):
+        s = res[arm]
         assert s["n"] == 4 and 0 <= s["CHAIR_S"] <= 100 and 0 <= s["Recall"] <= 100 and s["Len"] > 5
-        recs = [json.loads(l) for l in (tmp_path / arm / "samples.jsonl").read_text().splitlines()]
-        assert [r["scene_id"] for r in recs] == [f"s0-{i:05d}" for i in range(4)]
-        assert all(r["description"] for r in recs)
+        recs = [json.loads(l) for l in (out / "cells" / arm / "records.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in recs] == [f"s0-{i:05d}" for i in range(4)]
+        assert all(r["output"] for r in recs)
         assert set(s["ci95"]) >= {"CHAIR_S", "CHAIR_I", "Recall", "F1"}

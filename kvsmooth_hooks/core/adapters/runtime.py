@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 
-class UnsupportedModelError(TypeError):
+
+class UnsupportedModelError(UserError, TypeError):
     """The model's architecture has no adapter (or a feature the adapter cannot serve)."""
 
 
