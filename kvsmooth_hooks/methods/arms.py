@@ -59,10 +59,10 @@ def method_settings(method: Method | None) -> dict | None:
 
 
 def method_arm_name(method: Method, defaults: Method | None = None) -> str:
-    """``vcd`` for the defaults, ``vcd(alpha=0.5)`` where parameters differ from ``defaults`` (a folder name)."""
+    """``vcd`` for the defaults, ``vcd-alpha=0.5`` where parameters differ from ``defaults`` (a folder name)."""
     import dataclasses
 
     base = defaults if defaults is not None else type(method)()
     diff = [f"{f.name}={getattr(method, f.name)}" for f in dataclasses.fields(method)
             if getattr(method, f.name) != getattr(base, f.name)]
-    return method.name + (f"({','.join(diff)})" if diff else "")
+    return "-".join([method.name] + diff)

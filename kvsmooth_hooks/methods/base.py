@@ -28,10 +28,12 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..core.errors import UserError
+
 __all__ = ["Method", "Call", "MethodError", "lm_module", "image_token_ids", "frame_token_ids", "forward_inputs"]
 
 
-class MethodError(ValueError):
+class MethodError(UserError):
     """A method cannot serve this model, input or generation mode; the message names what and the fix."""
 
 

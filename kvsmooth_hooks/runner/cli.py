@@ -65,6 +65,9 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     a.add_argument("--arms", default=None,
                    help="comma list of baseline, off, smoothed, preset names, config files (default baseline,smoothed; "
                         "with a grid: baseline,off)")
+    a.add_argument("--method-set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                   help="parameter of an inference-time method arm (vcd, pai, dola, middle-layer; repeatable), e.g. "
+                        "vcd.alpha=0.5; sweep one with --grid sweep --axis vcd.alpha=0.5,1 (docs/methods.md)")
     a.add_argument("--grid", default=None, choices=sorted(GRIDS), help="add a grid of arms")
     a.add_argument("--grid-file", default=None, help="YAML/JSON file listing arms (see docs/experiments.md)")
     a.add_argument("--axis", action="append", default=[], metavar="FIELD=V1,V2", help="sweep axis (repeatable)")
@@ -131,9 +134,16 @@ def _check_numbers(args) -> None:
 def _arms(args, n_layers_of):
     from .arms import GRIDS, check_arm_names, grid_file_arms, parse_arms
 
+    from ..methods import MethodError
+    from ..methods.arms import parse_method_sets
+
     base = KVSmoothConfig.from_source(args.config, args.preset)
     grid = args.grid or args.grid_file
-    arms = parse_arms(args.arms or ("baseline,off" if grid else "baseline,smoothed"), base)
+    try:
+        args.method_sets = parse_method_sets(getattr(args, "method_set", []))
+    except MethodError as exc:
+        raise ConfigError(str(exc)) from None
+    arms = parse_arms(args.arms or ("baseline,off" if grid else "baseline,smoothed"), base, args.method_sets)
     if args.grid:
         arms += GRIDS[args.grid](base, n_layers_of(), args)
     if args.grid_file:
@@ -206,11 +216,11 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             stores = {a.name: CellStore(out, a.name, world.rank, world.size) for a in arms}
             for a in arms:
                 if world.main:
-                    stores[a.name].check(settings, a.config.to_dict() if a.config else None)
+                    stores[a.name].check(settings, a.settings())
             world.barrier()
             for a in arms:
                 store = stores[a.name]
-                store.check(settings, a.config.to_dict() if a.config else None)
+                store.check(settings, a.settings())
                 done = store.done()
                 todo = [it for it in mine if it.id not in done]
                 if not todo:
@@ -222,7 +232,8 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
                 bar = tqdm(total=len(mine), initial=len(mine) - len(todo),
                            desc=f"[rank {world.rank}/{world.size}] {a.name}", position=world.rank,
                            disable=args.no_progress, file=sys.stderr, leave=world.main)
-                for records, _ in generate_records(b, todo, a.config, gen, args.batch_size, on_batch=store.append):
+                for records, _ in generate_records(b, todo, a.config, gen, args.batch_size, on_batch=store.append,
+                                                   method=a.method):
                     bar.update(len(records))
                 bar.close()
             world.barrier()  # every rank's records are written

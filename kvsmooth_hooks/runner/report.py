@@ -44,7 +44,8 @@ def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) 
     return {"arm": arm.name, **arm.fields, "fields": list(arm.fields), **scores,
             "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
             "new_tokens_per_item": sum(r["new_tokens"] for r in records) / max(1, len(records)),
-            "config": arm.config.to_dict() if arm.config is not None else None}
+            "config": arm.config.to_dict() if arm.config is not None else None,
+            "method_settings": arm.settings()["method"] if getattr(arm, "method", None) is not None else None}
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -172,7 +173,21 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
         ax.set_ylabel("Recall (%)  ^ more objects covered")
         ax.set_title(f"{bench.name}: hallucination vs recall (error bars: 95% bootstrap)", fontsize=9)
         made.append(_save(fig, out / "frontier.png", plt))
+    made += _paper_frontier(rows, bench, out)
     return made
+
+
+def _paper_frontier(rows: list[dict], bench, out: Path) -> list[Path]:
+    """The paper's comparison plot, CHAIR_S vs F1 with every arm (methods included), through
+    ``kvsmooth_hooks.figures.frontier`` where that module is installed (it comes with the figures work)."""
+    try:
+        from ..figures import frontier
+    except ImportError:
+        return []
+    if len(rows) < 2 or not all(k in bench.metrics for k in ("CHAIR_S", "F1")):
+        return []
+    return [frontier(rows, out / "frontier_chair_f1.png", x="CHAIR_S", y="F1",
+                     title=f"{bench.name}: CHAIR_S vs F1, one point per arm (bars: 95% bootstrap)")]
 
 
 def _numeric(vals) -> bool:

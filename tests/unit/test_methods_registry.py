@@ -58,4 +58,4 @@ def test_arm_tokens_and_method_sets():
         parse_method_sets(["vcd.gamma=0.5"])
     assert is_method_axis("vcd.alpha") and not is_method_axis("lambda_ref") and not is_method_axis("x.y")
     assert method_arm_name(build_method("vcd")) == "vcd"
-    assert method_arm_name(build_method("vcd", alpha=0.5)) == "vcd(alpha=0.5)"
+    assert method_arm_name(build_method("vcd", alpha=0.5)) == "vcd-alpha=0.5"
