@@ -11,7 +11,8 @@ from __future__ import annotations
 from .base import Method, MethodError
 from .registry import METHODS, _load_entry_points, build_method
 
-__all__ = ["split_method", "method_settings", "parse_method_sets", "is_method_axis", "method_arm_name"]
+__all__ = ["split_method", "method_settings", "parse_method_sets", "is_method_axis", "method_arm_name", "arm_method",
+           "split_axes"]
 
 
 def _known(name: str) -> bool:
@@ -66,3 +67,37 @@ def method_arm_name(method: Method, defaults: Method | None = None) -> str:
     diff = [f"{f.name}={getattr(method, f.name)}" for f in dataclasses.fields(method)
             if getattr(method, f.name) != getattr(base, f.name)]
     return "-".join([method.name] + diff)
+
+
+def arm_method(name: str, method_sets: dict | None, with_arm: str | None = None, smoothed: bool = False,
+               params: dict | None = None) -> tuple[str, Method]:
+    """``(arm label, method)`` for the method part of an arm (``vcd`` alone, or ``with_arm+vcd``);
+    ``method_sets``: ``{method: {param: value}}`` (``--method-set``), ``params`` on top (a sweep's values).
+    Raises :class:`MethodError` for what cannot be combined."""
+    method = build_method(name, **{**(method_sets or {}).get(name, {}), **(params or {})})
+    label = method_arm_name(method, build_method(name))
+    if with_arm is not None and not smoothed:
+        raise MethodError(f"{with_arm}+{name}: {with_arm} is the unsmoothed baseline, nothing to combine; write {name}")
+    if smoothed and not method.composes_with_kvsmooth:
+        raise MethodError(f"{with_arm or 'a smoothed arm'}+{name}: {name} replaces attention rows and cannot run "
+                          f"inside a KVSmooth session; run {name} as an arm of its own")
+    return label, method
+
+
+def split_axes(specs: list[str]) -> tuple[list[str], str | None, list[tuple[str, list[str]]]]:
+    """Sweep axes -> (KVSmooth axes as given, the method swept or None, [(param, values)] of its axes)."""
+    config, methods, axes = [], set(), []
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        if not is_method_axis(key):
+            config.append(spec)
+            continue
+        name, param = key.split(".", 1)
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not vals:
+            raise MethodError(f"--axis {spec!r}: no values")
+        methods.add(name)
+        axes.append((param, vals))
+    if len(methods) > 1:
+        raise MethodError(f"--axis: one method per sweep, got {', '.join(sorted(methods))}")
+    return config, (methods.pop() if methods else None), axes

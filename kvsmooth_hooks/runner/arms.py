@@ -88,21 +88,15 @@ def _config_arm_names(paths: list[str]) -> dict[str, str]:
 
 def _with_method(arm: Arm | None, name: str, method_sets: dict | None) -> Arm:
     """A method arm (``vcd``) or a KVSmooth arm with a method (``llava-1.5+vcd``)."""
-    from ..methods import MethodError, build_method
-    from ..methods.arms import method_arm_name
+    from ..methods import MethodError
+    from ..methods.arms import arm_method
 
     try:
-        method = build_method(name, **(method_sets or {}).get(name, {}))
+        label, method = arm_method(name, method_sets, arm.name if arm else None, bool(arm and arm.config))
     except MethodError as exc:
         raise GridError(f"--arms: {exc}") from None
-    label = method_arm_name(method, build_method(name))
     if arm is None:
         return Arm(label, None, {"kind": "method", "method": label}, method)
-    if arm.config is None:
-        raise GridError(f"--arms: {arm.name}+{name}: the baseline has no smoothing to combine; write {name}")
-    if not method.composes_with_kvsmooth:
-        raise GridError(f"--arms: {arm.name}+{name}: {name} replaces attention rows and cannot run inside a KVSmooth "
-                        f"session; run {name} as an arm of its own")
     return Arm(f"{arm.name}+{label}", arm.config, {**arm.fields, "method": label}, method)
 
 
@@ -245,48 +239,29 @@ def sweep_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
     """The product of the ``--axis`` values (default ``lambda_ref=0.3,0.5,0.7,0.9``). Axes ``METHOD.PARAM``
     (``vcd.alpha=0.5,1``) sweep an inference-time method's parameter: with only such axes the arms run the method
     alone, with KVSmooth axes too they run both (one method per sweep)."""
-    from ..methods.arms import is_method_axis
+    from ..methods import MethodError
+    from ..methods.arms import arm_method, split_axes
 
-    specs = opts.axis or ["lambda_ref=0.3,0.5,0.7,0.9"]
-    method_specs = [a for a in specs if is_method_axis(a.split("=", 1)[0])]
-    axes = [parse_axis(a) for a in specs if a not in method_specs]
-    m_axes = [_method_axis(a) for a in method_specs]
-    methods = {m for m, _, _ in m_axes}
-    if len(methods) > 1:
-        raise GridError(f"--axis: one method per sweep, got {', '.join(sorted(methods))}")
-    fields = [f for f, _ in axes] + [f"{m}.{p}" for m, p, _ in m_axes]
+    try:
+        specs, method, m_axes = split_axes(opts.axis or ["lambda_ref=0.3,0.5,0.7,0.9"])
+    except MethodError as exc:
+        raise GridError(str(exc)) from None
+    axes = [parse_axis(a) for a in specs] + [(f"{method}.{p}", v) for p, v in m_axes]
+    fields = [f for f, _ in axes]
     arms = []
-    for combo in itertools.product(*([v for _, v in axes] + [v for _, _, v in m_axes])):
+    for combo in itertools.product(*[v for _, v in axes]):
         changes = dict(zip(fields, combo))
         name = _safe("-".join(f"{f}={_label(v)}" for f, v in changes.items()))
-        cfg = base.updated(**{f: v for f, v in changes.items() if "." not in f}) if axes else None
-        arm_fields = {"kind": "sweep", **{f: _label(v) for f, v in changes.items()}}
-        method = None
-        if methods:
-            from ..methods import MethodError, build_method
-
-            (m,) = methods
-            params = {**(getattr(opts, "method_sets", None) or {}).get(m, {}),
-                      **{f.split(".", 1)[1]: v for f, v in changes.items() if "." in f}}
+        cfg = base.updated(**{f: v for f, v in changes.items() if "." not in f}) if specs else None
+        m = None
+        if method is not None:
             try:
-                method = build_method(m, **params)
+                m = arm_method(method, getattr(opts, "method_sets", None), None, cfg is not None,
+                               {f.split(".", 1)[1]: v for f, v in changes.items() if "." in f})[1]
             except MethodError as exc:
                 raise GridError(f"--axis: {exc}") from None
-            if cfg is not None and not method.composes_with_kvsmooth:
-                raise GridError(f"--axis: {m} cannot run inside a KVSmooth session; sweep its parameters alone")
-            arm_fields["method"] = m
-        arms.append(Arm(name, cfg, arm_fields, method))
+        arms.append(Arm(name, cfg, {"kind": "sweep", **{f: _label(v) for f, v in changes.items()}}, m))
     return arms
-
-
-def _method_axis(spec: str) -> tuple[str, str, list[str]]:
-    """``vcd.alpha=0.5,1`` -> ``('vcd', 'alpha', ['0.5', '1'])``."""
-    key, values = spec.split("=", 1)
-    method, param = key.split(".", 1)
-    vals = [v.strip() for v in values.split(",") if v.strip()]
-    if not vals:
-        raise GridError(f"--axis {spec!r}: no values")
-    return method, param, vals
 
 
 def grid_file_arms(path: str | Path) -> list[Arm]:

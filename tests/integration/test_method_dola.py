@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import tiny_llama
-from method_helpers import close_with_infs, full_forward, greedy_choice, hooked_generate, no_hooks_left, vlm_case
+from method_helpers import close_with_infs, full_forward, hooked_generate, no_hooks_left, vlm_case
 from kvsmooth_hooks import KVSmoothConfig, smooth
 from kvsmooth_hooks.methods import DoLa, MethodError
 from kvsmooth_hooks.methods.base import lm_module

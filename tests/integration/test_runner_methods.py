@@ -107,7 +107,7 @@ def test_text_model_runs_the_methods_that_apply(data, tmp_path, capsys):
 
 @pytest.mark.parametrize("arms,extra,msg", [
     ("baseline,smoothed+pai", [], "cannot run inside a KVSmooth session"),
-    ("baseline,baseline+vcd", [], "the baseline has no smoothing"),
+    ("baseline,baseline+vcd", [], "baseline is the unsmoothed baseline, nothing to combine"),
     ("baseline,vcdd", [], "or a method (dola, middle-layer, pai, vcd"),
     ("baseline,vcd", ["--method-set", "vcd.gamma=1"], "has no parameter gamma"),
     ("baseline,vcd", ["--method-set", "alpha=1"], "METHOD.PARAM=VALUE"),
