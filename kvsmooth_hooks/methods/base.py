@@ -73,9 +73,10 @@ def forward_inputs(kwargs: dict) -> dict:
 
 
 def _sessions(model) -> list:
+    """KVSmooth sessions attached to ``model`` or any of its submodules (a session may hook the inner LM)."""
     found = []
-    for m in (model, lm_module(model)):
-        s = getattr(m, "_kvsmooth_session", None)
+    for m in model.modules():
+        s = vars(m).get("_kvsmooth_session")
         if s is not None and s not in found:
             found.append(s)
     return found
