@@ -1,6 +1,6 @@
 """Sweep every generative model class of the installed transformers through ``smooth(model, cfg)``.
 
-For each class (a tiny random model from :mod:`tiny_configs`, no downloads) and each site:
+For each class (a tiny random model from ``tests/tiny_configs.py``, no downloads) and each site:
 
 * lambda 0 (clip 0) must give bit-identical logits to the unhooked model over a short greedy generation;
 * lambda_ref 0.9 must change the logits;
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))  # tiny_configs: the test suite's tiny models
 sys.path.insert(0, str(Path(__file__).parent.parent))  # this checkout's kvsmooth_hooks before an installed one
 
 from tiny_configs import build, generative_classes  # noqa: E402

@@ -117,6 +117,7 @@ def cmd_trace(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .core.config import PRESETS
+    from .core.registry import site_names
     from .demo import DEMO_MAX_NEW_TOKENS, DEMO_SCENE, DEMO_SCENES
 
     p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_source(d, positional=False)
     d.add_argument("--lambda-ref", type=float, dest="lambda_ref")
     d.add_argument("--layers", help="e.g. 'all', '3:-1', '15:-1'")
-    d.add_argument("--site", choices=["cache", "kv_proj"])
+    d.add_argument("--site", choices=site_names(), help="a registered site")
     d.add_argument("--granularity", choices=["layer", "head"])
     d.add_argument("--layer-table", action="store_true", help="print the per-layer entropy / lambda table")
     d.add_argument("--color", choices=["auto", "always", "never"], default="auto",
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("-o", "--output", required=True, help="output directory")
     t.set_defaults(func=cmd_trace)
 
-    from .benchmarks.grounded_cli import add_grounded_parser
+    from .runner.grounded_cli import add_grounded_parser
     from .eval.cli import add_eval_parser
     from .runner.cli import add_run_parser
 

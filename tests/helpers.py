@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
+
+#: tests/ and the checkout's root (test files import these instead of counting parent folders)
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 
 
 def tiny_llama(layers: int = 6, heads: int = 4, kv_heads: int = 2, attn: str = "sdpa", seed: int = 0, **kw):

@@ -1,7 +1,7 @@
 """Benchmarks the experiment runner can run: one file each, one registry.
 
 ``BENCHMARKS`` maps a name to a :class:`~.base.Benchmark` subclass. Add one with ``@register_benchmark`` in
-your own module, or from another package through the entry-point group ``kvsmooth_hooks.benchmarks``
+a file of this folder (imported automatically) or in your own module, or from another package through the entry-point group ``kvsmooth_hooks.benchmarks``
 (``name = "package.module:Class"``), which :func:`get_benchmark` loads on first use.
 """
 
@@ -10,7 +10,11 @@ from __future__ import annotations
 from .base import Benchmark, BenchmarkError, Item
 from .registry import BENCHMARKS, ENTRY_POINT_GROUP, get_benchmark, register_benchmark
 
-from . import amber, chair, grounded, objhal, opope, pope  # noqa: E402,F401,I001  (registration)
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
+for _module in pkgutil.iter_modules(__path__):  # every benchmark file registers itself (one file per benchmark)
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["BENCHMARKS", "ENTRY_POINT_GROUP", "Benchmark", "BenchmarkError", "Item", "get_benchmark",
            "register_benchmark"]

@@ -32,8 +32,6 @@ TASK_FILES = {"a": "query_all.json", "all": "query_all.json", "g": "query_genera
 @register_benchmark
 class Amber(Benchmark):
     name = "amber"
-    modality = "image"
-    max_new_tokens = 512
     metrics = ("CHAIR", "Cover", "Hal", "Cog", "Accuracy", "F1", "AMBER")
     lower_is_better = ("CHAIR", "Hal", "Cog")
     options = {"task": "g", "images": "image", "backend": "offline", "similarity": "none", "answer_rule": "official"}

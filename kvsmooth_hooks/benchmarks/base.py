@@ -48,7 +48,8 @@ class Item:
 
 
 class Benchmark:
-    """Base class. Subclasses set ``name``, ``modality``, ``max_new_tokens``, ``metrics`` and ``options``."""
+    """Base class. Subclasses set ``name``, ``metrics`` and ``options``, and ``modality`` / ``max_new_tokens`` where
+    they differ from the defaults (an image benchmark, 512 new tokens)."""
 
     name: ClassVar[str] = ""
     #: "image" (needs a vision-language model) or "text"

@@ -58,8 +58,6 @@ class CocoGroundTruth:
 @register_benchmark
 class Chair(CocoGroundTruth, Benchmark):
     name = "chair"
-    modality = "image"
-    max_new_tokens = 512
     metrics = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len")
     lower_is_better = ("CHAIR_S", "CHAIR_I")
     plot_metrics = ("CHAIR_S", "Recall")

@@ -7,7 +7,7 @@ docs/evaluation.md): use it for cheap ablations on SmolLM2, never as CHAIR.
 Items: scenes ``0..n-1`` of ``seed`` (``meta``: the scene's ``objects``); 64 new tokens, greedy. Score
 (:func:`kvsmooth_hooks.eval.grounded.summarize`): CHAIR_S, CHAIR_I, Recall, Precision, F1, Len, Rep3 (share of
 repeated word 3-grams) with bootstrap intervals. ``kvsmooth eval grounded`` is the runner with this benchmark
-and its own defaults (:mod:`.grounded_cli`).
+and its own defaults (:mod:`kvsmooth_hooks.runner.grounded_cli`).
 """
 
 from __future__ import annotations

@@ -22,8 +22,6 @@ from .chair import CocoGroundTruth
 @register_benchmark
 class ObjectHalBench(CocoGroundTruth, Benchmark):
     name = "objhal"
-    modality = "image"
-    max_new_tokens = 512
     metrics = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1")
     lower_is_better = ("CHAIR_S", "CHAIR_I")
     plot_metrics = ("CHAIR_S", "Recall")

@@ -17,8 +17,6 @@ from .pope import PopeQuestions
 @register_benchmark
 class Opope(PopeQuestions, Benchmark):
     name = "opope"
-    modality = "image"
-    max_new_tokens = 512
     metrics = ("Accuracy", "Precision", "Recall", "F1", "YesRatio")
     options = {"source": "coco", "split": "random", "questions": "", "images": "val2014", "prompt": PAPER_PROMPT}
 

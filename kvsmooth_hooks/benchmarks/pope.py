@@ -62,7 +62,6 @@ class PopeQuestions:
 @register_benchmark
 class Pope(PopeQuestions, Benchmark):
     name = "pope"
-    modality = "image"
     max_new_tokens = 16
     metrics = ("Accuracy", "Precision", "Recall", "F1", "YesRatio")
     options = {"source": "coco", "split": "random", "questions": "", "images": "val2014", "suffix": LLAVA_SUFFIX,

@@ -30,20 +30,12 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from importlib.metadata import entry_points
+    from ..core.registry import entry_point_classes
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in BENCHMARKS:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a third-party plugin: any failure is its own
-            BROKEN[ep.name] = f"{ep.value} failed to load: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Benchmark)):
-            BROKEN[ep.name] = f"{ep.value} is not a Benchmark subclass"
-            continue
-        BENCHMARKS.setdefault(ep.name, cls)
+    good, broken = entry_point_classes(ENTRY_POINT_GROUP, Benchmark)
+    for name, cls in good.items():
+        BENCHMARKS.setdefault(name, cls)
+    BROKEN.update(broken)
 
 
 def get_benchmark(name: str) -> type[Benchmark]:

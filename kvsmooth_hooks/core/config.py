@@ -21,12 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .._version import __version__
 from .fileio import FileFormatError, read_data
 from .errors import UserError
+from .registry import site_names
 from .scorer_spec import ScorerSpec, scorer_schema
 
 SCHEMA_VERSION = 1
 #: largest sink window ``M`` accepted (the paper uses 15; the window costs ``B x layers x units x M`` floats)
 MAX_WINDOW = 4096
-Site = Literal["cache", "kv_proj"]
 Target = Literal["key", "value"]
 Granularity = Literal["layer", "head"]
 Policy = Literal["fifo_rank", "fixed", "linear"]
@@ -121,7 +121,8 @@ class KVSmoothConfig(_Fields):
     toolkit_version: str | None = Field(
         default=None, description="kvsmooth_hooks version that wrote the file (informational)"
     )
-    site: Site = Field("cache", description="cache: edit the KV cache after attention; kv_proj: hooks on k/v projections")
+    site: str = Field("cache", description="a registered site (kvsmooth_hooks/core/sites/): cache edits the KV cache "
+                      "after attention; kv_proj hooks the key/value projections")
     targets: list[Target] = Field(default_factory=lambda: ["key", "value"])
     granularity: Granularity = "layer"
     smooth_prefill: bool = False
@@ -133,6 +134,13 @@ class KVSmoothConfig(_Fields):
     clip: float = Field(0.2, ge=0.0, allow_inf_nan=False)
     layers: Union[str, list[int]] = "3:-1"
     overrides: list[Override] = Field(default_factory=list)
+
+    @field_validator("site")
+    @classmethod
+    def _known_site(cls, v: str) -> str:
+        if v not in site_names():
+            raise ValueError(f"unknown site '{v}'; registered sites: {list(site_names())}")
+        return v
 
     # ------------------------------------------------------------------ presets
     @classmethod
@@ -229,6 +237,7 @@ class KVSmoothConfig(_Fields):
         schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
         schema["title"] = "KVSmoothConfig (kvsmooth_hooks schema version 1)"
         schema["$defs"]["ScorerSpec"] = scorer_schema()
+        schema["properties"]["site"]["enum"] = list(site_names())
         return schema
 
 

@@ -328,10 +328,7 @@ class _NltkNouns:
         self.nl = NltkLemmatizer()
 
     def __call__(self, text: str) -> list[str]:
-        nltk = self.nl._nltk
-        tagged = nltk.pos_tag(nltk.word_tokenize(text))
-        lemmas = [self.nl._wnl.lemmatize(w) for w, pos in tagged if pos.startswith("NN")]
-        return [w for w in lemmas if w in self.vocab]
+        return [w for w in self.nl.noun_lemmas(text) if w in self.vocab]
 
 
 def _spacy_similarity(threshold: float) -> Callable[[str, str], bool]:

@@ -77,7 +77,7 @@ def _fill_eval_subcommands(sub) -> None:
                    help="halc = HALC opope_eval.py, case-sensitive substring of the raw caption (default); "
                         "words = lower-cased whole words with plurals (non-standard)")
     _add_common(p)
-    p.set_defaults(eval_func=_run_opope)
+    p.set_defaults(eval_func=_run_pope)
 
     p = sub.add_parser("amber", help="AMBER generative + discriminative metrics",
                        description="AMBER (Wang et al. 2023).")
@@ -166,19 +166,12 @@ def _run_chair(args):
 
 
 def _run_pope(args):
-    from .pope import compute_pope
+    """``pope`` (model answers) and ``opope`` (captions answer the questions): one POPE scoring."""
+    from .pope import compute_opope, compute_pope
 
-    result = compute_pope(args.questions, args.answers, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
-                          on_duplicate=_dup(args))
-    return result
-
-
-def _run_opope(args):
-    from .pope import compute_opope
-
-    result = compute_opope(args.questions, args.captions, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
-                           on_duplicate=_dup(args))
-    return result
+    compute, given = (compute_opope, args.captions) if args.eval_command == "opope" else (compute_pope, args.answers)
+    return compute(args.questions, given, rule=args.rule, n_bootstrap=args.bootstrap, seed=args.seed,
+                   on_duplicate=_dup(args))
 
 
 def _run_amber(args):

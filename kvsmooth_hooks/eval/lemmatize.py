@@ -351,6 +351,11 @@ class NltkLemmatizer:
         tagged = self._nltk.pos_tag(tokens)
         return [self._wnl.lemmatize(tok, pos=self._pos(tag)) for tok, tag in tagged]
 
+    def noun_lemmas(self, text: str) -> list[str]:
+        """WordNet noun lemmas of the words NLTK tags as nouns (``NN*``), case kept (AMBER's noun extraction)."""
+        tagged = self._nltk.pos_tag(self._nltk.word_tokenize(text))
+        return [self._wnl.lemmatize(w) for w, pos in tagged if pos.startswith("NN")]
+
 
 def _nltk_has(nltk, resource: str) -> bool:
     try:

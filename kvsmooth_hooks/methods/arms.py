@@ -9,25 +9,19 @@
 from __future__ import annotations
 
 from .base import Method, MethodError
-from .registry import METHODS, _load_entry_points, build_method
+from .registry import METHODS, build_method, is_method
 
 __all__ = ["split_method", "method_settings", "parse_method_sets", "is_method_axis", "method_arm_name", "arm_method",
            "split_axes"]
 
 
-def _known(name: str) -> bool:
-    if name not in METHODS:
-        _load_entry_points()
-    return name in METHODS
-
-
 def split_method(token: str) -> tuple[str | None, str | None]:
     """``'llava-1.5+vcd'`` -> ``('llava-1.5', 'vcd')``, ``'vcd'`` -> ``(None, 'vcd')``, ``'llava-1.5'`` ->
     ``('llava-1.5', None)``. A ``+`` not followed by a registered method name is part of the token."""
-    if _known(token):
+    if is_method(token):
         return None, token
     head, sep, tail = token.rpartition("+")
-    if sep and head and _known(tail):
+    if sep and head and is_method(tail):
         return head, tail
     return token, None
 
@@ -40,7 +34,7 @@ def parse_method_sets(pairs: list[str]) -> dict[str, dict[str, str]]:
         name, dot, param = key.strip().partition(".")
         if not sep or not dot or not param:
             raise MethodError(f"--method-set {p!r}: use METHOD.PARAM=VALUE (e.g. vcd.alpha=0.5)")
-        if not _known(name):
+        if not is_method(name):
             raise MethodError(f"--method-set {p!r}: unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
         out.setdefault(name, {})[param] = value.strip()
     for name, params in out.items():
@@ -51,7 +45,7 @@ def parse_method_sets(pairs: list[str]) -> dict[str, dict[str, str]]:
 def is_method_axis(field: str) -> bool:
     """Whether a sweep axis ``FIELD`` is ``METHOD.PARAM``."""
     name, dot, param = field.partition(".")
-    return bool(dot and param and _known(name))
+    return bool(dot and param and is_method(name))
 
 
 def method_settings(method: Method | None) -> dict | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from .base import Method, MethodError
 
-__all__ = ["METHODS", "ENTRY_POINT_GROUP", "register_method", "get_method", "build_method"]
+__all__ = ["METHODS", "BROKEN", "ENTRY_POINT_GROUP", "register_method", "get_method", "build_method", "is_method"]
 
 METHODS: dict[str, type[Method]] = {}
 ENTRY_POINT_GROUP = "kvsmooth_hooks.methods"
@@ -25,22 +25,38 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
+#: entry-point name -> one line saying why it could not be loaded
+BROKEN: dict[str, str] = {}
+
+
 def _load_entry_points() -> None:
+    """Load the group's plugins once; one that fails to import is remembered in :data:`BROKEN` and hides no other."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from importlib.metadata import entry_points
+    from ..core.registry import entry_point_classes
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in METHODS:
-            METHODS.setdefault(ep.name, ep.load())
+    good, broken = entry_point_classes(ENTRY_POINT_GROUP, Method)
+    for name, cls in good.items():
+        METHODS.setdefault(name, cls)
+    BROKEN.update(broken)
+
+
+def is_method(name: str) -> bool:
+    """Whether ``name`` is a registered method (built in or a plugin)."""
+    if name not in METHODS:
+        _load_entry_points()
+    return name in METHODS
 
 
 def get_method(name: str) -> type[Method]:
-    """The method class registered as ``name``; the error lists the known ones."""
+    """The method class registered as ``name``; the error lists the known ones and names broken plugins."""
     if name not in METHODS:
         _load_entry_points()
+    if name in BROKEN:
+        raise MethodError(f"method {name!r}: the plugin of entry-point group {ENTRY_POINT_GROUP!r} {BROKEN[name]}; "
+                          "fix or uninstall the package that provides it")
     if name not in METHODS:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
     return METHODS[name]

@@ -42,12 +42,10 @@ class Arm:
 
     def settings(self) -> dict | None:
         """What the arm's cell records: the config (``None`` for the baseline), or config and method."""
-        cfg = self.config.to_dict() if self.config is not None else None
-        if self.method is None:
-            return cfg
         from ..methods.arms import method_settings
 
-        return {"kvsmooth": cfg, "method": method_settings(self.method)}
+        cfg = self.config.to_dict() if self.config is not None else None
+        return cfg if self.method is None else {"kvsmooth": cfg, "method": method_settings(self.method)}
 
 
 def off_arm(base: KVSmoothConfig) -> KVSmoothConfig:
@@ -95,9 +93,8 @@ def _with_method(arm: Arm | None, name: str, method_sets: dict | None) -> Arm:
         label, method = arm_method(name, method_sets, arm.name if arm else None, bool(arm and arm.config))
     except MethodError as exc:
         raise GridError(f"--arms: {exc}") from None
-    if arm is None:
-        return Arm(label, None, {"kind": "method", "method": label}, method)
-    return Arm(f"{arm.name}+{label}", arm.config, {**arm.fields, "method": label}, method)
+    return Arm(label, None, {"kind": "method", "method": label}, method) if arm is None else \
+        Arm(f"{arm.name}+{label}", arm.config, {**arm.fields, "method": label}, method)
 
 
 def parse_arms(text: str, base: KVSmoothConfig, method_sets: dict | None = None) -> list[Arm]:
@@ -204,9 +201,16 @@ def scorer_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
     """Every scorer of ``opts.scorers`` at every site of ``opts.sites``."""
     from ..core.scorers import SCORERS
 
+    from ..core.registry import site_names
+
     scorers = opts.scorers.split(",") if opts.scorers else sorted(SCORERS)
+    sites = [s.strip() for s in opts.sites.split(",") if s.strip()]
+    bad = [x for x in sites if x not in site_names()] + [x for x in scorers if x not in SCORERS]
+    if bad or not sites or not scorers:
+        raise GridError(f"--sites / --scorers: {bad[0] if bad else 'empty'!r} is not registered; sites: "
+                        f"{', '.join(site_names())}; scorers: {', '.join(sorted(SCORERS))}")
     return [Arm(f"{sc}-{site}", base.updated(scorer=sc, site=site), {"kind": "scorer", "scorer": sc, "site": site})
-            for site in opts.sites.split(",") for sc in scorers]
+            for site in sites for sc in scorers]
 
 
 _NUMERIC = {"lambda_ref": float, "clip": float, "window": int}

@@ -34,6 +34,7 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     """The runner's options on ``ap``; ``defaults`` (``{"--flag": "value"}``) shown in the help of commands that
     are the runner with other defaults (they pass them on with :func:`with_defaults`)."""
     from ..benchmarks import BENCHMARKS
+    from ..core.registry import site_names
     from .arms import GRIDS
 
     defaults = defaults or {}
@@ -77,7 +78,8 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     a.add_argument("--range-step", type=int, default=5, help="layers grid: prefix/suffix boundary step (default 5)")
     a.add_argument("--parts", default="single,window,prefix,suffix", help="layers grid parts")
     a.add_argument("--scorers", default=None, help="scorers grid: comma list (default all registered)")
-    a.add_argument("--sites", default="cache,kv_proj", help="scorers grid: sites (default cache,kv_proj)")
+    a.add_argument("--sites", default=",".join(site_names()),
+                   help=f"scorers grid: sites (default all registered: {','.join(site_names())})")
     o = ap.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (resumable; default runs/run)")
     o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")

@@ -6,52 +6,24 @@ an explicit adapter listing the model's ``model_type`` (Falcon's fused layouts, 
 path), else :class:`GenericAdapter`, which reads the decoder, its layers, their self-attention
 modules, key/value projections and head counts from the modules (:mod:`.discover`). A model it
 cannot read raises :class:`UnsupportedModelError` naming the missing piece.
+
+To add an adapter: one file here (or in your package, listed in the entry-point group
+``kvsmooth_hooks.adapters``) with an :class:`Adapter` subclass decorated by ``@register_adapter``
+(:mod:`.registry`).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from .base import CACHE_KWARGS, Adapter, ProjSlot
-from .runtime import ForwardInfo, UnsupportedModelError
-from .bridge import TransformerBridgeAdapter
-from .falcon import FalconAdapter
 from .generic import GenericAdapter
-from .gpt2 import GPT2Adapter
-from .lens import HookedTransformerAdapter
+from .registry import ADAPTERS, ENTRY_POINT_GROUP, get_adapter, register_adapter, supported_model_types
+from .runtime import ForwardInfo, UnsupportedModelError
 
-#: Explicit adapters, in lookup order; everything else goes to :class:`GenericAdapter`.
-ADAPTERS: list[type[Adapter]] = [
-    HookedTransformerAdapter,
-    TransformerBridgeAdapter,
-    GPT2Adapter,
-    FalconAdapter,
-]
+for _module in pkgutil.iter_modules(__path__):  # every adapter file registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
 
-
-def supported_model_types() -> list[str]:
-    """Model types with an explicit adapter (all others are discovered)."""
-    return sorted({t for a in ADAPTERS for t in a.model_types})
-
-
-def get_adapter(model) -> Adapter:
-    """The adapter for ``model``, or :class:`UnsupportedModelError` naming what is missing."""
-    for adapter in ADAPTERS:
-        if getattr(adapter, "accepts", None) and adapter.accepts(model):
-            return adapter(model)
-    cfg = getattr(model, "config", None)
-    if cfg is None:
-        raise UnsupportedModelError(
-            f"{type(model).__name__} is not a Hugging Face PreTrainedModel (no .config) nor a TransformerLens "
-            "HookedTransformer; kvsmooth_hooks hooks those"
-        )
-    types = [getattr(cfg, "model_type", None)]
-    text = getattr(cfg, "text_config", None)
-    if text is not None:
-        types.insert(0, getattr(text, "model_type", None))
-    for adapter in ADAPTERS:
-        if any(t in adapter.model_types for t in types if t):
-            return adapter(model)
-    return GenericAdapter(model)
-
-
-__all__ = ["ADAPTERS", "Adapter", "CACHE_KWARGS", "ForwardInfo", "GenericAdapter", "ProjSlot", "UnsupportedModelError",
-           "get_adapter", "supported_model_types"]
+__all__ = ["ADAPTERS", "ENTRY_POINT_GROUP", "Adapter", "CACHE_KWARGS", "ForwardInfo", "GenericAdapter", "ProjSlot",
+           "UnsupportedModelError", "get_adapter", "register_adapter", "supported_model_types"]

@@ -33,6 +33,7 @@ import inspect
 from .discover import head_layout
 from .generic import GenericAdapter
 from .runtime import UnsupportedModelError
+from .registry import register_adapter
 
 _FIXED = "_kvsmooth_cache_fix"
 
@@ -69,6 +70,7 @@ def fix_bridge_cache(bridge) -> list:
     return handles
 
 
+@register_adapter
 class TransformerBridgeAdapter(GenericAdapter):
     name = "transformer_bridge"
     model_types = ()

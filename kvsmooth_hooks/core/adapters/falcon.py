@@ -9,6 +9,7 @@ from .base import ProjSlot
 from .runtime import UnsupportedModelError
 from .discover import HeadLayout
 from .generic import GenericAdapter
+from .registry import register_adapter
 
 
 class _SecondOutput:
@@ -21,6 +22,7 @@ class _SecondOutput:
         return self.module.register_forward_hook(lambda mod, args, out: hook(mod, args, out[1]))
 
 
+@register_adapter
 class FalconAdapter(GenericAdapter):
     """Discovered structure (``transformer.h[i].self_attention``); the fused layout and KV heads from the config."""
 

@@ -3,8 +3,10 @@
 
 from .runtime import UnsupportedModelError
 from .generic import GenericAdapter
+from .registry import register_adapter
 
 
+@register_adapter
 class GPT2Adapter(GenericAdapter):
     name = "gpt2"
     model_types = ("gpt2",)

@@ -21,6 +21,7 @@ import torch
 
 from .base import Adapter, ProjSlot
 from .runtime import ForwardInfo, mask_2d
+from .registry import register_adapter
 
 ENTRY_KWARG = "past_kv_cache_entry"
 
@@ -29,6 +30,7 @@ def is_hooked_transformer(model) -> bool:
     return any(c.__name__ == "HookedTransformer" for c in type(model).__mro__)
 
 
+@register_adapter
 class HookedTransformerAdapter(Adapter):
     name = "transformer_lens"
     model_types = ()

@@ -6,11 +6,17 @@ key) into one score per head. The session reduces head scores to the configured 
 feeds them to the window / rank / coefficient logic in :mod:`kvsmooth_hooks.core.smoothing`.
 
 To add a scorer: write ``scorers/my_scorer.py`` with a :class:`Scorer` subclass decorated by
-``@register_scorer("my_scorer")`` and import it below. Parameters are a nested ``class Params(ScorerParams)``
+``@register_scorer("my_scorer")``; nothing else changes (this package imports every module of its folder).
+Parameters are a nested ``class Params(ScorerParams)``
 with pydantic fields; configs validate them and the JSON Schema lists them.
 """
 
+import importlib
+import pkgutil
+
 from .base import SCORERS, Scorer, ScoreInputs, ScorerParams, build_scorer, register_scorer  # noqa: F401
-from . import row_entropy, column_mass, first_token_mass, key_similarity, constant, random  # noqa: F401,E402
+
+for _module in pkgutil.iter_modules(__path__):  # every scorer file registers itself
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["SCORERS", "Scorer", "ScoreInputs", "ScorerParams", "build_scorer", "register_scorer"]

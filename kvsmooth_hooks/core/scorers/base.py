@@ -57,7 +57,7 @@ class Scorer:
 
     needs_row / needs_key: what the session must capture (nothing else is wired).
     exact_at: sites at which the score describes the token being smoothed; elsewhere it is
-        lagged (e.g. attention rows at ``kv_proj`` are the previous token's).
+        lagged (e.g. attention rows at ``kv_proj`` are the previous token's); ``None`` (default): every site.
     head_axis: whether :meth:`score` returns one value per query head or per KV head.
     fixed_coefficient: the coefficient is lambda_ref whatever the policy (``constant``).
     stacked_rows: :meth:`score` keeps no state and accepts rows with leading layer dims
@@ -68,7 +68,7 @@ class Scorer:
     name: ClassVar[str] = "?"
     needs_row: ClassVar[bool] = False
     needs_key: ClassVar[bool] = False
-    exact_at: ClassVar[frozenset[str]] = frozenset({"cache", "kv_proj"})
+    exact_at: ClassVar[frozenset[str] | None] = None
     head_axis: ClassVar[Literal["query", "kv"]] = "query"
     fixed_coefficient: ClassVar[bool] = False
     stacked_rows: ClassVar[bool] = False
@@ -95,7 +95,7 @@ class Scorer:
         raise NotImplementedError
 
     def describe(self, site: str) -> str:
-        return "exact" if site in self.exact_at else "lagged"
+        return "exact" if self.exact_at is None or site in self.exact_at else "lagged"
 
 
 def build_scorer(name: str, params: dict | None = None, **kwargs: Any) -> Scorer:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 from ..errors import SessionError
-from ..registry import registrar
+from ..registry import SITES, registrar
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..adapters import ForwardInfo
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 PREFILL, DECODE, EXTEND = "prefill", "decode", "extend"
 
-SITES: dict[str, type["Site"]] = {}
+#: the registry (``kvsmooth_hooks.core.registry.SITES``): name -> Site class
 
 
 class SiteError(SessionError):

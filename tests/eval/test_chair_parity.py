@@ -7,13 +7,14 @@ The data (captions, ground truth, reference per-caption output) lives in
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
+
 from kvsmooth_hooks.eval.chair import ChairEvaluator, load_captions, load_ground_truth
 
-PARITY_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "chair_parity"
+PARITY_DIR = ROOT.parent / "shared" / "chair_parity"
 
 if not (PARITY_DIR / "captions").is_dir():
     pytest.skip(f"CHAIR parity data not found at {PARITY_DIR} (expected shared/chair_parity beside the checkout)",

@@ -2,11 +2,10 @@ import argparse
 import json
 import subprocess
 import sys
-from pathlib import Path
 
+from helpers import ROOT
 from kvsmooth_hooks.eval.cli import add_eval_parser, main, run
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _files(tmp_path):

@@ -18,13 +18,13 @@ GROUNDED_DEFAULTS = ["--model", "smollm2", "--benchmark", "grounded", "--n", "10
 
 def runner_argv(argv: list[str]) -> list[str]:
     """The runner's command line for ``kvsmooth eval grounded ARGV``."""
-    from ..runner.cli import with_defaults
+    from .cli import with_defaults
 
     return with_defaults(GROUNDED_DEFAULTS, argv)
 
 
 def add_grounded_parser(sub) -> None:
-    from ..runner.cli import add_arguments
+    from .cli import add_arguments
 
     p = sub.add_parser("grounded", help="grounded-text CHAIR proxy on a language model (the runner with defaults)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +33,7 @@ def add_grounded_parser(sub) -> None:
 
 
 def _run_grounded(args) -> int:
-    from ..runner.cli import build_parser, run
+    from .cli import build_parser, run
 
     argv = runner_argv(args.argv[args.argv.index("grounded") + 1:])
     run(build_parser().parse_args(argv), argv)

@@ -59,3 +59,22 @@ def test_arm_tokens_and_method_sets():
     assert is_method_axis("vcd.alpha") and not is_method_axis("lambda_ref") and not is_method_axis("x.y")
     assert method_arm_name(build_method("vcd")) == "vcd"
     assert method_arm_name(build_method("vcd", alpha=0.5)) == "vcd-alpha=0.5"
+
+
+def test_method_plugins_through_entry_points(monkeypatch):
+    import importlib.metadata as md
+
+    from kvsmooth_hooks.methods import registry
+
+    eps = [md.EntryPoint("broken", "no_such_plugin_module:M", ENTRY_POINT_GROUP),
+           md.EntryPoint("vcd2", "kvsmooth_hooks.methods.vcd:VCD", ENTRY_POINT_GROUP),
+           md.EntryPoint("notamethod", "kvsmooth_hooks.methods.vcd:vcd_logits", ENTRY_POINT_GROUP)]
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "BROKEN", {})
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    assert registry.get_method("vcd2").name == "vcd" and registry.is_method("vcd2")
+    with pytest.raises(MethodError, match=r"method 'broken': .*no_such_plugin_module:M failed to load"):
+        registry.get_method("broken")
+    with pytest.raises(MethodError, match="not a Method subclass"):
+        registry.get_method("notamethod")

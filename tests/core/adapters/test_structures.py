@@ -9,17 +9,12 @@ attention rows with plain forward hooks, and edit caches / projection outputs by
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from helpers import CACHE_KW, _rank
 from kvsmooth_hooks import KVSmoothConfig, PlanError, UnsupportedModelError, get_adapter, smooth
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
-from tiny_configs import build  # noqa: E402
+from tiny_configs import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 N = 6  # new tokens

@@ -7,19 +7,17 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import kvsmooth_hooks
 from benchmark_data import write_all
+from helpers import ROOT, TESTS
 from tiny_vlms import record_sessions
 from kvsmooth_hooks.runner.store import RecordsWarning
 from kvsmooth_hooks.runner.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-TESTS = Path(__file__).resolve().parents[1]
-ROOT = TESTS.parent
 
 
 @pytest.fixture(scope="module")

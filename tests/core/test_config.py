@@ -65,7 +65,7 @@ def test_saved_file_is_self_describing(tmp_path):
         ({"lambda_ref": 1.2}, "lambda_ref: Input should be less than or equal to 1"),
         ({"lambda_ref": -0.1}, "lambda_ref: Input should be greater than or equal to 0"),
         ({"clip": -0.2}, "clip: Input should be greater than or equal to 0"),
-        ({"site": "attention"}, "site: Input should be 'cache' or 'kv_proj'"),
+        ({"site": "attention"}, "site: unknown site 'attention'; registered sites: ['cache', 'kv_proj']"),
         ({"granularity": "token"}, "granularity: Input should be 'layer' or 'head'"),
         ({"policy": "rank"}, "policy: Input should be 'fifo_rank', 'fixed' or 'linear'"),
         ({"layers": "3-5"}, "'3-5' is not a layer selection"),
@@ -124,7 +124,9 @@ def test_published_json_schema_is_current():
     schema = KVSmoothConfig.json_schema()
     assert schema["additionalProperties"] is False
     assert {"site", "targets", "overrides", "layers", "scorer"} <= set(schema["properties"])
-    published = Path(__file__).resolve().parents[2] / "docs" / "kvsmooth-config.schema.json"
+    from helpers import ROOT
+
+    published = ROOT / "docs" / "kvsmooth-config.schema.json"
     assert json.loads(published.read_text()) == schema, "regenerate with: kvsmooth config schema -o docs/kvsmooth-config.schema.json"
 
 
@@ -142,3 +144,23 @@ def test_from_source_and_updated(tmp_path):
     assert base.lambda_ref == 0.9  # a copy
     with pytest.raises(ConfigError, match="window: Input should be greater than or equal to 1"):
         base.updated(window=0)
+
+
+def test_site_choices_come_from_the_site_registry(tmp_path, monkeypatch):
+    """A site registered anywhere is a valid config value and appears in the JSON Schema and the CLI choices;
+    every file of core/sites/ registers the site of its own name."""
+    import pkgutil
+
+    import kvsmooth_hooks.core.sites as sites_pkg
+    from kvsmooth_hooks.cli import build_parser
+    from kvsmooth_hooks.core import registry
+    from kvsmooth_hooks.core.sites import Site, register_site
+
+    files = {m.name for m in pkgutil.iter_modules(sites_pkg.__path__)} - {"base"}
+    assert files == set(registry.SITES) and all(registry.SITES[n].name == n for n in files)
+    monkeypatch.setitem(registry.SITES, "my_site", None)
+    register_site("my_site")(type("MySite", (Site,), {}))
+    assert KVSmoothConfig(site="my_site").site == "my_site"
+    assert "my_site" in KVSmoothConfig.json_schema()["properties"]["site"]["enum"]
+    demo = build_parser()._subparsers._group_actions[0].choices["demo"]
+    assert "my_site" in next(a for a in demo._actions if a.dest == "site").choices

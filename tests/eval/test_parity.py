@@ -11,14 +11,15 @@ Tolerances (issue 13): POPE and OPOPE 0.1 point (counts exact), AMBER 0.5 point.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+
+from helpers import ROOT
 
 from kvsmooth_hooks.eval.amber import compute_amber
 from kvsmooth_hooks.eval.pope import compute_opope, compute_pope, load_pope_questions
 
-PARITY_DIR = Path(__file__).resolve().parents[2] / ".." / "shared" / "eval_parity"
+PARITY_DIR = ROOT.parent / "shared" / "eval_parity"
 
 if not (PARITY_DIR / "README.md").is_file():
     pytest.skip(f"eval parity data not found at {PARITY_DIR.resolve()} (expected shared/eval_parity beside the "
