@@ -32,11 +32,20 @@ class GridError(UserError):
 
 @dataclass(frozen=True)
 class Arm:
-    """``name`` (a folder name), ``config`` (``None``: no hooks), ``fields`` (table columns, e.g. kind / layers)."""
+    """``name`` (a folder name), ``config`` (``None``: no smoothing), ``fields`` (table columns, e.g. kind /
+    layers), ``method`` (an inference-time method of :mod:`kvsmooth_hooks.methods`, or ``None``)."""
 
     name: str
     config: KVSmoothConfig | None
     fields: dict = field(default_factory=dict)
+    method: object = None
+
+    def settings(self) -> dict | None:
+        """What the arm's cell records: the config (``None`` for the baseline), or config and method."""
+        from ..methods.arms import method_settings
+
+        cfg = self.config.to_dict() if self.config is not None else None
+        return cfg if self.method is None else {"kvsmooth": cfg, "method": method_settings(self.method)}
 
 
 def off_arm(base: KVSmoothConfig) -> KVSmoothConfig:
@@ -75,10 +84,29 @@ def _config_arm_names(paths: list[str]) -> dict[str, str]:
     return names
 
 
-def parse_arms(text: str, base: KVSmoothConfig) -> list[Arm]:
+def _with_method(arm: Arm | None, name: str, method_sets: dict | None) -> Arm:
+    """A method arm (``vcd``) or a KVSmooth arm with a method (``llava-1.5+vcd``)."""
+    from ..methods import MethodError
+    from ..methods.arms import arm_method
+
+    try:
+        label, method = arm_method(name, method_sets, arm.name if arm else None, bool(arm and arm.config))
+    except MethodError as exc:
+        raise GridError(f"--arms: {exc}") from None
+    return Arm(label, None, {"kind": "method", "method": label}, method) if arm is None else \
+        Arm(f"{arm.name}+{label}", arm.config, {**arm.fields, "method": label}, method)
+
+
+def parse_arms(text: str, base: KVSmoothConfig, method_sets: dict | None = None) -> list[Arm]:
     """``baseline,off,smoothed,<preset>,<config file>`` -> arms (order kept; a token given twice is one arm;
-    config files are named so that no two arms and no keyword share a name, see :func:`_config_arm_names`)."""
-    tokens = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    config files are named so that no two arms and no keyword share a name, see :func:`_config_arm_names`).
+    A method name (``vcd``, ``pai``, ``dola``, ``middle-layer``, see :mod:`kvsmooth_hooks.methods`) is an arm of
+    its own; ``<arm>+<method>`` (``llava-1.5+vcd``) runs both; ``method_sets``: ``{method: {param: value}}``."""
+    from ..methods.arms import split_method
+
+    raw = list(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    split = {t: split_method(t) for t in raw}
+    tokens = list(dict.fromkeys(h for h, _ in split.values() if h is not None))
     files = [t for t in tokens if t not in KEYWORD_ARMS and t not in PRESETS
              and Path(t).suffix.lower() in (".yaml", ".yml", ".json")]
     file_names = _config_arm_names(files)
@@ -95,9 +123,18 @@ def parse_arms(text: str, base: KVSmoothConfig) -> list[Arm]:
         elif tok in file_names:
             arm = Arm(file_names[tok], KVSmoothConfig.from_file(tok), {"kind": "config", "file": tok})
         else:
-            raise GridError(f"--arms: {tok!r} is not baseline, off, smoothed, a preset ({', '.join(sorted(PRESETS))}) "
-                            "or a .yaml/.json config file")
+            from ..methods import METHODS
+
+            raise GridError(f"--arms: {tok!r} is not baseline, off, smoothed, a preset ({', '.join(sorted(PRESETS))}), "
+                            f"a .yaml/.json config file or a method ({', '.join(sorted(METHODS))}; <arm>+<method> "
+                            "combines one with smoothing)")
         arms.append(arm)
+    by_token = dict(zip(tokens, arms))
+    arms = []
+    for t in raw:
+        head, method = split[t]
+        arms.append(by_token[head] if method is None else
+                    _with_method(by_token[head] if head is not None else None, method, method_sets))
     if not arms:
         raise GridError("--arms is empty; e.g. --arms baseline,smoothed")
     return arms
@@ -203,14 +240,31 @@ def _label(v) -> str:
 
 @register_grid("sweep")
 def sweep_grid(base: KVSmoothConfig, n_layers: int, opts) -> list[Arm]:
-    """The product of the ``--axis`` values (default ``lambda_ref=0.3,0.5,0.7,0.9``)."""
-    axes = [parse_axis(a) for a in (opts.axis or ["lambda_ref=0.3,0.5,0.7,0.9"])]
+    """The product of the ``--axis`` values (default ``lambda_ref=0.3,0.5,0.7,0.9``). Axes ``METHOD.PARAM``
+    (``vcd.alpha=0.5,1``) sweep an inference-time method's parameter: with only such axes the arms run the method
+    alone, with KVSmooth axes too they run both (one method per sweep)."""
+    from ..methods import MethodError
+    from ..methods.arms import arm_method, split_axes
+
+    try:
+        specs, method, m_axes = split_axes(opts.axis or ["lambda_ref=0.3,0.5,0.7,0.9"])
+    except MethodError as exc:
+        raise GridError(str(exc)) from None
+    axes = [parse_axis(a) for a in specs] + [(f"{method}.{p}", v) for p, v in m_axes]
     fields = [f for f, _ in axes]
     arms = []
     for combo in itertools.product(*[v for _, v in axes]):
         changes = dict(zip(fields, combo))
         name = _safe("-".join(f"{f}={_label(v)}" for f, v in changes.items()))
-        arms.append(Arm(name, base.updated(**changes), {"kind": "sweep", **{f: _label(v) for f, v in changes.items()}}))
+        cfg = base.updated(**{f: v for f, v in changes.items() if "." not in f}) if specs else None
+        m = None
+        if method is not None:
+            try:
+                m = arm_method(method, getattr(opts, "method_sets", None), None, cfg is not None,
+                               {f.split(".", 1)[1]: v for f, v in changes.items() if "." in f})[1]
+            except MethodError as exc:
+                raise GridError(f"--axis: {exc}") from None
+        arms.append(Arm(name, cfg, {"kind": "sweep", **{f: _label(v) for f, v in changes.items()}}, m))
     return arms
 
 

@@ -68,6 +68,9 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     a.add_argument("--arms", default=None,
                    help="comma list of baseline, off, smoothed, preset names, config files (default baseline,smoothed; "
                         "with a grid: baseline,off)")
+    a.add_argument("--method-set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
+                   help="parameter of an inference-time method arm (vcd, pai, dola, middle-layer; repeatable), e.g. "
+                        "vcd.alpha=0.5; sweep one with --grid sweep --axis vcd.alpha=0.5,1 (docs/methods.md)")
     a.add_argument("--grid", default=None, choices=sorted(GRIDS), help="add a grid of arms")
     a.add_argument("--grid-file", default=None, help="YAML/JSON file listing arms (see docs/experiments.md)")
     a.add_argument("--axis", action="append", default=[], metavar="FIELD=V1,V2", help="sweep axis (repeatable)")
@@ -136,29 +139,18 @@ def _check_numbers(args) -> None:
 
 
 def _arms(args, n_layers_of):
+    from ..methods.arms import parse_method_sets
     from .arms import GRIDS, check_arm_names, grid_file_arms, parse_arms
 
     base = KVSmoothConfig.from_source(args.config, args.preset)
     grid = args.grid or args.grid_file
-    arms = parse_arms(args.arms or ("baseline,off" if grid else "baseline,smoothed"), base)
+    args.method_sets = parse_method_sets(args.method_set)  # MethodError is a UserError: exit 2, one line
+    arms = parse_arms(args.arms or ("baseline,off" if grid else "baseline,smoothed"), base, args.method_sets)
     if args.grid:
         arms += GRIDS[args.grid](base, n_layers_of(), args)
     if args.grid_file:
         arms += grid_file_arms(args.grid_file)
     return check_arm_names(arms)
-
-
-def _check_layers_selected(arms, model) -> None:
-    """Every smoothing arm must smooth at least one layer of this model (else it silently runs the baseline)."""
-    from ..core.adapters import get_adapter
-    from ..core.plan import resolve
-
-    adapter = get_adapter(model)
-    for a in arms:
-        if a.config is not None and not resolve(a.config, adapter).active_layers():
-            raise ConfigError(f"arm {a.name!r}: layers {a.config.layers!r} select none of this model's "
-                              f"{adapter.n_layers} layers (it would run as the baseline); choose layers with "
-                              "--preset/--config (e.g. layers: all) or the grid's options")
 
 
 def run(args, argv: Sequence[str] = ()) -> dict | None:
@@ -167,7 +159,7 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
 
     from ..benchmarks import get_benchmark
     from .dist import shard, world_from_env
-    from .engine import generate_records
+    from .engine import check_arms_select_layers, generate_records
     from .models import load_bundle, resolve_device_dtype
     from .paper import cpu_threads, paper_settings, prepare_bundle, protocol_and_template, save_trace
     from .store import CellStore, RunLock, guard
@@ -219,25 +211,25 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             stores = {a.name: CellStore(out, a.name, world.rank, world.size) for a in arms}
             for a in arms:
                 if world.main:
-                    stores[a.name].check(settings, a.config.to_dict() if a.config else None)
+                    stores[a.name].check(settings, a.settings())
             world.barrier()
             for a in arms:
                 store = stores[a.name]
-                store.check(settings, a.config.to_dict() if a.config else None)
+                store.check(settings, a.settings())
                 done = store.done()
                 todo = [it for it in mine if it.id not in done]
                 if not todo:
                     continue
                 b = bundle()  # the model loads once, when there is work; every arm is checked against it once
                 if not checked:
-                    _check_layers_selected(arms, b.model)
+                    check_arms_select_layers(arms, b.model)
                     checked.append(True)
                 bar = tqdm(total=len(mine), initial=len(mine) - len(todo),
                            desc=f"[rank {world.rank}/{world.size}] {a.name}", position=world.rank,
                            disable=args.no_progress, file=sys.stderr, leave=world.main)
                 traced = args.trace and a.config is not None
                 for records, session in generate_records(b, todo, a.config, gen, b.batch_size, trace=traced,
-                                                         on_batch=store.append):
+                                                         method=a.method, on_batch=store.append):
                     bar.update(len(records))
                     if traced and session is not None:  # the arm's first batch of this run
                         save_trace(session.trace, out / "cells" / a.name, world)

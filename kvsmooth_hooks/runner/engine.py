@@ -21,7 +21,7 @@ import contextlib
 import time
 from typing import Callable, Iterator
 
-__all__ = ["generate_records", "arm_session"]
+__all__ = ["generate_records", "arm_session", "check_arms_select_layers"]
 
 
 @contextlib.contextmanager
@@ -38,8 +38,11 @@ def arm_session(model, config, trace: bool = False):
 
 
 def generate_records(bundle, items: list, config, gen: dict, batch_size: int = 1, trace: bool = False,
-                     on_batch: Callable[[list[dict]], None] | None = None) -> Iterator[tuple[list[dict], object]]:
-    """Answer ``items`` in batches of ``batch_size`` with ``bundle.generate(batch, gen)`` under ``config``.
+                     on_batch: Callable[[list[dict]], None] | None = None,
+                     method=None) -> Iterator[tuple[list[dict], object]]:
+    """Answer ``items`` in batches of ``batch_size`` with ``bundle.generate(batch, gen)`` under ``config`` and,
+    if given, an inference-time ``method`` (:mod:`kvsmooth_hooks.methods`: every ``generate`` call of the bundle
+    runs under it, inside the session).
 
     Yields ``(records, session)`` per batch (``session``: the batch's session, ``None`` for the baseline; with
     ``trace`` its trace is kept); ``on_batch(records)`` is called first (the runner appends them to its store
@@ -49,7 +52,8 @@ def generate_records(bundle, items: list, config, gen: dict, batch_size: int = 1
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
         t0 = time.perf_counter()
-        with arm_session(bundle.model, config, trace=trace) as session:
+        with arm_session(bundle.model, config, trace=trace) as session, \
+                (method.around_generate(bundle.model) if method is not None else contextlib.nullcontext()):
             answers = bundle.generate(batch, gen)
         secs = (time.perf_counter() - t0) / len(batch)
         if len(answers) != len(batch):
@@ -59,3 +63,17 @@ def generate_records(bundle, items: list, config, gen: dict, batch_size: int = 1
         if on_batch is not None:
             on_batch(records)
         yield records, session
+
+
+def check_arms_select_layers(arms, model) -> None:
+    """Every smoothing arm must smooth at least one layer of this model (else it silently runs the baseline)."""
+    from ..core.adapters import get_adapter
+    from ..core.config import ConfigError
+    from ..core.plan import resolve
+
+    adapter = get_adapter(model)
+    for a in arms:
+        if a.config is not None and not resolve(a.config, adapter).active_layers():
+            raise ConfigError(f"arm {a.name!r}: layers {a.config.layers!r} select none of this model's "
+                              f"{adapter.n_layers} layers (it would run as the baseline); choose layers with "
+                              "--preset/--config (e.g. layers: all) or the grid's options")

@@ -45,7 +45,8 @@ def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) 
     return {"arm": arm.name, **arm.fields, "fields": list(arm.fields), **scores,
             "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
             "new_tokens_per_item": sum(r["new_tokens"] for r in records) / max(1, len(records)),
-            "config": arm.config.to_dict() if arm.config is not None else None}
+            "config": arm.config.to_dict() if arm.config is not None else None,
+            "method_settings": arm.settings()["method"] if getattr(arm, "method", None) is not None else None}
 
 
 def _cell(row: dict, metric: str) -> str:
