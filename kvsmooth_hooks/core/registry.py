@@ -11,7 +11,7 @@ import pkgutil
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["registrar", "SITES", "site_names", "entry_point_classes"]
+__all__ = ["registrar", "SITES", "site_names", "entry_point_classes", "PluginTable"]
 
 #: site name -> Site class, filled as the site modules are imported (``core/sites/__init__`` imports every one)
 SITES: dict[str, type] = {}
@@ -57,3 +57,40 @@ def entry_point_classes(group: str, base: type) -> tuple[dict[str, type], dict[s
             continue
         good[ep.name] = cls
     return good, broken
+
+
+class PluginTable(dict):
+    """``name -> class`` for classes that carry their own ``name`` (benchmarks, methods): filled by
+    :meth:`register` (a class decorator) and, on the first lookup of a name it does not hold, once by the
+    entry-point ``group``. Plugins that fail to load are kept in :attr:`broken` (``name -> why``) and hide no other."""
+
+    def __init__(self, kind: str, base: type, group: str):
+        super().__init__()
+        self.kind, self.base, self.group = kind, base, group
+        self.broken: dict[str, str] = {}
+        self.loaded = False
+
+    def register(self, cls: type) -> type:
+        """Class decorator: make ``cls`` available as ``cls.name``; a second class under one name is refused."""
+        if not getattr(cls, "name", None):
+            raise ValueError(f"{cls.__name__} has no name")
+        if cls.name in self and self[cls.name] is not cls:
+            raise ValueError(f"{self.kind} {cls.name!r} is already registered by {self[cls.name].__module__}")
+        self[cls.name] = cls
+        return cls
+
+    def lookup(self, name: str) -> type | None:
+        """The class registered as ``name`` (entry points loaded first if it is not held yet), or None."""
+        if name not in self and not self.loaded:
+            self.loaded = True
+            good, broken = entry_point_classes(self.group, self.base)
+            for key, cls in good.items():
+                self.setdefault(key, cls)
+            self.broken.update(broken)
+        return self.get(name)
+
+    def fresh_copy(self) -> "PluginTable":
+        """The built-in classes alone, entry points not loaded yet (tests of plugin loading start from it)."""
+        out = PluginTable(self.kind, self.base, self.group)
+        out.update(self)
+        return out

@@ -6,60 +6,35 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..core.registry import PluginTable
 from .base import Method, MethodError
 
-__all__ = ["METHODS", "BROKEN", "ENTRY_POINT_GROUP", "register_method", "get_method", "build_method", "is_method"]
+__all__ = ["METHODS", "ENTRY_POINT_GROUP", "register_method", "get_method", "build_method", "is_method"]
 
-METHODS: dict[str, type[Method]] = {}
 ENTRY_POINT_GROUP = "kvsmooth_hooks.methods"
-_entry_points_loaded = False
+#: name -> Method class; ``METHODS.broken``: entry-point plugins that could not be loaded, with the reason
+METHODS = PluginTable("method", Method, ENTRY_POINT_GROUP)
 
 
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: make ``cls`` available as ``cls.name`` (``--arms NAME``, :func:`build_method`)."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"method {cls.name!r} is already registered by {METHODS[cls.name].__module__}")
-    METHODS[cls.name] = cls
-    return cls
-
-
-#: entry-point name -> one line saying why it could not be loaded
-BROKEN: dict[str, str] = {}
-
-
-def _load_entry_points() -> None:
-    """Load the group's plugins once; one that fails to import is remembered in :data:`BROKEN` and hides no other."""
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    from ..core.registry import entry_point_classes
-
-    good, broken = entry_point_classes(ENTRY_POINT_GROUP, Method)
-    for name, cls in good.items():
-        METHODS.setdefault(name, cls)
-    BROKEN.update(broken)
+    return METHODS.register(cls)
 
 
 def is_method(name: str) -> bool:
     """Whether ``name`` is a registered method (built in or a plugin)."""
-    if name not in METHODS:
-        _load_entry_points()
-    return name in METHODS
+    return METHODS.lookup(name) is not None
 
 
 def get_method(name: str) -> type[Method]:
     """The method class registered as ``name``; the error lists the known ones and names broken plugins."""
-    if name not in METHODS:
-        _load_entry_points()
-    if name in BROKEN:
-        raise MethodError(f"method {name!r}: the plugin of entry-point group {ENTRY_POINT_GROUP!r} {BROKEN[name]}; "
-                          "fix or uninstall the package that provides it")
-    if name not in METHODS:
+    cls = METHODS.lookup(name)
+    if name in METHODS.broken:
+        raise MethodError(f"method {name!r}: the plugin of entry-point group {ENTRY_POINT_GROUP!r} "
+                          f"{METHODS.broken[name]}; fix or uninstall the package that provides it")
+    if cls is None:
         raise MethodError(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return cls
 
 
 def build_method(name: str, **params: Any) -> Method:

@@ -70,9 +70,7 @@ def test_method_plugins_through_entry_points(monkeypatch):
            md.EntryPoint("vcd2", "kvsmooth_hooks.methods.vcd:VCD", ENTRY_POINT_GROUP),
            md.EntryPoint("notamethod", "kvsmooth_hooks.methods.vcd:vcd_logits", ENTRY_POINT_GROUP)]
     monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "BROKEN", {})
-    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+    monkeypatch.setattr(registry, "METHODS", registry.METHODS.fresh_copy())  # entry points not loaded yet
     assert registry.get_method("vcd2").name == "vcd" and registry.is_method("vcd2")
     with pytest.raises(MethodError, match=r"method 'broken': .*no_such_plugin_module:M failed to load"):
         registry.get_method("broken")

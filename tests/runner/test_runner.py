@@ -11,7 +11,6 @@ import sys
 import pytest
 
 import kvsmooth_hooks
-from benchmark_data import write_all
 from helpers import ROOT, TESTS
 from tiny_vlms import record_sessions
 from kvsmooth_hooks.runner.store import RecordsWarning
@@ -19,14 +18,6 @@ from kvsmooth_hooks.runner.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    paths = write_all(root)
-    cfg = root / "cfg.yaml"
-    cfg.write_text('layers: "1:-1"\nlambda_ref: 0.9\n')  # the tiny models have 4 layers
-    return {**paths, "cfg": cfg}
 
 
 @pytest.fixture
@@ -274,9 +265,7 @@ def test_a_broken_benchmark_plugin_is_named_and_hides_no_other(monkeypatch):
     eps = [md.EntryPoint("broken", "no_such_plugin_module:Bench", registry.ENTRY_POINT_GROUP),
            md.EntryPoint("working", "kvsmooth_hooks.benchmarks.pope:Pope", registry.ENTRY_POINT_GROUP)]
     monkeypatch.setattr(md, "entry_points", lambda group=None: [e for e in eps if e.group == group])
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "BROKEN", {})
-    monkeypatch.setattr(registry, "BENCHMARKS", dict(registry.BENCHMARKS))
+    monkeypatch.setattr(registry, "BENCHMARKS", registry.BENCHMARKS.fresh_copy())  # entry points not loaded yet
     assert registry.get_benchmark("working").name == "pope"
     assert registry.get_benchmark("chair").name == "chair"
     with pytest.raises(BenchmarkError, match=r"unknown benchmark 'nope'; .*\(broken plugins: broken\)"):
