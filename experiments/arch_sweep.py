@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent.parent))  # this checkout's kvsmooth_hooks before an installed one
 
-from kvsmooth_hooks.check import FALLBACK_SCORER, SITES  # noqa: E402
+from kvsmooth_hooks.check import FALLBACK_SCORER  # noqa: E402
 from kvsmooth_hooks.sweep import run, summary  # noqa: E402
 from kvsmooth_hooks.tiny_configs import generative_classes  # noqa: E402
 

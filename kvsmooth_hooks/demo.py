@@ -340,7 +340,7 @@ def run_demo(cfg, model, tok, *, prompt: str | None = None, n_scenes: int = DEMO
     for line in format_table(cmp):
         echo(line)
     echo(textwrap.fill(reading(cmp, len(batch)), width))
-    echo(textwrap.fill(f"More scenes narrow the intervals: `kvsmooth demo --scenes 100` (about 5x the batch time); "
+    echo(textwrap.fill("More scenes narrow the intervals: `kvsmooth demo --scenes 100` (about 5x the batch time); "
                        "measured runs of 100 scenes are in docs/evaluation.md.", width))
     result.update(records=records, comparison=cmp)
     return result

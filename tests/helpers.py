@@ -55,6 +55,23 @@ def _rank(window: list[float], e: float, m: int) -> float:
 
 
 @torch.no_grad()
+def reference_lambda(windows: dict, layer: int, row: torch.Tensor, lambda_ref: float = 0.9, window: int = 15,
+                     clip: float = 0.2) -> list[float]:
+    """Steps 1-4 of the method for every sequence of one layer, written out: entropy of the new token's attention
+    ``row`` ``[B, Hq, T]`` (mean over heads), push into ``windows[(layer, sequence)]`` (a list kept by the caller),
+    FIFO rank over the window length, clip to the band. Returns one lambda per sequence."""
+    ent = -(row * torch.log(row.clamp_min(1e-38))).sum(-1)  # [B, Hq]
+    lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
+    out = []
+    for s in range(row.shape[0]):
+        e = float(ent[s].mean())
+        w = windows.setdefault((layer, s), [])
+        w.append(e)
+        del w[:-window]
+        out.append(min(max(_rank(w, e, window), lo), hi))
+    return out
+
+
 def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers, lambda_ref=0.9, window=15, clip=0.2):
     """The five steps of the spec, written out: eager attention, manual cache edits, greedy.
 

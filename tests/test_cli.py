@@ -1,6 +1,5 @@
 """`kvsmooth demo` on a tiny random model (fast) and on SmolLM2 (slow), and the CLI's one-line errors."""
 
-import json
 import re
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """Config schema v1: defaults, validation messages, round trips, presets, JSON Schema."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

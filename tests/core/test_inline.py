@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import CACHE_KW, _rank
+from helpers import CACHE_KW, reference_lambda
 from kvsmooth_hooks import KVSmoothConfig, SessionError, smooth
 
 from kvsmooth_hooks.tiny_configs import build
@@ -58,18 +58,6 @@ def _inputs(kind, model):
     return inp
 
 
-def _lambda(windows, layer, row):
-    ent = -(row * torch.log(row.clamp_min(1e-38))).sum(-1)  # [B, Hq]
-    lo, hi = max(0.0, LAM - CLIP), min(1.0, LAM + CLIP)
-    out = []
-    for s in range(row.shape[0]):
-        e = float(ent[s].mean())
-        w = windows.setdefault((layer, s), [])
-        w.append(e)
-        del w[:-WINDOW]
-        out.append(min(max(_rank(w, e, WINDOW), lo), hi))
-    return out
-
 
 @torch.no_grad()
 def reference(kind, model, attention):
@@ -113,7 +101,7 @@ def reference(kind, model, attention):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], -1)
             out = step(nxt[:, None], mask, cache)
             for l in range(len(attention)):
-                lam = _lambda(windows, l, rows[l])
+                lam = reference_lambda(windows, l, rows[l], LAM, WINDOW, CLIP)
                 layer = cache.layers[getattr(attention[l], "layer_idx", None) or l]  # GPT-Neo: no layer_idx
                 for t in (layer.keys, layer.values):
                     for s in range(t.shape[0]):  # every cached head (Falcon's new layout: all copies of a KV head)

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from helpers import _rank
+from helpers import reference_lambda
 from kvsmooth_hooks import KVSmoothConfig, UnsupportedModelError, get_adapter, smooth
 from remote_code import load, write
 
@@ -53,18 +53,6 @@ def _split(layout, attn, out):
     shape = (b, t, attn.num_heads, attn.head_dim)
     return q.reshape(shape).transpose(1, 2), k.view(shape), v.view(shape)
 
-
-def _lambda(windows, layer, row):
-    ent = -(row * torch.log(row.clamp_min(1e-38))).sum(-1)  # [B, Hq]
-    lo, hi = max(0.0, LAM - CLIP), min(1.0, LAM + CLIP)
-    out = []
-    for s in range(row.shape[0]):
-        e = float(ent[s].mean())
-        w = windows.setdefault((layer, s), [])
-        w.append(e)
-        del w[:-WINDOW]
-        out.append(min(max(_rank(w, e, WINDOW), lo), hi))
-    return out
 
 
 @torch.no_grad()
@@ -108,7 +96,7 @@ def reference(layout, model, site):
         tokens = [nxt]
         for _ in range(N - 1):
             if site == "kv_proj":  # coefficients from the previous forward's rows
-                lam = {l: _lambda(windows, l, rows[l]) for l in rows}
+                lam = {l: reference_lambda(windows, l, rows[l], LAM, WINDOW, CLIP) for l in rows}
                 state["decode"] = True
             mask = torch.cat([mask, mask.new_ones(b, 1)], -1)
             state["pos"] = torch.full((b, 1), mask.shape[1] - 1)
@@ -117,7 +105,7 @@ def reference(layout, model, site):
             rows = {l: row(l, cache) for l in range(len(attns))}
             if site == "cache":
                 for l in rows:
-                    lam_l = _lambda(windows, l, rows[l])
+                    lam_l = reference_lambda(windows, l, rows[l], LAM, WINDOW, CLIP)
                     for x in (cache.layers[l].keys, cache.layers[l].values):
                         for s in range(b):
                             x[s, :, -1] = (1 - lam_l[s]) * x[s, :, -1] + lam_l[s] * x[s, :, -2]

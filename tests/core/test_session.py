@@ -29,14 +29,6 @@ def model():
     return tiny_llama()
 
 
-@pytest.fixture
-def batch():
-    torch.manual_seed(1)
-    ids = torch.randint(3, 128, (2, 7))
-    mask = torch.ones_like(ids)
-    ids[1, :2], mask[1, :2] = 0, 0  # second prompt left padded
-    return ids, mask
-
 
 def gen(model, ids, mask, n=12, **kw):
     return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, **kw)

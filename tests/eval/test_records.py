@@ -4,7 +4,6 @@ format detection, duplicates and conflicts, and the shared readers."""
 from __future__ import annotations
 
 import json
-import warnings
 
 import pytest
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from benchmark_data import write_all
 from tiny_vlms import load_tiny_vlm
 from kvsmooth_hooks.benchmarks import get_benchmark
 from kvsmooth_hooks.methods import VCD
@@ -16,14 +15,6 @@ from kvsmooth_hooks.runner.models import hf_bundle
 pytestmark = pytest.mark.usefixtures("one_thread")
 ML = ["--method-set", "middle-layer.start_layer=1", "--method-set", "middle-layer.end_layer=3"]  # 4-layer models
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    paths = write_all(root)
-    cfg = root / "cfg.yaml"
-    cfg.write_text('layers: "1:-1"\nlambda_ref: 0.9\n')  # the tiny models have 4 layers: the presets select none
-    return {**paths, "cfg": cfg}
 
 
 def _argv(data, out, model, *extra, benchmark="chair", loader="tiny_vlms:load_tiny_vlm"):

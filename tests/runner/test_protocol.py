@@ -5,19 +5,10 @@ import json
 
 import pytest
 
-from benchmark_data import write_all
 from kvsmooth_hooks.runner.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    paths = write_all(root)
-    cfg = root / "cfg.yaml"
-    cfg.write_text('layers: "1:-1"\nlambda_ref: 0.9\n')  # the tiny models have 4 layers
-    return {**paths, "cfg": cfg}
 
 
 def argv(data, out, model="tiny-llava", benchmark="chair", *extra, loader="tiny_vlms:load_tiny_vlm"):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import CACHE_KW, _rank
+from helpers import CACHE_KW, reference_lambda
 from kvsmooth_hooks import KVSmoothConfig, PlanError, UnsupportedModelError, get_adapter, smooth
 from kvsmooth_hooks.tiny_configs import build
 
@@ -111,19 +111,6 @@ def _self_cache(cache):
     return getattr(cache, "self_attention_cache", cache)
 
 
-def _lambda(windows, layer, row):
-    """Step 1-4 for every sequence: entropy of the row (mean over heads), window push, rank, clip."""
-    ent = -(row * torch.log(row.clamp_min(1e-38))).sum(-1)  # [B, Hq]
-    lo, hi = max(0.0, LAM - CLIP), min(1.0, LAM + CLIP)
-    out = []
-    for s in range(row.shape[0]):
-        e = float(ent[s].mean())
-        w = windows.setdefault((layer, s), [])
-        w.append(e)
-        del w[:-WINDOW]
-        out.append(min(max(_rank(w, e, WINDOW), lo), hi))
-    return out
-
 
 @torch.no_grad()
 def reference(model, structure, site):
@@ -162,14 +149,14 @@ def reference(model, structure, site):
         for _ in range(N - 1):
             if site == "kv_proj":  # coefficients from the previous forward's rows
                 for l in attn:
-                    lam[l] = _lambda(windows, l, rows[l])
+                    lam[l] = reference_lambda(windows, l, rows[l], LAM, WINDOW, CLIP)
                 state["decode"] = True
             if not enc:
                 mask = torch.cat([mask, mask.new_ones(b, 1)], -1)
             out = _forward(model, ids, mask, nxt[:, None], cache)
             if site == "cache":
                 for l, m in attn.items():
-                    lam_l = _lambda(windows, l, rows[l])
+                    lam_l = reference_lambda(windows, l, rows[l], LAM, WINDOW, CLIP)
                     layer = _self_cache(cache).layers[m.layer_idx]
                     for t in (layer.keys, layer.values):
                         for s in range(b):

@@ -21,14 +21,6 @@ def model():
     return tiny_llama()
 
 
-@pytest.fixture
-def batch():
-    torch.manual_seed(1)
-    ids = torch.randint(3, 128, (2, 7))
-    mask = torch.ones_like(ids)
-    ids[1, :2], mask[1, :2] = 0, 0  # second prompt left padded
-    return ids, mask
-
 
 def run(model, ids, mask, n, **fields):
     with smooth(model, KVSmoothConfig(layers="1:-1", **fields)) as s:
