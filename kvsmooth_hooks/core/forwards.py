@@ -66,6 +66,12 @@ class Forwards:
                 raise SessionError("kvsmooth: smooth_prefill needs the whole prompt in one forward; this one adds "
                                    f"{info.q_len} tokens to a cache of {info.past} (chunked prefill?): set "
                                    "prefill_chunk_size=None or smooth_prefill: false")
+            if self.owner.calls and not self._prefill_chunks:
+                raise SessionError(
+                    f"kvsmooth: generate() fed {info.q_len} tokens to a cache of {info.past} after the prompt without "
+                    "chunked prefill: this model feeds its whole sequence again at every step (XLM's generate does), "
+                    "so no forward adds one token to the cache and nothing could be smoothed. KVSmooth needs a model "
+                    "whose generate adds one token per forward")
             kind = EXTEND
             st.extend(info.mask, info.q_len)
         if kind == DECODE and st.step == 0:

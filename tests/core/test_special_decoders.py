@@ -54,3 +54,18 @@ def test_musicgen_codebook_batch_is_one_state_per_sequence(name, site):
     assert torch.equal(zero, base)
     assert not torch.equal(smoothed, base)
     assert session.trace.tensor("lambda").shape[1] == 2  # two sequences, not 2 x codebooks
+
+
+@pytest.mark.parametrize("site", ["cache", "kv_proj"])
+def test_a_generate_that_feeds_its_whole_sequence_every_step_is_refused(site):
+    """XLM's generate feeds the whole sequence plus a mask token at every step (several tokens a forward, no chunked
+    prefill): no step is a decode step, so a session would smooth nothing. It must say so, not return unsmoothed text."""
+    from kvsmooth_hooks import SessionError
+
+    model = build("XLMWithLMHeadModel")
+    ids = torch.randint(5, 50, (1, 5), generator=torch.Generator().manual_seed(0))
+    cfg = KVSmoothConfig(layers="all", site=site, scorer={"name": "key_similarity"})
+    with pytest.raises(SessionError, match="feeds its whole sequence again at every step"):
+        with smooth(model, cfg):
+            model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
