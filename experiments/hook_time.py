@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
 
     from kvsmooth_hooks import KVSmoothConfig, smooth
-    from kvsmooth_hooks import probe as P
-    from kvsmooth_hooks import session as S
+    from kvsmooth_hooks.core import probe as P
+    from kvsmooth_hooks.core import session as S
     from kvsmooth_hooks.models import chat_inputs, load_smollm2
     from kvsmooth_hooks.core.sites import cache as C
 

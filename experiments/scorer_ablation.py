@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvsmooth_hooks.runner.cli import main, with_defaults  # noqa: E402
 
 DEFAULTS = ["--model", "smollm2", "--benchmark", "grounded", "--n", "30", "--batch-size", "10", "--grid", "scorers",
-            "--out", "results/scorer_ablation"]
+            "--sites", "cache,kv_proj", "--out", "results/scorer_ablation"]  # the K/V sites (attn_out is another ablation)
 
 
 def run(argv=None) -> int:
