@@ -139,11 +139,7 @@ def test_tests_do_not_use_the_experiment_scripts():
 
 
 #: private access between our modules that is known and not yet removed (module, name); nothing may be added
-KNOWN_PRIVATE_ACCESS = {
-    ("kvsmooth_hooks.core.modes", "_original_generate"), ("kvsmooth_hooks.core.modes", "_generating"),
-    ("kvsmooth_hooks.core.modes", "_fresh_generate"), ("kvsmooth_hooks.core.session", "_generate"),
-    ("kvsmooth_hooks.core.state", "_select"),
-}
+KNOWN_PRIVATE_ACCESS: set[tuple[str, str]] = set()
 
 
 def _private_access(pkg: Path = PKG) -> set[tuple[str, str]]:

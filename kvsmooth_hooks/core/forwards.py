@@ -50,7 +50,7 @@ class Forwards:
             )
         st = self.state
         current = st.cache() if st.cache is not None else None
-        if self._fresh_generate or current is not info.cache or info.past == 0:
+        if self.fresh_generate or current is not info.cache or info.past == 0:
             kind = self._new_run(info)
         elif info.batch != st.batch:
             raise SessionError(
@@ -66,7 +66,7 @@ class Forwards:
                 raise SessionError("kvsmooth: smooth_prefill needs the whole prompt in one forward; this one adds "
                                    f"{info.q_len} tokens to a cache of {info.past} (chunked prefill?): set "
                                    "prefill_chunk_size=None or smooth_prefill: false")
-            if self.owner.calls and not self._prefill_chunks:
+            if self.owner.calls and not self.prefill_chunks:
                 raise SessionError(
                     f"kvsmooth: generate() fed {info.q_len} tokens to a cache of {info.past} after the prompt without "
                     "chunked prefill: this model feeds its whole sequence again at every step (XLM's generate does), "
@@ -103,7 +103,7 @@ class Forwards:
         generating = bool(self.owner.calls or roles)
         valid = info.mask if info.mask is not None else torch.ones(info.batch, total, dtype=torch.bool)
         valid = valid.to(info.device)
-        self._fresh_generate = False
+        self.fresh_generate = False
         # a manual loop that continues a cache: this token is a decode step; inside generate() the first forward
         # holds the rest of the prompt, which is never smoothed
         kind = DECODE if info.past > 0 and info.q_len == 1 and not generating else PREFILL
@@ -116,7 +116,7 @@ class Forwards:
     def _known_past(self, cache) -> int | None:
         """Inside generate() a static cache grows by each forward's tokens: its length without a host sync."""
         st = self.state
-        return self.total if self.owner.calls and not self._fresh_generate and st.cache and st.cache() is cache else None
+        return self.total if self.owner.calls and not self.fresh_generate and st.cache and st.cache() is cache else None
 
     def _on_reorder(self, beam_idx: torch.Tensor) -> None:
         if self.attached:

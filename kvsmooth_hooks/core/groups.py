@@ -69,9 +69,9 @@ class CoefficientGroup:
         self.stacked: torch.Tensor | None = None  # [B, La, U] scores of this step, stacked by a RowBatch
 
     def reorder(self, idx: torch.Tensor) -> None:
-        self.window = _select(self.window, idx)
-        self.lam = _select(self.lam, idx)
-        self.stacked = _select(self.stacked, idx)
+        self.window = select_batch(self.window, idx)
+        self.lam = select_batch(self.lam, idx)
+        self.stacked = select_batch(self.stacked, idx)
 
     def step(self, valid: torch.Tensor | None = None, tracing: bool = True) -> torch.Tensor:
         """Coefficients from the layers' newest unit scores. Returns ``lam [B, La, H]``.
@@ -110,7 +110,9 @@ class CoefficientGroup:
         return lam
 
 
-def _select(t, idx):
+def select_batch(t, idx):
+    """``t`` with its batch rows (dim 0) taken in the order ``idx`` (a beam reorder); non-tensors and 0-dim tensors
+    as they are."""
     return t.index_select(0, idx.to(t.device)) if isinstance(t, torch.Tensor) and t.dim() > 0 else t
 
 

@@ -58,14 +58,14 @@ class GenerateWrapper:
             if value is not None and value is not False:
                 raise SessionError(f"kvsmooth: {mode} is not supported inside a session: {DRAFT}")
         s.owner.claim("generate call", call=True)
-        s._fresh_generate = True
+        s.fresh_generate = True
         # inside this call a forward of several tokens after the prompt is a prompt chunk only with chunked prefill
-        s._prefill_chunks = kwargs.get("prefill_chunk_size", getattr(gen_cfg, "prefill_chunk_size", None)) is not None
+        s.prefill_chunks = kwargs.get("prefill_chunk_size", getattr(gen_cfg, "prefill_chunk_size", None)) is not None
         s.state.cache = None  # set again by the first forward that carries a cache (every call starts a run anyway)
         try:
             out = self.original(*args, **kwargs) if self.original is not None else type(model).generate(model, *args, **kwargs)
         finally:
-            s._fresh_generate = False
+            s.fresh_generate = False
             s.owner.release()
         if not s.attached:
             raise SessionError(

@@ -83,8 +83,8 @@ class Session(Forwards):
         self.rows: RowBatch | None = None  # decode-step rows of all batched layers (kvsmooth_hooks.core.rowbatch)
         self.kind, self.total = None, 0  # the running forward's kind; positions its cache holds after it
         self.attached, self._depth = False, 0
-        self._fresh_generate = False  # set by the generate wrapper: the next forward starts a run
-        self._prefill_chunks = True  # set by the generate wrapper: whether this call may feed the prompt in chunks
+        self.fresh_generate = False  # set by the generate wrapper: the next forward starts a run
+        self.prefill_chunks = True  # set by the generate wrapper: whether this call may feed the prompt in chunks
         self._undo_reorder = None
         self.owner = Owner(model, self.adapter.entry_module())  # the thread generating now (kvsmooth_hooks.core.guard)
         self.remove_timeout, self.removed_at_step = remove_timeout, None

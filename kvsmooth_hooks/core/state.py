@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from .groups import CoefficientGroup, _select, build_groups
+from .groups import CoefficientGroup, select_batch, build_groups
 from .plan import SmoothingPlan
 from .scorers import ScoreInputs, Scorer
 from .smoothing import head_units
@@ -67,9 +67,9 @@ class LayerState:
         self.prefill_lam: list[torch.Tensor] | None = None
 
     def reorder(self, idx: torch.Tensor) -> None:
-        self.unit = _select(self.unit, idx)
-        self.prev = {k: _select(v, idx) for k, v in self.prev.items()}
-        self.scorer_state = {k: _select(v, idx) for k, v in self.scorer_state.items()}
+        self.unit = select_batch(self.unit, idx)
+        self.prev = {k: select_batch(v, idx) for k, v in self.prev.items()}
+        self.scorer_state = {k: select_batch(v, idx) for k, v in self.scorer_state.items()}
 
     def score(self, inputs: ScoreInputs) -> torch.Tensor:
         """Scorer output reduced to the granularity's units: ``[B, U]`` float32; stored as :attr:`unit`."""
@@ -136,8 +136,8 @@ class GenerationState:
             layer.reorder(beam_idx)
         for group in self.groups:
             group.reorder(beam_idx)
-        self.first_index = _select(self.first_index, beam_idx)
-        self.valid = _select(self.valid, beam_idx)
+        self.first_index = select_batch(self.first_index, beam_idx)
+        self.valid = select_batch(self.valid, beam_idx)
         if self.tracing:
             self.trace.reorder(beam_idx)
 
