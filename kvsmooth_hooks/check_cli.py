@@ -5,18 +5,8 @@ from __future__ import annotations
 
 import warnings
 
-import torch
-
 from .check import FALLBACK_SCORER, check_model
-from .core.errors import UserError
-
-LOADERS = {  # --loader -> the Auto class that builds the model
-    "causal-lm": "AutoModelForCausalLM",
-    "image-text-to-text": "AutoModelForImageTextToText",
-    "seq2seq": "AutoModelForSeq2SeqLM",
-    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
-    "vision2seq": "AutoModelForVision2Seq",
-}
+from .runner.models import LOADERS, load_model
 
 
 def add_check_parser(sub) -> None:
@@ -31,49 +21,13 @@ def add_check_parser(sub) -> None:
     c.add_argument("--attn-implementation", help="e.g. sdpa or eager (default: the model's)")
 
 
-def load(model: str, loader: str = "auto", random: bool = False, trust_remote_code: bool = False,
-         attn_implementation: str | None = None):
-    """The model named by ``--model`` (a folder or a cached hub id), built by ``--loader``; UserError for user mistakes."""
-    import transformers
-
-    try:
-        config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except ValueError as exc:
-        if "trust_remote_code" in str(exc):
-            raise UserError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
-                             "it") from None
-        raise UserError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
-    except OSError as exc:
-        raise UserError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
-                         f"{str(exc).splitlines()[0]}") from None
-    names = [LOADERS[loader]] if loader != "auto" else list(LOADERS.values())
-    kw = {"trust_remote_code": trust_remote_code}
-    if attn_implementation:
-        kw["attn_implementation"] = attn_implementation
-    errors = []
-    for name in names:
-        auto = getattr(transformers, name)
-        try:
-            if random:
-                torch.manual_seed(0)
-                return auto.from_config(config, **kw).eval()
-            return auto.from_pretrained(model, **kw).eval()
-        except ValueError as exc:  # this Auto class does not map the config
-            errors.append(f"{name}: {str(exc).splitlines()[0][:150]}")
-        except OSError as exc:
-            raise UserError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
-                             "check with random weights from the config alone)") from None
-    raise UserError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
-                     f"{', '.join(k for k in LOADERS if LOADERS[k] in names)} can build; " + "; ".join(errors[:2]))
-
-
 def _line(ok: bool | None, text: str) -> str:
     return f"{'PASS' if ok else 'SKIP' if ok is None else 'FAIL'}  {text}"
 
 
 def cmd_check(args, out=print) -> int:
     """Run every check on the model; one verdict line per check; 0 when all pass, 1 otherwise."""
-    model = load(args.model, args.loader, args.random, args.trust_remote_code, args.attn_implementation)
+    model = load_model(args.model, args.loader, args.random, args.trust_remote_code, args.attn_implementation)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = check_model(model, args.model)

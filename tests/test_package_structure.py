@@ -86,7 +86,10 @@ def test_core_modules_are_small():
 #: evaluation and application layers; the core (config, plan, session, sites, scorers, adapters, probe, ...) never
 #: imports them, and ``eval/`` (metrics on files) never imports the core's runtime or the layers that run models
 APP = ("kvsmooth_hooks.eval", "kvsmooth_hooks.benchmarks", "kvsmooth_hooks.runner", "kvsmooth_hooks.integrations",
-       "kvsmooth_hooks.demo", "kvsmooth_hooks.cli", "kvsmooth_hooks.run")
+       "kvsmooth_hooks.demo", "kvsmooth_hooks.cli", "kvsmooth_hooks.run", "kvsmooth_hooks.check", "kvsmooth_hooks.check_cli",
+       "kvsmooth_hooks.check_inputs", "kvsmooth_hooks.sweep", "kvsmooth_hooks.tiny_configs", "kvsmooth_hooks.methods",
+       "kvsmooth_hooks.figures", "kvsmooth_hooks.templates", "kvsmooth_hooks.protocols", "kvsmooth_hooks.models",
+       "kvsmooth_hooks.plots")
 RUNTIME = ("kvsmooth_hooks.core.session", "kvsmooth_hooks.core.sites", "kvsmooth_hooks.core.probe", "kvsmooth_hooks.core.adapters",
            "kvsmooth_hooks.core.state", "kvsmooth_hooks.core.groups", "kvsmooth_hooks.core.rowbatch", "kvsmooth_hooks.core.lens",
            "kvsmooth_hooks.core.modes", "kvsmooth_hooks.core.guard", "kvsmooth_hooks.core.forwards")

@@ -25,7 +25,7 @@ from ..core.errors import UserError
 LLAVA15_FORMAT = "USER: <image>\n{prompt} ASSISTANT:"
 
 __all__ = ["ModelBundle", "load_bundle", "hf_bundle", "format_vlm_prompt", "resolve_device_dtype", "LoaderError",
-           "load_model_for_structure"]
+           "load_model_for_structure", "load_model", "LOADERS"]
 
 
 class LoaderError(UserError):
@@ -68,7 +68,7 @@ def resolve_device_dtype(device: str, dtype: str, local_rank: int = 0):
         raise LoaderError(f"--device {device!r}: not a device; use auto, cpu, cuda, cuda:1, mps, ...") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise LoaderError(f"--device {device!r}: this torch build ({torch.__version__}) sees no CUDA GPU; "
-                          "use --device cpu (or auto)")
+                           "use --device cpu (or auto)")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise LoaderError(f"--device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
     if dtype == "auto":
@@ -157,7 +157,7 @@ def _import_loader(spec: str) -> Callable:
     if not mod or not fn or not mod.replace(".", "").replace("_", "").isalnum() or mod.startswith(".") \
             or not fn.isidentifier():
         raise LoaderError(f"--loader {spec!r}: use module:function with an absolute module name (e.g. "
-                          "my_minigpt4:load, a file my_minigpt4.py in the current folder or on PYTHONPATH)")
+                           "my_minigpt4:load, a file my_minigpt4.py in the current folder or on PYTHONPATH)")
     if "" not in sys.path:
         sys.path.insert(0, "")  # the current folder, as `python -m` has it
     try:
@@ -168,7 +168,7 @@ def _import_loader(spec: str) -> Callable:
         raise LoaderError(f"--loader {spec!r}: module {mod!r} imports {exc.name!r}, which is not installed") from None
     except Exception as exc:  # the user's module fails while it loads
         raise LoaderError(f"--loader {spec!r}: importing module {mod!r} raised {type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:200]}; fix the module (python -c 'import {mod}')") from None
+                           f"{' '.join(str(exc).split())[:200]}; fix the module (python -c 'import {mod}')") from None
     if not callable(getattr(module, fn, None)):
         raise LoaderError(f"--loader {spec!r}: module {mod!r} has no function {fn!r}")
     func = getattr(module, fn)
@@ -178,7 +178,7 @@ def _import_loader(spec: str) -> Callable:
         inspect.signature(func).bind("model-id", device="cpu", dtype=None)
     except TypeError:
         raise LoaderError(f"--loader {spec!r}: {fn}{inspect.signature(func)} cannot be called as "
-                          f"{fn}(model_id, device=..., dtype=...); change its signature") from None
+                           f"{fn}(model_id, device=..., dtype=...); change its signature") from None
     except ValueError:  # no signature (a builtin): let the call decide
         pass
     return func
@@ -194,7 +194,7 @@ def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader
             got = func(model_id, device=dev, dtype=torch_dtype)
         except Exception as exc:  # the user's code: name it and keep its message
             raise LoaderError(f"--loader {loader!r}: {func.__name__}({model_id!r}, device={dev!r}, dtype=...) raised "
-                              f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
+                               f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}") from exc
         if isinstance(got, ModelBundle):
             return got
         if isinstance(got, tuple) and len(got) == 2:
@@ -228,11 +228,59 @@ def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader
     return hf_bundle(model.eval(), processor)
 
 
+LOADERS = {  # --loader -> the Auto class that builds the model
+    "causal-lm": "AutoModelForCausalLM",
+    "image-text-to-text": "AutoModelForImageTextToText",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "speech-seq2seq": "AutoModelForSpeechSeq2Seq",
+    "vision2seq": "AutoModelForVision2Seq",
+}
+
+
+def load_model(model: str, loader: str = "auto", random: bool = False, trust_remote_code: bool = False,
+               attn_implementation: str | None = None):
+    """The model named by ``model`` (a folder or a cached hub id), built by the Auto class of ``loader`` (``auto``: the
+    first of :data:`LOADERS` that maps its config); ``random``: from the config alone (random weights, also on the
+    ``meta`` device when called under ``torch.device("meta")``). :class:`LoaderError` for user mistakes."""
+    import torch
+    import transformers
+
+    try:
+        config = transformers.AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc):
+            raise LoaderError(f"'{model}' ships its own modeling code (auto_map): add --trust-remote-code if you trust "
+                              "it") from None
+        raise LoaderError(f"cannot read a model config from '{model}': {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise LoaderError(f"cannot read a model config from '{model}' (a folder with config.json, or a cached hub id): "
+                          f"{str(exc).splitlines()[0]}") from None
+    names = [LOADERS[loader]] if loader != "auto" else list(LOADERS.values())
+    kw = {"trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kw["attn_implementation"] = attn_implementation
+    errors = []
+    for name in names:
+        auto = getattr(transformers, name)
+        try:
+            if random:
+                torch.manual_seed(0)
+                return auto.from_config(config, **kw).eval()
+            return auto.from_pretrained(model, **kw).eval()
+        except ValueError as exc:  # this Auto class does not map the config
+            errors.append(f"{name}: {str(exc).splitlines()[0][:150]}")
+        except OSError as exc:
+            raise LoaderError(f"cannot load the weights of '{model}': {str(exc).splitlines()[0]} (use --random to "
+                              "check with random weights from the config alone)") from None
+    raise LoaderError(f"'{model}' ({type(config).__name__}) is not a generative model any of "
+                      f"{', '.join(k for k in LOADERS if LOADERS[k] in names)} can build; " + "; ".join(errors[:2]))
+
+
 def load_model_for_structure(name: str):
     """A model to resolve plans against: ``smollm2``, or a local HF directory / cached hub id.
 
-    Only the architecture matters for plans, so hub ids are instantiated from their config on
-    the ``meta`` device (no weights are loaded).
+    Only the architecture matters for plans, so the model is built from its config on the ``meta`` device (no
+    weights are loaded) by :func:`load_model`.
     """
     import torch
 
@@ -242,18 +290,5 @@ def load_model_for_structure(name: str):
         if not (cache_dir() / SMOLLM2_NAME / "config.json").is_file():
             load_smollm2()
         name = str(cache_dir() / SMOLLM2_NAME)
-    from transformers import AutoConfig
-
-    try:
-        cfg = AutoConfig.from_pretrained(name)
-    except OSError as exc:
-        raise LoaderError(f"--model {name!r}: cannot read a model config ({str(exc).splitlines()[0]})") from None
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-
     with torch.device("meta"):
-        for auto in (AutoModelForCausalLM, AutoModelForImageTextToText):
-            try:
-                return auto.from_config(cfg)
-            except ValueError:
-                continue
-    raise LoaderError(f"--model '{name}' ({type(cfg).__name__}) is neither a causal LM nor an image-text-to-text model")
+        return load_model(name, random=True)
