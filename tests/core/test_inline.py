@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from helpers import CACHE_KW, reference_lambda
+from kvsmooth_hooks.core.adapters.generic import uses_attention_interface
 from kvsmooth_hooks import KVSmoothConfig, SessionError, smooth
 
 from kvsmooth_hooks.tiny_configs import build
@@ -125,6 +126,9 @@ def _smoothed(kind, model):
 @pytest.mark.parametrize("kind", list(MODELS))
 def test_cache_site_matches_reference_loop(kind):
     model, attention = _model(kind)  # the model's default attention (sdpa where it has one)
+    if uses_attention_interface(attention[0]):
+        pytest.skip(f"{kind}: this transformers version runs it through the attention interface (Falcon from 5.25), "
+                    "so its rows come from the probe: tests/core/adapters/test_architectures.py covers that path")
     toks, cache, session = _smoothed(kind, model)
     ref_toks, ref_cache = reference(kind, model, attention)
     assert session.probe is None  # rows came from the modules' own softmax / sdpa calls
@@ -153,8 +157,8 @@ def _modes() -> int:
 
 @pytest.mark.parametrize("site", ["cache", "kv_proj"])
 def test_lambda_zero_is_bit_identical_and_nothing_outlives_the_session(site):
-    model, attention = _model("falcon")
-    inp = _inputs("falcon", model)
+    model, attention = _model("bloom")  # inline on every supported transformers version (Falcon is not from 5.25)
+    inp = _inputs("bloom", model)
     kw = dict(max_new_tokens=N, do_sample=False, output_logits=True, return_dict_in_generate=True)
     base = torch.stack(model.generate(**inp, **kw).logits)
     hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
@@ -167,8 +171,8 @@ def test_lambda_zero_is_bit_identical_and_nothing_outlives_the_session(site):
 
 
 def test_a_raising_forward_leaves_no_mode_and_no_hook():
-    model, attention = _model("falcon")
-    inp = _inputs("falcon", model)
+    model, attention = _model("bloom")
+    inp = _inputs("bloom", model)
     boom = attention[1].dense.register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     try:
         with pytest.raises(RuntimeError, match="boom"):

@@ -7,7 +7,7 @@
 
 from .base import ProjSlot
 from .discover import HeadLayout
-from .generic import GenericAdapter
+from .generic import GenericAdapter, uses_attention_interface
 from .registry import register_adapter
 
 
@@ -53,6 +53,9 @@ class FalconAdapter(GenericAdapter):
         return self._slot(layer, 1)
 
     def cache_head_repeat(self, layer: int) -> int:
-        """The new decoder architecture caches each KV head once per query head of its group
-        (``[B, H, T, D]``, head ``j`` a copy of KV head ``j // (H / Hkv)``)."""
-        return self.n_heads // self.n_kv_heads if self.config.new_decoder_architecture else 1
+        """The new decoder architecture, as long as Falcon wrote its attention inline (transformers <= 5.24), caches
+        each KV head once per query head of its group (``[B, H, T, D]``, head ``j`` a copy of KV head
+        ``j // (H / Hkv)``); through the attention interface (5.25) it caches each KV head once."""
+        if not self.config.new_decoder_architecture or uses_attention_interface(self.attention(layer)):
+            return 1
+        return self.n_heads // self.n_kv_heads
