@@ -8,11 +8,11 @@ with replacement and recomputing the ratios gives percentile intervals.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["bootstrap_intervals", "safe_ratio", "f1_score", "format_summary", "intervals_to_json"]
+__all__ = ["bootstrap_intervals", "resample_intervals", "safe_ratio", "f1_score", "format_summary", "intervals_to_json"]
 
 
 def bootstrap_intervals(
@@ -48,17 +48,56 @@ def bootstrap_intervals(
     for b in range(n_resamples):
         counts[b] = np.bincount(rng.integers(0, n, size=n), minlength=n)
     sums = {k: counts @ v for k, v in arrays.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        values = {name: np.asarray(fn(sums), dtype=np.float64) for name, fn in statistics.items()}
+    return _percentiles(values, confidence)
+
+
+def _percentiles(values: Mapping[str, np.ndarray], confidence: float) -> dict[str, tuple[float, float]]:
+    """name → per-resample values ``(B,)`` to name → two-sided percentile interval; non-finite values dropped."""
     lo_q = (1.0 - confidence) / 2.0
     out: dict[str, tuple[float, float]] = {}
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for name, fn in statistics.items():
-            values = np.asarray(fn(sums), dtype=np.float64)
-            values = values[np.isfinite(values)]
-            if values.size == 0:
-                out[name] = (float("nan"), float("nan"))
-            else:
-                out[name] = (float(np.quantile(values, lo_q)), float(np.quantile(values, 1.0 - lo_q)))
+    for name, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        out[name] = ((float("nan"), float("nan")) if v.size == 0
+                     else (float(np.quantile(v, lo_q)), float(np.quantile(v, 1.0 - lo_q))))
     return out
+
+
+def resample_intervals(
+    items: Sequence[Any],
+    statistic: Callable[[list[Any]], Mapping[str, Any]],
+    names: Sequence[str],
+    n_resamples: int = 200,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals for statistics that are not ratios of column sums (e.g. AMBER's score).
+
+    Draws items with replacement (the same seeded numpy generator and percentile rule as
+    :func:`bootstrap_intervals`) and recomputes ``statistic(resample)`` each time; costly, so the caller chooses
+    a small ``n_resamples``.
+
+    Args:
+        items: the ``n`` per-item records.
+        statistic: resampled list of ``n`` items → mapping name → value; non-numeric values are ignored.
+        names: which of the returned names get intervals.
+
+    Returns:
+        name → ``(low, high)`` for each of ``names`` the statistic returned as a number; ``{}`` without items.
+    """
+    n = len(items)
+    if n == 0 or n_resamples <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_resamples):
+        sample = [items[i] for i in rng.integers(0, n, size=n)]
+        for k, v in statistic(sample).items():
+            if k in names and isinstance(v, (int, float)) and not isinstance(v, bool):
+                draws.setdefault(k, []).append(float(v))
+    return _percentiles({k: np.asarray(v) for k, v in draws.items()}, confidence)
 
 
 def safe_ratio(num: float, den: float) -> float:

@@ -8,29 +8,12 @@ import json
 import math
 import os
 import platform
-import random
 import shlex
 from pathlib import Path
 
+from ..eval.bootstrap import resample_intervals
+
 __all__ = ["summarize_arm", "write_tables", "write_plots", "machine_info", "command_line", "write_json"]
-
-
-def _item_bootstrap(bench, records, n_resamples: int, seed: int) -> dict:
-    """Percentile intervals by resampling items, for metrics without a closed-form bootstrap (e.g. AMBER)."""
-    if not records or n_resamples <= 0:
-        return {}
-    rng = random.Random(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_resamples):
-        sample = [records[rng.randrange(len(records))] for _ in records]
-        for k, v in bench.score(sample, n_bootstrap=0, seed=seed).items():
-            if isinstance(v, (int, float)) and k in bench.metrics:
-                draws.setdefault(k, []).append(float(v))
-    out = {}
-    for k, vals in draws.items():
-        vals.sort()
-        out[k] = [vals[int(0.025 * (len(vals) - 1))], vals[int(0.975 * (len(vals) - 1))]]
-    return out
 
 
 def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) -> dict:
@@ -38,8 +21,9 @@ def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) 
     scores = bench.score(records, n_bootstrap=n_bootstrap, seed=seed)
     ci = dict(scores.get("ci95") or {})
     if n_bootstrap and any(m in scores and m not in ci for m in bench.metrics):
-        extra = _item_bootstrap(bench, records, min(n_bootstrap, 200), seed)
-        ci.update({m: v for m, v in extra.items() if m not in ci})
+        extra = resample_intervals(records, lambda sample: bench.score(sample, n_bootstrap=0, seed=seed),
+                                   bench.metrics, n_resamples=min(n_bootstrap, 200), seed=seed)
+        ci.update({m: list(v) for m, v in extra.items() if m not in ci})
     scores["ci95"] = ci
     secs = [r["seconds"] for r in records]
     return {"arm": arm.name, **arm.fields, "fields": list(arm.fields), **scores,

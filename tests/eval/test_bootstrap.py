@@ -27,3 +27,22 @@ def test_bootstrap_reproducible_and_brackets_the_estimate():
     b = bootstrap_intervals({"hit": hits, "one": np.ones(200)}, stats, n_resamples=300, seed=1)
     assert a == b
     assert a["rate"][0] < 100 * hits.mean() < a["rate"][1]
+
+
+def test_resample_intervals_equal_the_column_bootstrap_on_a_ratio():
+    # one bootstrap path: resampling items and recomputing a statistic draws the same items (same seeded
+    # generator) and takes the same percentiles as the column-sum bootstrap, so a ratio gets the same interval
+    from kvsmooth_hooks.eval.bootstrap import resample_intervals
+
+    rng = np.random.default_rng(3)
+    items = [{"hit": float(h)} for h in (rng.random(50) < 0.4)]
+    cols = {"hit": np.array([x["hit"] for x in items]), "one": np.ones(50)}
+    expected = bootstrap_intervals(cols, {"rate": lambda s: 100.0 * s["hit"] / s["one"]}, n_resamples=120, seed=7)
+
+    def stat(sample):
+        return {"rate": 100.0 * sum(x["hit"] for x in sample) / len(sample), "note": "text", "other": 1.0}
+
+    got = resample_intervals(items, stat, ["rate", "note"], n_resamples=120, seed=7)
+    assert set(got) == {"rate"}  # names outside the list and non-numbers get no interval
+    assert got["rate"] == pytest.approx(expected["rate"])
+    assert resample_intervals([], stat, ["rate"]) == {}
