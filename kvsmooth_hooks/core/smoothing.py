@@ -132,13 +132,7 @@ def head_units(raw: torch.Tensor, n_kv: int, per_head: bool, head_axis: str = "q
     raw: ``[..., Hq]`` or ``[..., Hkv]`` -> float32 ``[..., U]`` (U = 1 or Hkv); leading dims are kept,
     so one call reduces every layer of a stacked ``[La, B, Hq]``.
     """
-    if reduce == "mean":  # the default path, unchanged (mean in float32 of the raw dtype)
-        if not per_head:
-            return raw.mean(-1, keepdim=True, dtype=torch.float32)
-        if head_axis == "query":
-            return raw.unflatten(-1, (n_kv, -1)).mean(-1, dtype=torch.float32)
-        return raw.to(torch.float32)
-    raw = raw.to(torch.float32)
+    raw = raw.to(torch.float32)  # no copy for the float32 scores the built-in scorers give
     if not per_head:
         return reduce_heads(raw, reduce).unsqueeze(-1)
     if head_axis == "query":
