@@ -185,7 +185,8 @@ def append_jsonl(path: str | Path, records: Iterable[dict]) -> None:
 class RunLock:
     """An exclusive ``flock`` on ``<out>/run.lock`` for the duration of a run: a second run into the same
     folder is refused with :class:`RunLockedError` instead of computing every item again. The lock goes
-    with the process (a crash leaves no stale lock). Where ``fcntl`` is missing (Windows) it does nothing."""
+    with the process (a crash leaves no stale lock, only a harmless file) and a finished run removes the file.
+    Where ``fcntl`` is missing (Windows) it does nothing."""
 
     def __init__(self, out: Path):
         self.path = Path(out) / "run.lock"
@@ -197,23 +198,34 @@ class RunLock:
         except ImportError:  # pragma: no cover - Windows
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
+        for _ in range(3):  # a run that finished between our open and flock removed the file we opened: open again
+            fh = open(self.path, "a+")
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                fh.close()
+                raise RunLockedError(f"--out {self.path.parent}: another run ({holder}) is writing into this folder; "
+                                     "wait for it to finish (then rerun to resume) or choose another --out") from None
+            if self._same_file(fh):
+                break
             fh.close()
-            raise RunLockedError(f"--out {self.path.parent}: another run ({holder}) is writing into this folder; "
-                                 "wait for it to finish (then rerun to resume) or choose another --out") from None
         fh.truncate(0)
         fh.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
         fh.flush()
         self._fh = fh
         return self
 
+    def _same_file(self, fh) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def __exit__(self, *exc) -> None:
         if self._fh is not None:
+            self.path.unlink(missing_ok=True)  # while still holding the lock; a run waiting on it opens a new file
             self._fh.close()  # closing releases the flock
             self._fh = None
 

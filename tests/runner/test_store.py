@@ -115,4 +115,5 @@ def test_a_second_run_into_one_folder_is_refused(tmp_path):
         holder.kill()
         holder.wait()
     with RunLock(tmp_path):  # the holder is gone: its lock went with it
-        pass
+        assert (tmp_path / "run.lock").exists()
+    assert not (tmp_path / "run.lock").exists(), "a finished run leaves no lock file behind"
