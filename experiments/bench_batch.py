@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,61 +39,44 @@ from pathlib import Path
 
 import torch
 
-SHAPES = {  # the language model of LLaVA-1.5-7B (Vicuna-7B v1.5), random weights; and a CPU smoke test
-    "llava7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-                    num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5),
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=2048),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_overhead beside this script
+sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # this checkout's package
+
+from bench_overhead import SHAPES, random_model  # noqa: E402
+
+from kvsmooth_hooks.models import chat_inputs  # noqa: E402
+from kvsmooth_hooks.runner.report import machine_info  # noqa: E402
 
 
 def machine() -> dict:
-    import transformers
-
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpu": platform.processor() or
-            platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "torch_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "MKL_NUM_THREADS": os.environ.get("MKL_NUM_THREADS"),
-            "loadavg": list(os.getloadavg())}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
-def no_eos(model):
-    model.generation_config.eos_token_id = None
-    model.generation_config.pad_token_id = model.generation_config.pad_token_id or 0
-    return model
+    """The runner's machine record, plus the inter-op threads and the load average (noisy on a shared machine)."""
+    return {**machine_info(), "torch_interop_threads": torch.get_num_interop_threads(), "loadavg": list(os.getloadavg())}
 
 
 def load(args):
     """``(model, tokenizer or None, items)``: items are prompt strings (SmolLM2) or ``[P]`` token tensors."""
+    dtype = getattr(torch, args.dtype)
     if args.random_shape:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
         torch.manual_seed(0)
-        cfg = LlamaConfig(**SHAPES[args.random_shape])
-        model = LlamaForCausalLM(cfg).to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
+        model = random_model(args.random_shape, args.device, dtype)  # EOS disabled: exactly --new-tokens tokens
         g = torch.Generator().manual_seed(0)
-        items = [torch.randint(3, cfg.vocab_size, (args.prompt_tokens,), generator=g) for _ in range(args.n)]
-        return no_eos(model), None, items
+        items = [torch.randint(3, model.config.vocab_size, (args.prompt_tokens,), generator=g) for _ in range(args.n)]
+        return model, None, items
     from kvsmooth_hooks.benchmarks.grounded import make_scenes
     from kvsmooth_hooks.models import load_smollm2
 
     model, tok = load_smollm2(quiet=True)
-    tok.padding_side = "left"
-    items = [s.prompt() for s in make_scenes(args.n, args.seed)]
-    return no_eos(model.to(args.device)), tok, items
+    model = model.to(args.device, dtype)
+    model.generation_config.eos_token_id = None  # every arm does the same work
+    model.generation_config.pad_token_id = model.generation_config.pad_token_id or tok.pad_token_id or 0
+    return model, tok, [s.prompt() for s in make_scenes(args.n, args.seed)]
 
 
 def encode(tok, batch, device):
     if tok is None:  # equal-length random prompts
         ids = torch.stack(batch).to(device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in batch]
-    return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    return chat_inputs(tok, batch).to(device)  # chat template, left padding
 
 
 def bare_loop(model, tok, items, batch_size, new_tokens, config=None) -> float:
@@ -121,7 +103,7 @@ def bare_loop(model, tok, items, batch_size, new_tokens, config=None) -> float:
 
 def batching_table(args, model, tok, items, cfg) -> list[dict]:
     rows = []
-    bare_loop(model, tok, items[: max(1, min(2, len(items)))], 1, 4)  # warm-up (allocator, kernels)
+    bare_loop(model, tok, items[:2], 1, 4)  # warm-up (allocator, kernels)
     for bs in args.batch_sizes:
         base, smoothed, ratios = [], [], []
         for r in range(args.repeats):
@@ -205,16 +187,17 @@ def runner_overhead(args, model, tok, items) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=16, help="items (default 16)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--batch-sizes", default="1,4,8,16")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the grounded proxy's scenes (SmolLM2 items)")
+    ap.add_argument("--new-tokens", type=int, default=32, help="new tokens per item, exactly (EOS disabled)")
+    ap.add_argument("--batch-sizes", default="1,4,8,16", help="comma-separated batch sizes of the batching table")
     ap.add_argument("--repeats", type=int, default=2, help="baseline/smoothed alternations per batch size")
     ap.add_argument("--runner", action="store_true", help="also time the runner against a bare loop (SmolLM2 only)")
-    ap.add_argument("--runner-batch-sizes", default="1,8")
+    ap.add_argument("--runner-batch-sizes", default="1,8", help="--runner: comma-separated batch sizes")
     ap.add_argument("--random-shape", choices=sorted(SHAPES), default=None, help="random-weight model of this shape")
     ap.add_argument("--prompt-tokens", type=int, default=600, help="--random-shape: prompt length")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                    help="the model's dtype (default float32)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: as the process has it)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)

@@ -50,7 +50,11 @@ def translate(argv: list[str]) -> list[str]:
 
 
 def run(argv=None) -> int:
-    return main(translate(list(sys.argv[1:] if argv is None else argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:  # this script's own options, then the runner's
+        print(__doc__)
+        return main(["--help"])
+    return main(translate(argv))
 
 
 if __name__ == "__main__":

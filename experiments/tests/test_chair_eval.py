@@ -94,3 +94,12 @@ def test_chair_cost_script_smoke(tmp_path, capsys):
     assert "s/caption   500 images:" in out and "llava-1.5" in out
     rec = json.loads((tmp_path / "c" / "run" / "cells" / "llava-1.5" / "records.jsonl").read_text())
     assert rec["new_tokens"] == 3
+
+
+def test_help_shows_this_scripts_options_then_the_runners(capsys):
+    # --help needs no --coco-images: it prints the script's own spelling, then the runner's options, and exits 0
+    with pytest.raises(SystemExit) as exc:
+        chair_eval.run(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--coco-images DIR" in out and "--benchmark" in out
