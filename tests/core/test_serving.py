@@ -268,15 +268,21 @@ def test_draft_verification_is_refused_by_the_hooks(model, mode, entry):
     assert torch.equal(out, _smoothed_reference(model, KVSmoothConfig(**CFG)))
 
 
-@pytest.mark.parametrize("how", ["generate_batch", "cache_implementation=paged", "init_continuous_batching"])
+@pytest.mark.parametrize("how", ["generate_batch", "cache_implementation=paged", "GenerationMixin.generate_batch",
+                                 "init_continuous_batching", "continuous_batching_context_manager"])
 def test_continuous_batching_is_refused_to_the_caller(model, how):
     ids, _ = _prompt()
     with smooth(model, KVSmoothConfig(scorer="key_similarity", **CFG)):
         with pytest.raises(SessionError, match="continuous batching"):
             if how == "generate_batch":
                 model.generate_batch([ids[0].tolist()], max_new_tokens=3)
-            elif how == "init_continuous_batching":
+            elif how == "GenerationMixin.generate_batch":
                 GenerationMixin.generate_batch(model, [ids[0].tolist()], max_new_tokens=3)
+            elif how == "init_continuous_batching":
+                model.init_continuous_batching()
+            elif how == "continuous_batching_context_manager":
+                with model.continuous_batching_context_manager():
+                    pass
             else:
                 model.generate(input_ids=ids, max_new_tokens=3, cache_implementation="paged")
     assert "init_continuous_batching" not in vars(model)
@@ -308,9 +314,9 @@ def test_a_session_on_the_inner_decoder_of_a_smoothed_model_is_refused(family, o
     vlm = build_tiny_vlm(family)[0]
     inner = vlm.model.language_model
     first, second = (vlm, inner) if outer_first else (inner, vlm)
-    with smooth(first, KVSmoothConfig()):
+    with smooth(first, KVSmoothConfig(**CFG)):  # CFG: layers the 4-layer tiny decoder has
         with pytest.raises(SessionError, match=f"already smoothed by .*{type(first).__name__}"):
-            smooth(second, KVSmoothConfig()).attach()
+            smooth(second, KVSmoothConfig(**CFG)).attach()
     assert _hooks(vlm) == 0
-    with smooth(second, KVSmoothConfig()):  # either one alone is fine
+    with smooth(second, KVSmoothConfig(**CFG)):  # either one alone is fine
         pass

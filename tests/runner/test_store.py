@@ -102,9 +102,9 @@ def test_reserved_cell_names_are_refused(tmp_path, name):
 def test_a_second_run_into_one_folder_is_refused(tmp_path):
     code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from kvsmooth_hooks.runner.store import RunLock\n"
             "with RunLock(sys.argv[1]):\n    print('locked', flush=True); time.sleep(30)\n")
-    import kvsmooth_hooks
+    from helpers import ROOT
 
-    root = str(__import__("pathlib").Path(kvsmooth_hooks.__file__).parents[1])
+    root = str(ROOT)
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), root], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
