@@ -85,25 +85,18 @@ def reference_cache_decode(model, input_ids, attention_mask, new_tokens, layers,
     cache = out.past_key_values
     tok = out.logits[:, -1].argmax(-1)
     tokens = [tok]
-    windows = {l: [[] for _ in range(b)] for l in layers}
+    windows = {}
     lams = {l: [[] for _ in range(b)] for l in layers}
-    lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
     for _ in range(new_tokens - 1):
         mask = torch.cat([mask, mask.new_ones(b, 1)], -1)
         pos = positions(mask)[:, -1:]
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
                     output_attentions=True, **{CACHE_KW: cache})
         for l in layers:
-            probs = out.attentions[l][:, :, -1].float()  # [B, Hq, T]
-            ent = -(probs * torch.log(probs.clamp_min(1e-38))).sum(-1)  # [B, Hq]
-            for s in range(b):
-                e = float(ent[s].mean())
-                w = windows[l][s]
-                w.append(e)
-                del w[:-window]
-                lam = min(max(_rank(w, e, window), lo), hi)
+            lam_l = reference_lambda(windows, l, out.attentions[l][:, :, -1].float(), lambda_ref, window, clip)
+            layer = cache.layers[l]
+            for s, lam in enumerate(lam_l):
                 lams[l][s].append(lam)
-                layer = cache.layers[l]
                 for t in (layer.keys, layer.values):
                     t[s, :, -1] = (1 - lam) * t[s, :, -1] + lam * t[s, :, -2]
         tok = out.logits[:, -1].argmax(-1)
@@ -122,9 +115,8 @@ def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers
     restore = model.config._attn_implementation or "sdpa"
     model.set_attn_implementation("eager")
     b = input_ids.shape[0]
-    lo, hi = max(0.0, lambda_ref - clip), min(1.0, lambda_ref + clip)
     state = {"decode": False, "lam": {}, "prev": {}}
-    windows = {l: [[] for _ in range(b)] for l in layers}
+    windows = {}
     handles = []
 
     from kvsmooth_hooks.core.adapters import get_adapter
@@ -165,16 +157,8 @@ def reference_kvproj_decode(model, input_ids, attention_mask, new_tokens, layers
         tokens = [tok]
         for _ in range(new_tokens - 1):
             for l in layers:  # coefficient from the latest row (the previous forward's last query)
-                probs = out.attentions[l][:, :, -1].float()
-                ent = -(probs * torch.log(probs.clamp_min(1e-38))).sum(-1)
-                lam = []
-                for s in range(b):
-                    e = float(ent[s].mean())
-                    w = windows[l][s]
-                    w.append(e)
-                    del w[:-window]
-                    lam.append(min(max(_rank(w, e, window), lo), hi))
-                state["lam"][l] = lam
+                state["lam"][l] = reference_lambda(windows, l, out.attentions[l][:, :, -1].float(), lambda_ref,
+                                                   window, clip)
             state["decode"] = True
             mask = torch.cat([mask, mask.new_ones(b, 1)], -1)
             out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=positions(mask)[:, -1:],
