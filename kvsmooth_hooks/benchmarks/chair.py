@@ -40,7 +40,7 @@ class CocoGroundTruth:
             return load_ground_truth(self.need(self.path("gt"), "ground-truth JSON", "gt"))
         ann = self.need(self.path("annotations"), "COCO 2014 annotation folder", "annotations")
         return build_coco_ground_truth(ann, self.extractor, cache_path=default_gt_cache(ann, self.opts["backend"]),
-                                       show_progress=False)
+                                       show_progress=False, digest_memo=self.digest_memo)
 
     def gt_files(self) -> list:
         if self.opts["gt"]:
