@@ -250,14 +250,12 @@ def _finish(args, argv, bench, arms, stores, items, settings, world, model_info,
 
     out: Path = args.out
     ids = [it.id for it in items]
-    rows = []
-    for a in arms:
-        recs = stores[a.name].merge(ids)
-        rows.append(report.summarize_arm(bench, a, recs, args.bootstrap, args.seed))
+    merged = {a.name: stores[a.name].merge(ids) for a in arms}  # records.jsonl of every arm, in item order
+    rows = [report.summarize_arm(bench, a, merged[a.name], args.bootstrap, args.seed) for a in arms]
     md = report.write_tables(rows, bench.metrics, out)
     plots = report.write_plots(rows, bench, out, n_layers_fn() if n_layers_fn else None)
     if "CHAIR_S" in bench.metrics:
-        plots.append(chair_figure(bench, arms, stores, ids, out))
+        plots.append(chair_figure(bench, merged, out))
     cmd = report.command_line(argv, world.size)
     (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
     machine = report.machine_info(world.size)

@@ -161,13 +161,14 @@ def metric_rule(bench) -> str:
     return doc.split("\n\n")[0].replace("\n", " ") if doc else bench.name
 
 
-def chair_figure(bench, arms, stores, ids, out: Path) -> Path:
-    """``chair_vs_length.png``: each record scored alone (CHAIR_S 0 or 100) against its length in words."""
+def chair_figure(bench, records: dict[str, list[dict]], out: Path) -> Path:
+    """``chair_vs_length.png``: each record scored alone (CHAIR_S 0 or 100) against its length in words.
+    ``records``: ``{arm name: the arm's merged records}`` (as ``_finish`` of :mod:`.cli` merged them), arms in order."""
     from ..figures import chair_vs_length
 
     items = []
-    for a in arms:
-        for r in stores[a.name].merge(ids):
+    for arm, recs in records.items():
+        for r in recs:
             s = bench.score([r], n_bootstrap=0, seed=0)
-            items.append({"arm": a.name, "length": len(str(r["output"]).split()), "hallucinated": s.get("CHAIR_S", 0) > 0})
+            items.append({"arm": arm, "length": len(str(r["output"]).split()), "hallucinated": s.get("CHAIR_S", 0) > 0})
     return chair_vs_length(items, out / "chair_vs_length.png", title=f"{bench.name}: CHAIR_S vs caption length")

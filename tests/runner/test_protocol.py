@@ -43,6 +43,20 @@ def test_template_is_applied_and_recorded(data, tmp_path, monkeypatch):
     assert (out / "frontier.png").stat().st_size > 5000
 
 
+def test_chair_run_merges_each_arm_once(data, tmp_path, monkeypatch):
+    """The length figure draws the records the tables were made of: every arm's records are merged (read back from
+    the rank files and written to records.jsonl) once."""
+    from kvsmooth_hooks.runner.store import CellStore
+
+    merged = []
+    real = CellStore.merge
+    monkeypatch.setattr(CellStore, "merge", lambda self, ids: merged.append(self.dir.name) or real(self, ids))
+    out = tmp_path / "run"
+    assert main(argv(data, out, "tiny-llava", "chair", "--n", "2", "--bootstrap", "0")) == 0
+    assert sorted(merged) == ["baseline", "smoothed"]
+    assert "chair_vs_length.png" in json.loads((out / "results.json").read_text())["plots"]
+
+
 def test_protocol_kvsmooth_chair(data, tmp_path):
     out = tmp_path / "run"
     assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=llava-1.5",
