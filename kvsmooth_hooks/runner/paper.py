@@ -93,6 +93,10 @@ def protocol_and_template(args, opts: dict):
         args.n = args.n if args.n is not None else p["n"]
         args.max_new_tokens = args.max_new_tokens or p["max_new_tokens"]
         if args.arms is None and not (args.grid or args.grid_file):
+            if p["preset"] is None:
+                raise ConfigError(f"--protocol {args.protocol}: the model family {p['family']!r} has no smoothing preset "
+                                  "in the protocol; give --arms (e.g. --arms baseline,smoothed with --preset or "
+                                  "--config for the smoothed arm)")
             args.arms = f"baseline,{p['preset']}"
         args.template = args.template or p["template"]
         if args.template == p["template"] and p["question"]:

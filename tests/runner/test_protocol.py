@@ -82,6 +82,19 @@ def test_protocol_and_template_mistakes_exit_2(data, tmp_path, capsys):
     assert "--benchmark is required" in capsys.readouterr().err
 
 
+def test_protocol_family_without_a_preset_asks_for_arms(data, tmp_path, capsys):
+    """Shikra has the protocol's template but no preset: without --arms the run stops at once, naming the family
+    and the fix (it used to fail later with "--arms: 'None' is not ..."); with --arms it runs."""
+    assert main(argv(data, tmp_path / "a", "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
+                     "--n", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "family 'shikra'" in err[0] and "give --arms" in err[0] and "None" not in err[0]
+    out = tmp_path / "b"
+    assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
+                     "--n", "1", "--arms", "baseline,smoothed", "--bootstrap", "0")) == 0
+    assert json.loads((out / "run.json").read_text())["template"]["name"] == "opera-shikra"
+
+
 def test_trace_writes_per_cell_heatmaps(data, tmp_path):
     out = tmp_path / "run"
     assert main(argv(data, out, "tiny-llava", "pope", "--n", "2", "--trace")) == 0
