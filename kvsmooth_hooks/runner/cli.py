@@ -212,10 +212,11 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             for a in arms:
                 if world.main:
                     stores[a.name].check(settings, a.settings())
-            world.barrier()
+            world.barrier()  # rank 0 has checked (or written) every cell.json; the other ranks check them now
             for a in arms:
                 store = stores[a.name]
-                store.check(settings, a.settings())
+                if not world.main:
+                    store.check(settings, a.settings())
                 done = store.done()
                 todo = [it for it in mine if it.id not in done]
                 if not todo:

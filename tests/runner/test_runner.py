@@ -302,6 +302,17 @@ def test_a_last_record_without_newline_is_kept_in_one_rerun(tmp_path, monkeypatc
     assert _strip(_records(out, "smoothed")) == _strip(before)
 
 
+def test_one_process_checks_each_cell_once(tmp_path, monkeypatch):
+    """Rank 0 checks (or writes) every cell.json before the barrier; only the other ranks check after it."""
+    from kvsmooth_hooks.runner.store import CellStore
+
+    checked = []
+    real = CellStore.check
+    monkeypatch.setattr(CellStore, "check", lambda self, *a: checked.append(self.dir.name) or real(self, *a))
+    assert main(_text_argv(tmp_path, tmp_path / "run")) == 0
+    assert sorted(checked) == ["baseline", "smoothed"]
+
+
 def test_two_runs_into_one_folder(tmp_path, capsys):
     from kvsmooth_hooks.runner.store import RunLock
 
