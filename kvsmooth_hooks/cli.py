@@ -221,9 +221,9 @@ def main(argv: list[str] | None = None) -> int:
 
         args.func = cmd_check
     if args.command == "run":
-        from .runner.cli import run_cli
+        from .runner.cli import argv_after, run_cli
 
-        return run_cli(args, args.argv_after_run(argv))
+        return run_cli(args, argv_after(argv, "run"))
     return run_command(lambda: args.func(args), args.traceback)
 
 
