@@ -102,13 +102,7 @@ def cmd_export(args) -> int:
 def cmd_trace(args) -> int:
     from .plots import plot_trace
 
-    try:
-        paths = plot_trace(args.file, args.output)
-    except (FileNotFoundError, ValueError, IndexError) as exc:  # Trace.load's refusals of a file
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(str(exc)) from None
-    for path in paths:
+    for path in plot_trace(args.file, args.output):  # Trace.load refuses a bad file with a UserError naming it
         print(f"wrote {path}")
     return 0
 
