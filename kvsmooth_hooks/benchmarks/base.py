@@ -64,6 +64,9 @@ class Benchmark:
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     #: the metrics grid plots draw (default: the first two)
     plot_metrics: ClassVar[tuple[str, ...]] = ()
+    #: how the metric is computed, as results record it (``protocol_record``); empty: the first paragraph of the
+    #: class's (or its module's) docstring
+    metric_rule: ClassVar[str] = ""
 
     def __init__(self, data: str | Path | None, **options: Any):
         unknown = sorted(set(options) - set(self.options))

@@ -248,13 +248,13 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             world.barrier()  # every rank's records are written
             if not world.main:
                 return None
-            return _finish(args, argv, bench, arms, stores, items, settings, world,
+            return _finish(args, argv, bench, arms, stores, items, settings, world, template,
                            bundle_box[0].info if bundle_box else {}, n_layers if args.grid == "layers" else None)
         finally:
             world.stop()
 
 
-def _finish(args, argv, bench, arms, stores, items, settings, world, model_info, n_layers_fn):
+def _finish(args, argv, bench, arms, stores, items, settings, world, template, model_info, n_layers_fn):
     from . import report
     from .paper import chair_figure, run_record
 
@@ -270,7 +270,7 @@ def _finish(args, argv, bench, arms, stores, items, settings, world, model_info,
     (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
     machine = report.machine_info(world.size)
     report.write_json(out / "machine.json", machine)
-    record = run_record(args, bench, settings, ids, model_info)
+    record = run_record(args, bench, settings, ids, model_info, template)
     results = {"settings": settings, "model_info": model_info, "arms": rows, "command": cmd, "machine": machine,
                "plots": [p.name for p in plots], "protocol_record": record}
     report.write_json(out / "results.json", results)

@@ -61,12 +61,13 @@ def prepare_bundle(b, template, args, gen: dict, n_items: int, modality: str) ->
     b.info = {**b.info, "batch_size": b.batch_size}
 
 
-def run_record(args, bench, settings: dict, ids: list, model_info: dict) -> dict:
-    """``results.json["protocol_record"]`` (:func:`kvsmooth_hooks.protocols.protocol_record`)."""
+def run_record(args, bench, settings: dict, ids: list, model_info: dict, template=None) -> dict:
+    """``results.json["protocol_record"]`` (:func:`kvsmooth_hooks.protocols.protocol_record`); ``template``: the run's
+    :class:`~kvsmooth_hooks.templates.PromptTemplate` (None: the model's own format)."""
     from ..protocols import protocol_record
 
     used = model_info.get("batch_size", args.batch_size)
-    return protocol_record(template=getattr(args, "template_obj", None),
+    return protocol_record(template=template,
                            question=getattr(bench, "opts", {}).get("prompt"), ids=ids,
                            decoding={**settings["generation"], "batch_size_used": used},
                            seeds={"items": args.seed, "bootstrap": args.seed}, metric_rule=metric_rule(bench),
@@ -105,8 +106,7 @@ def protocol_and_template(args, opts: dict):
         raise ConfigError("--set family= names the model family for --protocol; give --protocol too")
     if args.benchmark is None:
         raise ConfigError("--benchmark is required (or --protocol NAME)")
-    args.template_obj = get_template(args.template) if args.template is not None else None
-    return args.template_obj
+    return get_template(args.template) if args.template is not None else None
 
 
 def cpu_threads(device, world) -> None:
@@ -157,10 +157,10 @@ def save_trace(trace, folder: Path, world) -> None:
 
 
 def metric_rule(bench) -> str:
-    from ..protocols import CHAIR_RULE
-
-    if bench.name == "chair":
-        return CHAIR_RULE
+    """The benchmark's ``metric_rule``, else the first paragraph of its class's (or module's) docstring, else its
+    name."""
+    if bench.metric_rule:
+        return bench.metric_rule
     doc = (type(bench).__doc__ or sys.modules[type(bench).__module__].__doc__ or "").strip()
     return doc.split("\n\n")[0].replace("\n", " ") if doc else bench.name
 

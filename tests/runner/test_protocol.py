@@ -57,6 +57,29 @@ def test_chair_run_merges_each_arm_once(data, tmp_path, monkeypatch):
     assert "chair_vs_length.png" in json.loads((out / "results.json").read_text())["plots"]
 
 
+def test_metric_rule_is_the_benchmarks_own():
+    """A benchmark declares its metric rule (chair: the CHAIR rule); the name "chair" alone means nothing."""
+    from kvsmooth_hooks.benchmarks import get_benchmark
+    from kvsmooth_hooks.benchmarks.base import Benchmark
+    from kvsmooth_hooks.protocols import CHAIR_RULE
+    from kvsmooth_hooks.runner.paper import metric_rule
+
+    assert get_benchmark("chair").metric_rule == CHAIR_RULE
+
+    class Named(Benchmark):
+        """Captions scored my way.
+
+        More text."""
+
+        name, modality = "chair", "text"
+
+    class Ruled(Named):
+        name, metric_rule = "mine", "CHAIR as in my paper"
+
+    assert metric_rule(Named(None)) == "Captions scored my way."
+    assert metric_rule(Ruled(None)) == "CHAIR as in my paper"
+
+
 def test_protocol_kvsmooth_chair(data, tmp_path):
     out = tmp_path / "run"
     assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=llava-1.5",
