@@ -200,9 +200,9 @@ def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader
         if isinstance(got, tuple) and len(got) == 2:
             return hf_bundle(*got)
         raise LoaderError(f"--loader {loader!r} returned {type(got).__name__}; return a ModelBundle or (model, processor)")
-    if model_id.lower() in ("smollm2", "smollm2-135m"):
-        from ..models import load_smollm2
+    from ..models import SMOLLM2_ALIASES, load_smollm2
 
+    if model_id.lower() in SMOLLM2_ALIASES:
         model, tok = load_smollm2(quiet=True)
         return hf_bundle(model.to(device=dev, dtype=torch_dtype).eval(), tok)
     from transformers import AutoConfig
@@ -284,9 +284,9 @@ def load_model_for_structure(name: str):
     """
     import torch
 
-    if name.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
-        from ..models import SMOLLM2_NAME, cache_dir, load_smollm2
+    from ..models import SMOLLM2_ALIASES, SMOLLM2_NAME, cache_dir, load_smollm2
 
+    if name.lower() in SMOLLM2_ALIASES:
         if not (cache_dir() / SMOLLM2_NAME / "config.json").is_file():
             load_smollm2()
         name = str(cache_dir() / SMOLLM2_NAME)
