@@ -71,6 +71,9 @@ def _cut(path):
 ROWS = {
     "loader-colon-only": (lambda t, m: _with(_argv(t), "--loader", ":"), "--loader ':': use module:function"),
     "loader-relative": (lambda t, m: _with(_argv(t), "--loader", ".rel:f"), "--loader '.rel:f': use module:function with an absolute"),
+    "loader-empty-part": (lambda t, m: _with(_argv(t), "--loader", "a..b:load"), "--loader 'a..b:load': use module:function"),
+    "loader-not-a-name": (lambda t, m: _with(_argv(t), "--loader", "my-loader:load"), "--loader 'my-loader:load': use "),
+    "loader-function-path": (lambda t, m: _with(_argv(t), "--loader", "mod:a.b"), "--loader 'mod:a.b': use module:function"),
     "loader-signature": (lambda t, m: _with(_argv(t), "--loader", _module(t, m, "sig_loader", "def load():\n    pass\n")),
                          "cannot be called as load(model_id, device=..., dtype=...)"),
     "loader-raises-on-import": (lambda t, m: _with(_argv(t), "--loader", _module(t, m, "boom_loader", "raise RuntimeError('no weights here')\n")),

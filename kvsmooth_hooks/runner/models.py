@@ -154,8 +154,7 @@ def hf_bundle(model, processor) -> ModelBundle:
 
 def _import_loader(spec: str) -> Callable:
     mod, _, fn = spec.partition(":")
-    if not mod or not fn or not mod.replace(".", "").replace("_", "").isalnum() or mod.startswith(".") \
-            or not fn.isidentifier():
+    if not fn.isidentifier() or not all(part.isidentifier() for part in mod.split(".")):  # '', '.rel', 'a..b', '1x'
         raise LoaderError(f"--loader {spec!r}: use module:function with an absolute module name (e.g. "
                            "my_minigpt4:load, a file my_minigpt4.py in the current folder or on PYTHONPATH)")
     if "" not in sys.path:
