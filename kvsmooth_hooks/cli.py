@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .core.errors import UserError
+from .core.errors import UserError, add_traceback_option
 
 
 def _config_from_args(args, default: dict | None = None):
@@ -116,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")
     p.add_argument("--version", action="version", version=f"kvsmooth_hooks {__version__}")
-    p.add_argument("--traceback", action="store_true",
-                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
+    add_traceback_option(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_source(sp, positional: bool):
@@ -218,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         from .runner.cli import argv_after, run_cli
 
         return run_cli(args, argv_after(argv, "run"))
-    return run_command(lambda: args.func(args), args.traceback)
+    return run_command(lambda: args.func(args), getattr(args, "traceback", False))
 
 
 if __name__ == "__main__":

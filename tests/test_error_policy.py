@@ -147,3 +147,22 @@ def test_every_package_error_derives_from_the_base():
     ours = {c for base in (Exception,) for c in subclasses(base) if c.__module__.startswith("kvsmooth_hooks") and not issubclass(c, Warning)}
     assert len(ours) >= 10
     assert not {c.__qualname__ for c in ours if not issubclass(c, KVSmoothError)}
+
+
+def test_one_traceback_option_everywhere(tmp_path, monkeypatch, capsys):
+    """--traceback (core.errors.add_traceback_option) on kvsmooth, its eval and run subcommands and the stand-alone
+    runner and eval parsers; a subcommand never resets the main command's flag."""
+    import kvsmooth_hooks.runner.cli as runner_cli
+    from kvsmooth_hooks.cli import build_parser
+    from kvsmooth_hooks.eval.cli import build_parser as eval_parser
+
+    chair = ["chair", "c.jsonl", "--gt-objects", "g.json"]
+    for argv, want in ((["--traceback", "eval", *chair], True), (["eval", *chair, "--traceback"], True),
+                       (["eval", *chair], False), (["--traceback", "run", "--model", "m"], True),
+                       (["run", "--model", "m", "--traceback"], True), (["--traceback", "demo"], True), (["demo"], False)):
+        assert getattr(build_parser().parse_args(argv), "traceback", False) is want, argv
+    assert runner_cli.build_parser().parse_args(["--model", "m", "--traceback"]).traceback is True
+    assert eval_parser().parse_args([*chair, "--traceback"]).traceback is True
+    monkeypatch.setattr(runner_cli, "run", lambda *a, **k: {}["missing"])
+    assert kvsmooth(["--traceback", *_argv(tmp_path)]) == 1  # given before the subcommand
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

@@ -34,6 +34,7 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict[str, str] | None =
     """The runner's options on ``ap``. ``defaults`` (``{"--flag": "value"}`` as on a command line): a command that is
     the runner with other defaults; set on ``ap`` (each option's type converts them) and shown in ``--help``."""
     from ..benchmarks import BENCHMARKS
+    from ..core.errors import add_traceback_option
     from ..core.registry import site_names
     from .arms import GRIDS
     from .paper import add_arguments as add_paper_arguments, batch_size_arg
@@ -93,8 +94,7 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict[str, str] | None =
     o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_paper_arguments(b, o)
-    o.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
-                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
+    add_traceback_option(o)
     ap.set_defaults(**{"n" if flag in _ALIASES else flag[2:].replace("-", "_"): v for flag, v in defaults.items()})
 
 
