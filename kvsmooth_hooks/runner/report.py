@@ -18,6 +18,8 @@ __all__ = ["summarize_arm", "write_tables", "write_plots", "machine_info", "comm
 
 def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) -> dict:
     """The arm's row: metrics, ``ci95``, seconds per item, item count, the arm's fields and config."""
+    from ..methods.arms import method_settings
+
     scores = bench.score(records, n_bootstrap=n_bootstrap, seed=seed)
     ci = dict(scores.get("ci95") or {})
     if n_bootstrap and any(m in scores and m not in ci for m in bench.metrics):
@@ -30,7 +32,7 @@ def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) 
             "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
             "new_tokens_per_item": sum(r["new_tokens"] for r in records) / max(1, len(records)),
             "config": arm.config.to_dict() if arm.config is not None else None,
-            "method_settings": arm.settings()["method"] if getattr(arm, "method", None) is not None else None}
+            "method_settings": method_settings(getattr(arm, "method", None))}
 
 
 def _cell(row: dict, metric: str) -> str:
