@@ -12,7 +12,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .core.errors import UserError
+from .core.errors import UserError, add_traceback_option
 
 
 def _config_from_args(args, default: dict | None = None):
@@ -102,13 +102,7 @@ def cmd_export(args) -> int:
 def cmd_trace(args) -> int:
     from .plots import plot_trace
 
-    try:
-        paths = plot_trace(args.file, args.output)
-    except (FileNotFoundError, ValueError, IndexError) as exc:  # Trace.load's refusals of a file
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(str(exc)) from None
-    for path in paths:
+    for path in plot_trace(args.file, args.output):  # Trace.load refuses a bad file with a UserError naming it
         print(f"wrote {path}")
     return 0
 
@@ -122,8 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="kvsmooth", description="KV-cache smoothing (KVSmooth) as forward hooks.")
     p.add_argument("--version", action="version", version=f"kvsmooth_hooks {__version__}")
-    p.add_argument("--traceback", action="store_true",
-                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
+    add_traceback_option(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_source(sp, positional: bool):
@@ -221,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
 
         args.func = cmd_check
     if args.command == "run":
-        from .runner.cli import run_cli
+        from .runner.cli import argv_after, run_cli
 
-        return run_cli(args, args.argv_after_run(argv))
-    return run_command(lambda: args.func(args), args.traceback)
+        return run_cli(args, argv_after(argv, "run"))
+    return run_command(lambda: args.func(args), getattr(args, "traceback", False))
 
 
 if __name__ == "__main__":

@@ -331,15 +331,14 @@ def run_demo(cfg, model, tok, *, prompt: str | None = None, n_scenes: int = DEMO
     records = {name: [{**generated[name][it.id], **score_description(generated[name][it.id]["output"],
                                                                       it.meta["objects"])} for it in items]
                for name in arms}
-    batch = items
     cmp = compare_arms(records["baseline"], records["KVSmooth"])
-    echo(f"\nBatch: scenes 0-{len(batch) - 1} of seed {seed}" + ("" if scene < n_scenes else " (the scene above is not one "
+    echo(f"\nBatch: scenes 0-{len(items) - 1} of seed {seed}" + ("" if scene < n_scenes else " (the scene above is not one "
          "of them)") + f", greedy, {max_new_tokens} new tokens, "
          f"{time.perf_counter() - t0:.0f} s. Percent; brackets: bootstrap 95% intervals over scenes; "
          "difference = KVSmooth - baseline, paired.")
     for line in format_table(cmp):
         echo(line)
-    echo(textwrap.fill(reading(cmp, len(batch)), width))
+    echo(textwrap.fill(reading(cmp, len(items)), width))
     echo(textwrap.fill("More scenes narrow the intervals: `kvsmooth demo --scenes 100` (about 5x the batch time); "
                        "measured runs of 100 scenes are in docs/evaluation.md.", width))
     result.update(records=records, comparison=cmp)

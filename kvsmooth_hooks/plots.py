@@ -14,15 +14,7 @@ from pathlib import Path
 import torch
 
 from .core.errors import UserError
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from .figures import pyplot, save_figure
 
 
 def clip_bound_shares(trace, run: int = -1, atol: float = 1e-6) -> dict[str, torch.Tensor]:
@@ -53,7 +45,7 @@ def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
     if not trace.runs or trace.runs[run].n_steps == 0:
         raise UserError(f"trace '{path}' holds no decode step to plot")
     out.mkdir(parents=True, exist_ok=True)
-    plt = _plt()
+    plt = pyplot()
     lam = trace.tensor("lambda", run)
     score = trace.tensor("score", run)
     layers = trace.layers
@@ -70,10 +62,7 @@ def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
     ax.set_ylabel("layer")
     ax.set_title(f"λ per layer and step (sequence {sequence}, mean over KV heads)\n{title}", fontsize=8)
     fig.colorbar(im, ax=ax, label="λ")
-    fig.tight_layout()
-    paths.append(out / "lambda_heatmap.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "lambda_heatmap.png", plt, dpi=120))
 
     fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.35 + 2), 3.6))
     data = [score[:, :, j].reshape(-1).numpy() for j in range(len(layers))]
@@ -82,10 +71,7 @@ def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
     ax.set_xlabel("layer")
     ax.set_ylabel(f"score ({cfg.scorer.name if cfg else 'score'})")
     ax.set_title(f"sink-score distribution per layer (all steps and sequences)\n{title}", fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "score_distributions.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "score_distributions.png", plt, dpi=120))
 
     shares = clip_bound_shares(trace, run)
     fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.35 + 2), 3.6))
@@ -100,8 +86,5 @@ def plot_trace(path, out_dir, run: int = -1, sequence: int = 0) -> list[Path]:
     ax.set_ylabel("share of tokens")
     ax.legend(fontsize=7, loc="upper right")
     ax.set_title(f"where λ sits in its clip band\n{title}", fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "clip_bounds.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(save_figure(fig, out / "clip_bounds.png", plt, dpi=120))
     return paths

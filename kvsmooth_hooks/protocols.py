@@ -15,9 +15,8 @@ prompt; OPERA's is our choice (docs/experiments.md).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 from .core.errors import UserError
 
@@ -46,8 +45,6 @@ class Protocol:
     template_by_family: dict
     metric_rule: str
     source: str
-    notes: str = ""
-    options: dict = field(default_factory=dict)
 
 
 PROTOCOLS: dict[str, Protocol] = {
@@ -57,30 +54,28 @@ PROTOCOLS: dict[str, Protocol] = {
         preset_by_family={"llava-1.5": "llava-1.5", "minigpt-4": "minigpt-4", "instructblip": "instructblip"},
         template_by_family={"llava-1.5": "opera-llava-1.5", "minigpt-4": "opera-minigpt4",
                             "instructblip": "opera-instructblip", "shikra": "opera-shikra"},
-        metric_rule=CHAIR_RULE, source="KVSmooth (arXiv 2602.04268) Sec. 4; OPERA chair_eval.py for the prompt",
-        notes="500 images drawn with the seed from COCO val2014; greedy; 512 new tokens; arms baseline and the "
-              "family's preset"),
+        metric_rule=CHAIR_RULE, source="KVSmooth (arXiv 2602.04268) Sec. 4; OPERA chair_eval.py for the prompt"),
 }
 
 _FAMILY_WORDS = (("instructblip", "instructblip"), ("minigpt", "minigpt-4"), ("shikra", "shikra"), ("llava", "llava-1.5"))
 
 
-def model_family(model_id: str, config=None) -> str | None:
-    """``llava-1.5``, ``instructblip``, ``minigpt-4``, ``shikra`` from a model id (or its config's model_type)."""
-    text = f"{model_id} {getattr(config, 'model_type', '')}".lower()
+def model_family(model_id: str) -> str | None:
+    """``llava-1.5``, ``instructblip``, ``minigpt-4``, ``shikra`` from words of a model id (None: none of them)."""
+    text = model_id.lower()
     for word, family in _FAMILY_WORDS:
         if word in text:
             return family
     return None
 
 
-def resolve_protocol(name: str, model_id: str, config=None, family: str | None = None) -> dict:
+def resolve_protocol(name: str, model_id: str, family: str | None = None) -> dict:
     """The settings of protocol ``name`` for ``model_id``: benchmark, n, seed, max_new_tokens, decoding, preset,
     template, question, layers, metric_rule. ``family`` overrides the family read from the model id."""
     if name not in PROTOCOLS:
         raise ProtocolError(f"unknown protocol {name!r}; protocols: {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[name]
-    fam = family or model_family(model_id, config)
+    fam = family or model_family(model_id)
     if fam not in p.template_by_family:
         raise ProtocolError(f"protocol {name!r} knows the families {sorted(p.template_by_family)}, and {model_id!r} "
                             f"is {'of family ' + repr(fam) if fam else 'none of them'}: pass the family "
@@ -142,7 +137,3 @@ def auto_batch_size(n_items: int, device: str, kv_bytes_per_item: int | None = N
     if not str(device).startswith("cuda") or not kv_bytes_per_item or not free_bytes:
         return max(1, min(cpu_batch, n_items))
     return max(1, min(max_batch, n_items, int(free_bytes * share // kv_bytes_per_item)))
-
-
-def protocol_json(name: str) -> str:
-    return json.dumps(asdict(PROTOCOLS[name]), indent=1)

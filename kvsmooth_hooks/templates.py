@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -44,7 +44,6 @@ class PromptTemplate:
     source: tuple[str, ...] = ()
     used_by: str = ""
     notes: str = ""
-    extra: dict = field(default_factory=dict, compare=False)
 
     @property
     def is_chat(self) -> bool:

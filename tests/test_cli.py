@@ -116,6 +116,27 @@ def test_trace_plot_refuses_non_traces(tmp_path, capsys):
     assert "does not exist" in _err(capsys, ["trace", "plot", str(tmp_path / "none.safetensors"), "-o", "p"])
 
 
+def test_trace_load_refuses_with_a_user_error_naming_the_file(tmp_path, capsys):
+    """Trace.load itself says what is wrong (a UserError, exit 2 in every command), not the trace command."""
+    from safetensors.torch import save_file
+
+    from kvsmooth_hooks.core.errors import UserError
+    from kvsmooth_hooks.core.trace import Trace
+
+    missing = tmp_path / "none.safetensors"
+    with pytest.raises(UserError, match=re.escape(f"trace file '{missing}' does not exist")):
+        Trace.load(missing)
+    with pytest.raises(UserError, match="it is a directory"):
+        Trace.load(tmp_path)
+    meta = {"format": "kvsmooth_hooks.core.trace/1", "config": "null", "layers": "[0", "n_kv_heads": "1",
+            "identity": "{}", "runs": "[]", "notes": "{}"}  # layers cut short
+    damaged = tmp_path / "damaged.safetensors"
+    save_file({"run0.lambda": torch.zeros(1, 1, 1, 1)}, str(damaged), metadata=meta)
+    with pytest.raises(UserError, match=re.escape(f"trace '{damaged}': damaged metadata")):
+        Trace.load(damaged)
+    assert "damaged metadata" in _err(capsys, ["trace", "plot", str(damaged), "-o", str(tmp_path / "p")])
+
+
 @pytest.mark.slow
 def test_demo_on_smollm2_end_to_end():
     """The real command, as a user runs it (a few scenes to keep CI short): both columns, marks, the table."""

@@ -71,6 +71,9 @@ def _cut(path):
 ROWS = {
     "loader-colon-only": (lambda t, m: _with(_argv(t), "--loader", ":"), "--loader ':': use module:function"),
     "loader-relative": (lambda t, m: _with(_argv(t), "--loader", ".rel:f"), "--loader '.rel:f': use module:function with an absolute"),
+    "loader-empty-part": (lambda t, m: _with(_argv(t), "--loader", "a..b:load"), "--loader 'a..b:load': use module:function"),
+    "loader-not-a-name": (lambda t, m: _with(_argv(t), "--loader", "my-loader:load"), "--loader 'my-loader:load': use "),
+    "loader-function-path": (lambda t, m: _with(_argv(t), "--loader", "mod:a.b"), "--loader 'mod:a.b': use module:function"),
     "loader-signature": (lambda t, m: _with(_argv(t), "--loader", _module(t, m, "sig_loader", "def load():\n    pass\n")),
                          "cannot be called as load(model_id, device=..., dtype=...)"),
     "loader-raises-on-import": (lambda t, m: _with(_argv(t), "--loader", _module(t, m, "boom_loader", "raise RuntimeError('no weights here')\n")),
@@ -144,3 +147,22 @@ def test_every_package_error_derives_from_the_base():
     ours = {c for c in subclasses(Exception) if c.__module__.startswith("kvsmooth_hooks") and not issubclass(c, Warning)}
     assert len(ours) >= 10
     assert not {c.__qualname__ for c in ours if not issubclass(c, KVSmoothError)}
+
+
+def test_one_traceback_option_everywhere(tmp_path, monkeypatch, capsys):
+    """--traceback (core.errors.add_traceback_option) on kvsmooth, its eval and run subcommands and the stand-alone
+    runner and eval parsers; a subcommand never resets the main command's flag."""
+    import kvsmooth_hooks.runner.cli as runner_cli
+    from kvsmooth_hooks.cli import build_parser
+    from kvsmooth_hooks.eval.cli import build_parser as eval_parser
+
+    chair = ["chair", "c.jsonl", "--gt-objects", "g.json"]
+    for argv, want in ((["--traceback", "eval", *chair], True), (["eval", *chair, "--traceback"], True),
+                       (["eval", *chair], False), (["--traceback", "run", "--model", "m"], True),
+                       (["run", "--model", "m", "--traceback"], True), (["--traceback", "demo"], True), (["demo"], False)):
+        assert getattr(build_parser().parse_args(argv), "traceback", False) is want, argv
+    assert runner_cli.build_parser().parse_args(["--model", "m", "--traceback"]).traceback is True
+    assert eval_parser().parse_args([*chair, "--traceback"]).traceback is True
+    monkeypatch.setattr(runner_cli, "run", lambda *a, **k: {}["missing"])
+    assert kvsmooth(["--traceback", *_argv(tmp_path)]) == 1  # given before the subcommand
+    assert "Traceback (most recent call last)" in capsys.readouterr().err

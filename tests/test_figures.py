@@ -5,7 +5,7 @@ import torch
 
 from helpers import tiny_llama
 from kvsmooth_hooks import KVSmoothConfig, smooth
-from kvsmooth_hooks.figures import chair_vs_length, frontier, length_bins, trace_heatmaps
+from kvsmooth_hooks.figures import chair_vs_length, error_bar, frontier, length_bins, pyplot, save_figure, trace_heatmaps
 
 
 def rows():
@@ -25,6 +25,18 @@ def test_frontier_refuses_unknown_or_missing_axes(tmp_path):
         frontier(rows(), tmp_path / "f.png", x="Accuracy")
     with pytest.raises(ValueError, match="no arm has both 'CHAIR_I' and 'F1'"):
         frontier(rows(), tmp_path / "f.png", x="CHAIR_I")
+
+
+def test_shared_helpers_error_bars_and_saving(tmp_path):
+    """The one home of the plotting helpers (figures, plots and the runner's report use them)."""
+    r = rows()
+    assert error_bar(r[0], "CHAIR_S") == (5.0, 5.0) and error_bar(r[2], "CHAIR_S") == (5.0, 6.0)
+    assert error_bar(r[1], "F1") == (0.0, 0.0)  # no interval
+    assert error_bar({"F1": 3.0, "ci95": {"F1": [float("nan"), 4.0]}}, "F1") == (0.0, 0.0)  # not finite
+    plt = pyplot()
+    fig, _ = plt.subplots()
+    p = save_figure(fig, tmp_path / "new" / "f.png", plt)  # the folder is made
+    assert p.read_bytes()[:4] == b"\x89PNG" and fig.number not in plt.get_fignums()  # closed
 
 
 def test_length_bins_partition_the_lengths():

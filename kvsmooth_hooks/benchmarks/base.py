@@ -16,13 +16,14 @@ Benchmarks are evaluation-side code: they use ``kvsmooth_hooks.eval`` metrics an
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..eval.digest import file_digest
 from ..eval.records import EvalInputError
 
 __all__ = ["Item", "Benchmark", "BenchmarkError", "coco_image_index", "seeded_draw", "file_digest", "read_json_records"]
@@ -63,6 +64,9 @@ class Benchmark:
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     #: the metrics grid plots draw (default: the first two)
     plot_metrics: ClassVar[tuple[str, ...]] = ()
+    #: how the metric is computed, as results record it (``protocol_record``); empty: the first paragraph of the
+    #: class's (or its module's) docstring
+    metric_rule: ClassVar[str] = ""
 
     def __init__(self, data: str | Path | None, **options: Any):
         unknown = sorted(set(options) - set(self.options))
@@ -107,11 +111,17 @@ class Benchmark:
             raise BenchmarkError(f"benchmark {self.name!r}: {what} not found at {path}{hint}")
         return path
 
+    @cached_property
+    def digest_memo(self) -> dict:
+        """The file digests this benchmark (one run) has computed (:mod:`kvsmooth_hooks.eval.digest`): the run key
+        and the CHAIR ground-truth cache read each data file once."""
+        return {}
+
     def settings(self) -> dict:
         """Everything about the benchmark that changes a result (for the run key)."""
         return {"benchmark": self.name, "options": dict(sorted(self.opts.items())),
                 "data_files": {str(p.relative_to(self.data) if self.data and p.is_relative_to(self.data) else p):
-                               file_digest(p) for p in self.data_files()},
+                               file_digest(p, self.digest_memo) for p in self.data_files()},
                 "max_new_tokens": self.max_new_tokens}
 
 
@@ -139,19 +149,6 @@ def seeded_draw(ids, n: int | None, seed: int) -> list:
     ids = sorted(ids)
     k = len(ids) if n is None else min(n, len(ids))
     return random.Random(seed).sample(ids, k)
-
-
-def file_digest(path: Path) -> str:
-    """sha1 of a file (of the sorted file names for a folder: image folders are keyed by listing)."""
-    h = hashlib.sha1()
-    if path.is_dir():
-        for name in sorted(p.name for p in path.iterdir()):
-            h.update(name.encode() + b"\n")
-        return "dir:" + h.hexdigest()[:16]
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def read_json_records(path: Path, what: str) -> list[dict]:

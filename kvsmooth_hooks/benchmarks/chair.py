@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from ..protocols import CHAIR_RULE
 from .registry import register_benchmark
 from .base import Benchmark, BenchmarkError, Item, coco_image_index, seeded_draw
 
@@ -40,7 +41,7 @@ class CocoGroundTruth:
             return load_ground_truth(self.need(self.path("gt"), "ground-truth JSON", "gt"))
         ann = self.need(self.path("annotations"), "COCO 2014 annotation folder", "annotations")
         return build_coco_ground_truth(ann, self.extractor, cache_path=default_gt_cache(ann, self.opts["backend"]),
-                                       show_progress=False)
+                                       show_progress=False, digest_memo=self.digest_memo)
 
     def gt_files(self) -> list:
         if self.opts["gt"]:
@@ -61,6 +62,7 @@ class Chair(CocoGroundTruth, Benchmark):
     metrics = ("CHAIR_S", "CHAIR_I", "Recall", "Precision", "F1", "Len")
     lower_is_better = ("CHAIR_S", "CHAIR_I")
     plot_metrics = ("CHAIR_S", "Recall")
+    metric_rule = CHAIR_RULE
     options = {"images": "val2014", "annotations": "annotations", "gt": "", "backend": "offline",
                "prompt": PAPER_PROMPT}
 

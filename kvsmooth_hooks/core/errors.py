@@ -17,7 +17,7 @@ import sys
 import traceback as _tb
 from typing import Callable
 
-__all__ = ["KVSmoothError", "UserError", "SessionError", "run_command", "TRACEBACK_ENV"]
+__all__ = ["KVSmoothError", "UserError", "SessionError", "run_command", "add_traceback_option", "TRACEBACK_ENV"]
 
 TRACEBACK_ENV = "KVSMOOTH_TRACEBACK"
 
@@ -32,6 +32,16 @@ class UserError(KVSmoothError, ValueError):
 
 class SessionError(KVSmoothError, RuntimeError):
     """Misuse of a session (a second session on one model, an unsupported generation mode...)."""
+
+
+def add_traceback_option(parser) -> None:
+    """``--traceback`` on ``parser`` (an ``argparse`` parser or argument group). The value is only set when given
+    (``default=SUPPRESS``), so a subcommand's flag never resets the main command's ``kvsmooth --traceback CMD``;
+    read it as ``getattr(args, "traceback", False)`` and pass it to :func:`run_command`."""
+    import argparse
+
+    parser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
+                        help=f"show the traceback of an unexpected error (also: {TRACEBACK_ENV}=1)")
 
 
 def _one_line(text: str) -> str:

@@ -156,38 +156,39 @@ class Trace:
 
     @classmethod
     def load(cls, path: str | Path) -> "Trace":
-        from safetensors import safe_open
+        """The trace saved at ``path`` (:meth:`save`). A file that is missing, not safetensors, not a trace or
+        without its metadata raises :class:`~kvsmooth_hooks.core.errors.UserError` naming the file and the fix."""
+        from safetensors import SafetensorError, safe_open
 
         from .config import KVSmoothConfig
-
-        from safetensors import SafetensorError
+        from .errors import UserError
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"trace file '{path}' does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+            raise UserError(f"trace file '{path}' does not exist" + (" (it is a directory)" if path.is_dir() else ""))
         try:
             with safe_open(str(path), framework="pt") as fh:
                 meta = fh.metadata() or {}
                 if meta.get("format") != "kvsmooth_hooks.core.trace/1":
-                    raise ValueError(f"'{path}' is a safetensors file but not a kvsmooth_hooks trace (metadata format="
-                                     f"{meta.get('format')!r}); traces come from `session.trace.save(...)`")
+                    raise UserError(f"'{path}' is a safetensors file but not a kvsmooth_hooks trace (metadata format="
+                                    f"{meta.get('format')!r}); traces come from `session.trace.save(...)`")
                 data = {k: fh.get_tensor(k) for k in fh.keys()}
         except (SafetensorError, OSError) as exc:
-            raise ValueError(f"'{path}' is not a safetensors file ({exc}); give a trace written by "
-                             "`session.trace.save(...)` or `kvsmooth demo --save-trace FILE`") from None
+            raise UserError(f"'{path}' is not a safetensors file ({exc}); give a trace written by "
+                            "`session.trace.save(...)` or `kvsmooth demo --save-trace FILE`") from None
         missing = [k for k in META_KEYS if k not in meta]
         if missing:
-            raise ValueError(f"trace '{path}' lacks its {', '.join(missing)} metadata (the config, layers and clip band "
-                             "a trace needs); it was not written by Trace.save or was edited: save it again")
-        cfg = json.loads(meta["config"])
-        trace = cls(
-            json.loads(meta["layers"]),
-            int(meta["n_kv_heads"]),
-            KVSmoothConfig.from_dict(cfg) if cfg is not None else None,
-            json.loads(meta["identity"]),
-            json.loads(meta.get("notes", "{}")),
-        )
-        for i, info in enumerate(json.loads(meta["runs"])):
+            raise UserError(f"trace '{path}' lacks its {', '.join(missing)} metadata (the config, layers and clip band "
+                            "a trace needs); it was not written by Trace.save or was edited: save it again")
+        try:
+            cfg, runs = json.loads(meta["config"]), json.loads(meta["runs"])
+            trace = cls(json.loads(meta["layers"]), int(meta["n_kv_heads"]),
+                        KVSmoothConfig.from_dict(cfg) if cfg is not None else None, json.loads(meta["identity"]),
+                        json.loads(meta.get("notes", "{}")))
+        except (ValueError, TypeError) as exc:  # JSON or numbers of an edited file (a bad config names its field)
+            raise UserError(f"trace '{path}': damaged metadata ({' '.join(str(exc).split())[:200]}); it was edited "
+                            "or cut: save it again") from None
+        for i, info in enumerate(runs):
             run = TraceRun(info["batch"], info["prompt_len"])
             for name in FIELDS:
                 t = data.get(f"run{i}.{name}")

@@ -29,6 +29,7 @@ import numpy as np
 
 from .bootstrap import bootstrap_intervals, f1_score, format_summary, intervals_to_json, safe_ratio
 from .coco_objects import ObjectExtractor, load_synonyms
+from .digest import file_sha1
 from .records import EvalInputError, normalize_image_id, read_captions, read_json
 
 __all__ = [
@@ -97,22 +98,12 @@ def _coco_json(path: Path, keys: tuple[str, ...]) -> dict:
     return data
 
 
-def _content_digest(path: Path) -> str:
-    """sha1 of a file's bytes (the cache key: an edit that keeps the size or the time stamp still counts)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def build_coco_ground_truth(
     annotation_dir: str | Path,
     extractor: ObjectExtractor | None = None,
     cache_path: str | Path | None = None,
     show_progress: bool = True,
+    digest_memo: dict | None = None,
 ) -> dict[Any, set[str]]:
     """Ground-truth objects per COCO image, as the reference CHAIR builds them.
 
@@ -120,7 +111,9 @@ def build_coco_ground_truth(
     objects extracted from all reference captions, over COCO 2014 train + val
     (``instances_{train,val}2014.json`` and ``captions_{train,val}2014.json`` in
     ``annotation_dir``).  With ``cache_path`` the result is stored as JSON after
-    the first build and reused while the backend and the annotation files' contents (sha1) are unchanged.
+    the first build and reused while the backend and the annotation files' contents (sha1) are unchanged;
+    ``digest_memo``: digests the caller's run already computed (:func:`.digest.file_sha1`; a benchmark passes its
+    ``digest_memo``, so the run key and the cache read each file once).
     """
     from tqdm.auto import tqdm
 
@@ -139,7 +132,7 @@ def build_coco_ground_truth(
     meta = {
         "version": GT_CACHE_VERSION,
         "backend": backend,
-        "files": {k: [p.name, _content_digest(p)] for k, p in files.items()},
+        "files": {k: [p.name, file_sha1(p, digest_memo)] for k, p in files.items()},
     }
     if cache_path is not None and Path(cache_path).is_file():
         try:

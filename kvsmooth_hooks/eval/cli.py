@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..core.errors import add_traceback_option
 from .records import EvalInputError
 
 __all__ = ["add_eval_parser", "build_parser", "run", "main"]
@@ -31,8 +32,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples for 95%% intervals (0 disables; default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
-                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
+    add_traceback_option(p)
 
 
 def _add_gt(p: argparse.ArgumentParser) -> None:

@@ -30,19 +30,24 @@ def build_parser(prog: str = "python -m kvsmooth_hooks.run") -> argparse.Argumen
     return ap
 
 
-def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> None:
-    """The runner's options on ``ap``; ``defaults`` (``{"--flag": "value"}``) shown in the help of commands that
-    are the runner with other defaults (they pass them on with :func:`with_defaults`)."""
+def add_arguments(ap: argparse.ArgumentParser, defaults: dict[str, str] | None = None) -> None:
+    """The runner's options on ``ap``. ``defaults`` (``{"--flag": "value"}`` as on a command line): a command that is
+    the runner with other defaults; set on ``ap`` (each option's type converts them) and shown in ``--help``."""
     from ..benchmarks import BENCHMARKS
+    from ..core.errors import add_traceback_option
     from ..core.registry import site_names
     from .arms import GRIDS
-    from .paper import batch_size_arg
+    from .paper import add_arguments as add_paper_arguments, batch_size_arg
 
     defaults = defaults or {}
 
+    def default(flag: str, usual: str) -> str:  # the help's default: the command's own, else the runner's
+        return f"default {defaults[flag]}".replace("%", "%%") if flag in defaults else usual
+
     m = ap.add_argument_group("model")
-    m.add_argument("--model", required="--model" not in defaults, default=defaults.get("--model"),
-                   help="HF hub id or local folder (VLM or causal LM), or 'smollm2'")
+    m.add_argument("--model", required="--model" not in defaults,
+                   help=f"HF hub id or local folder (VLM or causal LM), or 'smollm2' "
+                        f"({default('--model', 'required')})")
     m.add_argument("--revision", default=None, help="hub revision (part of the run's key)")
     m.add_argument("--loader", default=None, metavar="MODULE:FUNCTION",
                    help="user loader for models outside transformers (e.g. MiniGPT-4); see docs/experiments.md")
@@ -50,24 +55,25 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     m.add_argument("--dtype", default="auto", help="auto (float16 on GPU, float32 on CPU), float32, float16, bfloat16")
     m.add_argument("--device-map", default=None, help="transformers device_map (e.g. auto) for models over several GPUs")
     b = ap.add_argument_group("benchmark")
-    b.add_argument("--benchmark", default=defaults.get("--benchmark"),
-                   help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin); required unless --protocol")
+    b.add_argument("--benchmark", help=f"one of {', '.join(sorted(BENCHMARKS))} (or an entry-point plugin); "
+                   + default("--benchmark", "required unless --protocol"))
     b.add_argument("--data", default=None, help="folder of the benchmark's official files")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="benchmark option (repeatable)")
     b.add_argument("--n", "--items", dest="n", type=int, default=None,
-                   help="items (default: the whole benchmark; grounded: 100); under torchrun write --items (torchrun "
-                        "reads --n as its own abbreviated option)")
+                   help=f"items ({default('--n', 'default: the whole benchmark; grounded: 100')}); under torchrun "
+                        "write --items (torchrun reads --n as its own abbreviated option)")
     b.add_argument("--seed", type=int, default=0, help="seed of draws and bootstrap (default 0)")
     b.add_argument("--max-new-tokens", type=int, default=None, help="default: the benchmark's (CHAIR 512)")
-    b.add_argument("--batch-size", type=batch_size_arg, default=1, help="items per generate call (default 1: "
-                   "padding-free, seconds per item comparable), or auto (docs/experiments.md)")
+    b.add_argument("--batch-size", type=batch_size_arg, default=1, help=f"items per generate call "
+                   f"({default('--batch-size', 'default 1')}; 1 is padding-free, seconds per item comparable), or auto "
+                   "(docs/experiments.md)")
     a = ap.add_argument_group("arms")
     src = a.add_mutually_exclusive_group()
     src.add_argument("--preset", default=None, help="base config of smoothed / off / grid arms (default: the paper's)")
     src.add_argument("--config", default=None, help="base config file (.yaml/.json)")
     a.add_argument("--arms", default=None,
-                   help="comma list of baseline, off, smoothed, preset names, config files (default baseline,smoothed; "
-                        "with a grid: baseline,off)")
+                   help="comma list of baseline, off, smoothed, preset names, config files "
+                        f"({default('--arms', 'default baseline,smoothed; with a grid: baseline,off')})")
     a.add_argument("--method-set", action="append", default=[], metavar="METHOD.PARAM=VALUE",
                    help="parameter of an inference-time method arm (vcd, pai, dola, middle-layer; repeatable), e.g. "
                         "vcd.alpha=0.5; sweep one with --grid sweep --axis vcd.alpha=0.5,1 (docs/methods.md)")
@@ -83,14 +89,13 @@ def add_arguments(ap: argparse.ArgumentParser, defaults: dict | None = None) -> 
     a.add_argument("--sites", default=",".join(site_names()),
                    help=f"scorers grid: sites (default all registered: {','.join(site_names())})")
     o = ap.add_argument_group("output")
-    o.add_argument("--out", type=Path, default=Path("runs/run"), help="output folder (resumable; default runs/run)")
+    o.add_argument("--out", type=Path, default=Path("runs/run"),
+                   help=f"output folder (resumable; {default('--out', 'default runs/run')})")
     o.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0 = no intervals)")
     o.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from .paper import add_arguments as add_paper_arguments
-
     add_paper_arguments(b, o)
-    o.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS,
-                   help="show the traceback of an unexpected error (also: KVSMOOTH_TRACEBACK=1)")
+    add_traceback_option(o)
+    ap.set_defaults(**{"n" if flag in _ALIASES else flag[2:].replace("-", "_"): v for flag, v in defaults.items()})
 
 
 def add_run_parser(subparsers) -> None:
@@ -98,7 +103,11 @@ def add_run_parser(subparsers) -> None:
     sp = subparsers.add_parser("run", help="run benchmarks x arms / grids on a model (resumable, data parallel)",
                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(sp)
-    sp.set_defaults(argv_after_run=lambda argv: list(argv)[list(argv).index("run") + 1:])
+
+
+def argv_after(argv: Sequence[str], command: str) -> list[str]:
+    """The runner's own command line in ``kvsmooth [...] COMMAND OPTIONS``: what follows the first ``command`` word."""
+    return list(argv)[list(argv).index(command) + 1:]
 
 
 _ALIASES = {"--n": ("--n", "--items"), "--items": ("--n", "--items")}
@@ -212,10 +221,11 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             for a in arms:
                 if world.main:
                     stores[a.name].check(settings, a.settings())
-            world.barrier()
+            world.barrier()  # rank 0 has checked (or written) every cell.json; the other ranks check them now
             for a in arms:
                 store = stores[a.name]
-                store.check(settings, a.settings())
+                if not world.main:
+                    store.check(settings, a.settings())
                 done = store.done()
                 todo = [it for it in mine if it.id not in done]
                 if not todo:
@@ -238,31 +248,29 @@ def run(args, argv: Sequence[str] = ()) -> dict | None:
             world.barrier()  # every rank's records are written
             if not world.main:
                 return None
-            return _finish(args, argv, bench, arms, stores, items, settings, world,
+            return _finish(args, argv, bench, arms, stores, items, settings, world, template,
                            bundle_box[0].info if bundle_box else {}, n_layers if args.grid == "layers" else None)
         finally:
             world.stop()
 
 
-def _finish(args, argv, bench, arms, stores, items, settings, world, model_info, n_layers_fn):
+def _finish(args, argv, bench, arms, stores, items, settings, world, template, model_info, n_layers_fn):
     from . import report
     from .paper import chair_figure, run_record
 
     out: Path = args.out
     ids = [it.id for it in items]
-    rows = []
-    for a in arms:
-        recs = stores[a.name].merge(ids)
-        rows.append(report.summarize_arm(bench, a, recs, args.bootstrap, args.seed))
+    merged = {a.name: stores[a.name].merge(ids) for a in arms}  # records.jsonl of every arm, in item order
+    rows = [report.summarize_arm(bench, a, merged[a.name], args.bootstrap, args.seed) for a in arms]
     md = report.write_tables(rows, bench.metrics, out)
     plots = report.write_plots(rows, bench, out, n_layers_fn() if n_layers_fn else None)
     if "CHAIR_S" in bench.metrics:
-        plots.append(chair_figure(bench, arms, stores, ids, out))
+        plots.append(chair_figure(bench, merged, out))
     cmd = report.command_line(argv, world.size)
     (out / "command.txt").write_text(cmd + "\n", encoding="utf-8")
     machine = report.machine_info(world.size)
     report.write_json(out / "machine.json", machine)
-    record = run_record(args, bench, settings, ids, model_info)
+    record = run_record(args, bench, settings, ids, model_info, template)
     results = {"settings": settings, "model_info": model_info, "arms": rows, "command": cmd, "machine": machine,
                "plots": [p.name for p in plots], "protocol_record": record}
     report.write_json(out / "results.json", results)

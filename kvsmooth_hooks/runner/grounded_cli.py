@@ -33,8 +33,9 @@ def add_grounded_parser(sub) -> None:
 
 
 def _run_grounded(args) -> int:
-    from .cli import build_parser, run
+    """Run ``args`` (parsed once, with this command's defaults); the recorded command is the runner's, with the
+    defaults written out (:func:`runner_argv`)."""
+    from .cli import argv_after, run
 
-    argv = runner_argv(args.argv[args.argv.index("grounded") + 1:])
-    run(build_parser().parse_args(argv), argv)
+    run(args, runner_argv(argv_after(args.argv, "grounded")))
     return 0

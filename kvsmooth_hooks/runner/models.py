@@ -154,8 +154,7 @@ def hf_bundle(model, processor) -> ModelBundle:
 
 def _import_loader(spec: str) -> Callable:
     mod, _, fn = spec.partition(":")
-    if not mod or not fn or not mod.replace(".", "").replace("_", "").isalnum() or mod.startswith(".") \
-            or not fn.isidentifier():
+    if not fn.isidentifier() or not all(part.isidentifier() for part in mod.split(".")):  # '', '.rel', 'a..b', '1x'
         raise LoaderError(f"--loader {spec!r}: use module:function with an absolute module name (e.g. "
                            "my_minigpt4:load, a file my_minigpt4.py in the current folder or on PYTHONPATH)")
     if "" not in sys.path:
@@ -200,9 +199,9 @@ def load_bundle(model_id: str, device: str = "auto", dtype: str = "auto", loader
         if isinstance(got, tuple) and len(got) == 2:
             return hf_bundle(*got)
         raise LoaderError(f"--loader {loader!r} returned {type(got).__name__}; return a ModelBundle or (model, processor)")
-    if model_id.lower() in ("smollm2", "smollm2-135m"):
-        from ..models import load_smollm2
+    from ..models import SMOLLM2_ALIASES, load_smollm2
 
+    if model_id.lower() in SMOLLM2_ALIASES:
         model, tok = load_smollm2(quiet=True)
         return hf_bundle(model.to(device=dev, dtype=torch_dtype).eval(), tok)
     from transformers import AutoConfig
@@ -284,9 +283,9 @@ def load_model_for_structure(name: str):
     """
     import torch
 
-    if name.lower() in ("smollm2", "smollm2-135m", "smollm2-135m-instruct"):
-        from ..models import SMOLLM2_NAME, cache_dir, load_smollm2
+    from ..models import SMOLLM2_ALIASES, SMOLLM2_NAME, cache_dir, load_smollm2
 
+    if name.lower() in SMOLLM2_ALIASES:
         if not (cache_dir() / SMOLLM2_NAME / "config.json").is_file():
             load_smollm2()
         name = str(cache_dir() / SMOLLM2_NAME)

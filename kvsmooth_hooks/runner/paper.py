@@ -61,12 +61,13 @@ def prepare_bundle(b, template, args, gen: dict, n_items: int, modality: str) ->
     b.info = {**b.info, "batch_size": b.batch_size}
 
 
-def run_record(args, bench, settings: dict, ids: list, model_info: dict) -> dict:
-    """``results.json["protocol_record"]`` (:func:`kvsmooth_hooks.protocols.protocol_record`)."""
+def run_record(args, bench, settings: dict, ids: list, model_info: dict, template=None) -> dict:
+    """``results.json["protocol_record"]`` (:func:`kvsmooth_hooks.protocols.protocol_record`); ``template``: the run's
+    :class:`~kvsmooth_hooks.templates.PromptTemplate` (None: the model's own format)."""
     from ..protocols import protocol_record
 
     used = model_info.get("batch_size", args.batch_size)
-    return protocol_record(template=getattr(args, "template_obj", None),
+    return protocol_record(template=template,
                            question=getattr(bench, "opts", {}).get("prompt"), ids=ids,
                            decoding={**settings["generation"], "batch_size_used": used},
                            seeds={"items": args.seed, "bootstrap": args.seed}, metric_rule=metric_rule(bench),
@@ -93,6 +94,10 @@ def protocol_and_template(args, opts: dict):
         args.n = args.n if args.n is not None else p["n"]
         args.max_new_tokens = args.max_new_tokens or p["max_new_tokens"]
         if args.arms is None and not (args.grid or args.grid_file):
+            if p["preset"] is None:
+                raise ConfigError(f"--protocol {args.protocol}: the model family {p['family']!r} has no smoothing preset "
+                                  "in the protocol; give --arms (e.g. --arms baseline,smoothed with --preset or "
+                                  "--config for the smoothed arm)")
             args.arms = f"baseline,{p['preset']}"
         args.template = args.template or p["template"]
         if args.template == p["template"] and p["question"]:
@@ -101,8 +106,7 @@ def protocol_and_template(args, opts: dict):
         raise ConfigError("--set family= names the model family for --protocol; give --protocol too")
     if args.benchmark is None:
         raise ConfigError("--benchmark is required (or --protocol NAME)")
-    args.template_obj = get_template(args.template) if args.template is not None else None
-    return args.template_obj
+    return get_template(args.template) if args.template is not None else None
 
 
 def cpu_threads(device, world) -> None:
@@ -153,21 +157,22 @@ def save_trace(trace, folder: Path, world) -> None:
 
 
 def metric_rule(bench) -> str:
-    from ..protocols import CHAIR_RULE
-
-    if bench.name == "chair":
-        return CHAIR_RULE
+    """The benchmark's ``metric_rule``, else the first paragraph of its class's (or module's) docstring, else its
+    name."""
+    if bench.metric_rule:
+        return bench.metric_rule
     doc = (type(bench).__doc__ or sys.modules[type(bench).__module__].__doc__ or "").strip()
     return doc.split("\n\n")[0].replace("\n", " ") if doc else bench.name
 
 
-def chair_figure(bench, arms, stores, ids, out: Path) -> Path:
-    """``chair_vs_length.png``: each record scored alone (CHAIR_S 0 or 100) against its length in words."""
+def chair_figure(bench, records: dict[str, list[dict]], out: Path) -> Path:
+    """``chair_vs_length.png``: each record scored alone (CHAIR_S 0 or 100) against its length in words.
+    ``records``: ``{arm name: the arm's merged records}`` (as ``_finish`` of :mod:`.cli` merged them), arms in order."""
     from ..figures import chair_vs_length
 
     items = []
-    for a in arms:
-        for r in stores[a.name].merge(ids):
+    for arm, recs in records.items():
+        for r in recs:
             s = bench.score([r], n_bootstrap=0, seed=0)
-            items.append({"arm": a.name, "length": len(str(r["output"]).split()), "hallucinated": s.get("CHAIR_S", 0) > 0})
+            items.append({"arm": arm, "length": len(str(r["output"]).split()), "hallucinated": s.get("CHAIR_S", 0) > 0})
     return chair_vs_length(items, out / "chair_vs_length.png", title=f"{bench.name}: CHAIR_S vs caption length")

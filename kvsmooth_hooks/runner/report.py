@@ -18,6 +18,8 @@ __all__ = ["summarize_arm", "write_tables", "write_plots", "machine_info", "comm
 
 def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) -> dict:
     """The arm's row: metrics, ``ci95``, seconds per item, item count, the arm's fields and config."""
+    from ..methods.arms import method_settings
+
     scores = bench.score(records, n_bootstrap=n_bootstrap, seed=seed)
     ci = dict(scores.get("ci95") or {})
     if n_bootstrap and any(m in scores and m not in ci for m in bench.metrics):
@@ -30,7 +32,7 @@ def summarize_arm(bench, arm, records: list[dict], n_bootstrap: int, seed: int) 
             "seconds_per_item": sum(secs) / len(secs) if secs else 0.0,
             "new_tokens_per_item": sum(r["new_tokens"] for r in records) / max(1, len(records)),
             "config": arm.config.to_dict() if arm.config is not None else None,
-            "method_settings": arm.settings()["method"] if getattr(arm, "method", None) is not None else None}
+            "method_settings": method_settings(getattr(arm, "method", None))}
 
 
 def _cell(row: dict, metric: str) -> str:
@@ -71,14 +73,13 @@ def write_tables(rows: list[dict], metrics, out: Path) -> str:
     return md
 
 
-def _err(rows, metric):
-    lo, hi = [], []
-    for r in rows:
-        v, ci = r[metric], (r.get("ci95") or {}).get(metric)
-        ok = ci and all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci)
-        lo.append(max(0.0, v - ci[0]) if ok else 0.0)
-        hi.append(max(0.0, ci[1] - v) if ok else 0.0)
-    return [lo, hi]
+def _err(rows, metric) -> list[list[float]]:
+    """``[below, above]``: the error-bar lengths of ``metric`` of each row (:func:`kvsmooth_hooks.figures.error_bar`),
+    as ``errorbar(yerr=...)`` takes them."""
+    from ..figures import error_bar
+
+    bars = [error_bar(r, metric) for r in rows]
+    return [[b[0] for b in bars], [b[1] for b in bars]]
 
 
 def _reference_lines(ax, rows, metric):
@@ -94,11 +95,9 @@ def _reference_lines(ax, rows, metric):
 def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None) -> list[Path]:
     """Plots for grids, every point with its 95% interval as an error bar: metric vs layer (layer grid),
     metric vs value (one numeric sweep axis), scorer bars, and the CHAIR frontiers (:func:`write_frontiers`)."""
-    import matplotlib
+    from ..figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     made = []
     head = [m for m in (bench.plot_metrics or bench.metrics[:2]) if any(m in r for r in rows)]
     kinds = {r.get("kind") for r in rows}
@@ -120,7 +119,7 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
                 ax.set_xlim(-0.5, n_layers - 0.5)
             ax.legend(fontsize=7)
         fig.suptitle(f"{bench.name}: smoothing one layer / a window of layers (error bars: 95% bootstrap)")
-        made.append(_save(fig, out / "layers.png", plt))
+        made.append(save_figure(fig, out / "layers.png", plt))
     sweep = [r for r in rows if r.get("kind") == "sweep"]
     axes_fields = [k for k in _field_columns(sweep) if k != "kind"]
     if sweep and len(axes_fields) == 1 and _numeric([r[axes_fields[0]] for r in sweep]):
@@ -133,7 +132,7 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
             ax.set_ylabel(f"{m} (%)")
             ax.legend(fontsize=7)
         fig.suptitle(f"{bench.name}: sweep over {f} (error bars: 95% bootstrap)")
-        made.append(_save(fig, out / f"sweep_{f}.png", plt))
+        made.append(save_figure(fig, out / f"sweep_{f}.png", plt))
     scorer = [r for r in rows if r.get("kind") == "scorer"]
     if scorer:
         fig, axes = plt.subplots(1, len(head), figsize=(6 * len(head), 4), squeeze=False)
@@ -144,7 +143,7 @@ def write_plots(rows: list[dict], bench, out: Path, n_layers: int | None = None)
             ax.set_ylabel(f"{m} (%)")
             ax.legend(fontsize=7)
         fig.suptitle(f"{bench.name}: scorers x sites (error bars: 95% bootstrap)")
-        made.append(_save(fig, out / "scorers.png", plt))
+        made.append(save_figure(fig, out / "scorers.png", plt))
     made += write_frontiers(rows, bench, out)
     return made
 
@@ -177,13 +176,6 @@ def _numeric(vals) -> bool:
         return True
     except (TypeError, ValueError):
         return False
-
-
-def _save(fig, path: Path, plt) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def machine_info(world_size: int = 1) -> dict:

@@ -86,13 +86,22 @@ def guard(path: Path, settings: dict, what: str) -> None:
     tmp.replace(path)
 
 
-def cell_key(run_settings: dict, config_dict: dict | None) -> str:
-    """A short hash of everything that changes a cell's result (the config without the toolkit version)."""
+def _without_version(config_dict: dict | None) -> dict | None:
+    """The arm's settings without the toolkit version (informational: a package upgrade may resume a run)."""
+    return None if config_dict is None else {k: v for k, v in config_dict.items() if k != "toolkit_version"}
+
+
+def _key(run_settings: dict, cfg: dict | None) -> str:
     import hashlib
 
-    cfg = None if config_dict is None else {k: v for k, v in config_dict.items() if k != "toolkit_version"}
     blob = json.dumps({"run": run_settings, "config": cfg}, sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def cell_key(run_settings: dict, config_dict: dict | None) -> str:
+    """A short hash (16 hex digits) of everything that changes a cell's result: the run's settings and the arm's
+    settings (``config_dict``, None for the baseline) without the toolkit version."""
+    return _key(run_settings, _without_version(config_dict))
 
 
 _RESERVED = {"", ".", "..", "con", "prn", "aux", "nul"}
@@ -239,8 +248,10 @@ class CellStore:
         self.mine = self.dir / f"records.rank{rank}-of{world}.jsonl"
 
     def check(self, run_settings: dict, config_dict: dict | None) -> str:
-        cfg = None if config_dict is None else {k: v for k, v in config_dict.items() if k != "toolkit_version"}
-        key = cell_key(run_settings, config_dict)
+        """Write (first run) or compare (later runs) ``cell.json``: the arm's settings without the toolkit version
+        and the cell's key (:func:`cell_key`); returns the key, raises :class:`RunSettingsError` when they differ."""
+        cfg = _without_version(config_dict)
+        key = _key(run_settings, cfg)
         guard(self.dir / "cell.json", {"config": cfg, "key": key}, f"cell {self.dir.name!r}")
         return key
 

@@ -62,6 +62,38 @@ def test_eval_grounded_is_the_runner_with_defaults(tmp_path, capsys):
     assert "arm 'smoothed': layers '3:-1' select none of this model's 4 layers" in capsys.readouterr().err
 
 
+def test_eval_grounded_help_shows_its_own_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "grounded", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("'smollm2' (default smollm2)", "default grounded", "items (default 100)", "(default 10;",
+                  "(default baseline,smoothed)", "(resumable; default results/grounded)"):
+        assert shown in text, shown
+    assert "runs/run" not in text and "default 1;" not in text  # the runner's defaults are not this command's
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(resumable; default runs/run)" in text and "(default 1;" in text and "'smollm2' (required)" in text
+
+
+def test_eval_grounded_parses_once_with_typed_defaults(monkeypatch):
+    """The parsed options are the ones run (no second parse); the recorded command writes the defaults out."""
+    from pathlib import Path
+
+    import kvsmooth_hooks.runner.cli as runner_cli
+
+    seen = []
+    monkeypatch.setattr(runner_cli, "run", lambda args, argv: seen.append((args, argv)))
+    assert main(["eval", "grounded", "--n", "7", "--seed", "1"]) == 0
+    args, argv = seen[0]
+    assert args.command == "eval" and args.eval_command == "grounded"  # the namespace kvsmooth parsed, not a second one
+    assert (args.model, args.benchmark, args.n, args.batch_size, args.arms, args.out, args.seed) == \
+        ("smollm2", "grounded", 7, 10, "baseline,smoothed", Path("results/grounded"), 1)
+    assert argv == ["--model", "smollm2", "--benchmark", "grounded", "--batch-size", "10", "--arms", "baseline,smoothed",
+                    "--out", "results/grounded", "--n", "7", "--seed", "1"]
+    assert main(["eval", "grounded"]) == 0 and seen[1][0].n == 100 and seen[1][0].batch_size == 10
+
+
 @pytest.mark.slow
 def test_four_scenes_on_smollm2(tmp_path):
     """The real model, both arms: well-formed records and summaries (the numbers themselves are in the docs)."""

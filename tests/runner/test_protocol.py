@@ -43,6 +43,43 @@ def test_template_is_applied_and_recorded(data, tmp_path, monkeypatch):
     assert (out / "frontier.png").stat().st_size > 5000
 
 
+def test_chair_run_merges_each_arm_once(data, tmp_path, monkeypatch):
+    """The length figure draws the records the tables were made of: every arm's records are merged (read back from
+    the rank files and written to records.jsonl) once."""
+    from kvsmooth_hooks.runner.store import CellStore
+
+    merged = []
+    real = CellStore.merge
+    monkeypatch.setattr(CellStore, "merge", lambda self, ids: merged.append(self.dir.name) or real(self, ids))
+    out = tmp_path / "run"
+    assert main(argv(data, out, "tiny-llava", "chair", "--n", "2", "--bootstrap", "0")) == 0
+    assert sorted(merged) == ["baseline", "smoothed"]
+    assert "chair_vs_length.png" in json.loads((out / "results.json").read_text())["plots"]
+
+
+def test_metric_rule_is_the_benchmarks_own():
+    """A benchmark declares its metric rule (chair: the CHAIR rule); the name "chair" alone means nothing."""
+    from kvsmooth_hooks.benchmarks import get_benchmark
+    from kvsmooth_hooks.benchmarks.base import Benchmark
+    from kvsmooth_hooks.protocols import CHAIR_RULE
+    from kvsmooth_hooks.runner.paper import metric_rule
+
+    assert get_benchmark("chair").metric_rule == CHAIR_RULE
+
+    class Named(Benchmark):
+        """Captions scored my way.
+
+        More text."""
+
+        name, modality = "chair", "text"
+
+    class Ruled(Named):
+        name, metric_rule = "mine", "CHAIR as in my paper"
+
+    assert metric_rule(Named(None)) == "Captions scored my way."
+    assert metric_rule(Ruled(None)) == "CHAIR as in my paper"
+
+
 def test_protocol_kvsmooth_chair(data, tmp_path):
     out = tmp_path / "run"
     assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=llava-1.5",
@@ -66,6 +103,19 @@ def test_protocol_and_template_mistakes_exit_2(data, tmp_path, capsys):
     assert "accepts_template=True" in capsys.readouterr().err
     assert main(argv(data, tmp_path / "d", "tiny-llava", None)) == 2
     assert "--benchmark is required" in capsys.readouterr().err
+
+
+def test_protocol_family_without_a_preset_asks_for_arms(data, tmp_path, capsys):
+    """Shikra has the protocol's template but no preset: without --arms the run stops at once, naming the family
+    and the fix (it used to fail later with "--arms: 'None' is not ..."); with --arms it runs."""
+    assert main(argv(data, tmp_path / "a", "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
+                     "--n", "1")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "family 'shikra'" in err[0] and "give --arms" in err[0] and "None" not in err[0]
+    out = tmp_path / "b"
+    assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
+                     "--n", "1", "--arms", "baseline,smoothed", "--bootstrap", "0")) == 0
+    assert json.loads((out / "run.json").read_text())["template"]["name"] == "opera-shikra"
 
 
 def test_trace_writes_per_cell_heatmaps(data, tmp_path):

@@ -302,6 +302,30 @@ def test_a_last_record_without_newline_is_kept_in_one_rerun(tmp_path, monkeypatc
     assert _strip(_records(out, "smoothed")) == _strip(before)
 
 
+def test_one_process_checks_each_cell_once(tmp_path, monkeypatch):
+    """Rank 0 checks (or writes) every cell.json before the barrier; only the other ranks check after it."""
+    from kvsmooth_hooks.runner.store import CellStore
+
+    checked = []
+    real = CellStore.check
+    monkeypatch.setattr(CellStore, "check", lambda self, *a: checked.append(self.dir.name) or real(self, *a))
+    assert main(_text_argv(tmp_path, tmp_path / "run")) == 0
+    assert sorted(checked) == ["baseline", "smoothed"]
+
+
+@pytest.mark.parametrize("name", ["smollm2", "SmolLM2-135M", "smollm2-135m-instruct"])
+def test_every_smollm2_alias_loads_the_packaged_model(name, monkeypatch):
+    """--model takes the same SmolLM2 names in the runner as in kvsmooth plan / export (one list)."""
+    import kvsmooth_hooks.models as top
+    from kvsmooth_hooks.runner.models import load_bundle
+    from tiny_vlms import load_tiny_text
+
+    loaded = []
+    monkeypatch.setattr(top, "load_smollm2", lambda quiet=False: loaded.append(name) or load_tiny_text(name))
+    bundle = load_bundle(name, device="cpu")
+    assert loaded == [name] and bundle.modality == "text"
+
+
 def test_two_runs_into_one_folder(tmp_path, capsys):
     from kvsmooth_hooks.runner.store import RunLock
 

@@ -12,7 +12,7 @@ import pytest
 
 from kvsmooth_hooks.core.errors import UserError
 from kvsmooth_hooks.runner.store import (
-    CellStore, RecordsWarning, RunLock, RunLockedError, RunSettingsError, append_jsonl, cell_name, guard,
+    CellStore, RecordsWarning, RunLock, RunLockedError, RunSettingsError, append_jsonl, cell_key, cell_name, guard,
     read_resumable_jsonl,
 )
 
@@ -117,3 +117,17 @@ def test_a_second_run_into_one_folder_is_refused(tmp_path):
     with RunLock(tmp_path):  # the holder is gone: its lock went with it
         assert (tmp_path / "run.lock").exists()
     assert not (tmp_path / "run.lock").exists(), "a finished run leaves no lock file behind"
+
+
+def test_cell_key_and_check_leave_out_the_toolkit_version(tmp_path):
+    run = {"model": "m", "n": 2}
+    cfg = {"lambda_ref": 0.9, "toolkit_version": "0.1.0"}
+    store = CellStore(tmp_path, "smoothed")
+    key = store.check(run, cfg)
+    assert key == cell_key(run, cfg) == cell_key(run, {"lambda_ref": 0.9}) != cell_key(run, {"lambda_ref": 0.5})
+    assert store.check(run, {**cfg, "toolkit_version": "9.9"}) == key  # a package upgrade resumes the cell
+    assert json.loads((tmp_path / "cells" / "smoothed" / "cell.json").read_text()) == \
+        {"config": {"lambda_ref": 0.9}, "key": key}
+    with pytest.raises(RunSettingsError, match="lambda_ref: 0.9 there, 0.5 now"):
+        store.check(run, {"lambda_ref": 0.5})
+    assert CellStore(tmp_path, "baseline").check(run, None) == cell_key(run, None)
