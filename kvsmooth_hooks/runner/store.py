@@ -87,8 +87,14 @@ def guard(path: Path, settings: dict, what: str) -> None:
 
 
 def _without_version(config_dict: dict | None) -> dict | None:
-    """The arm's settings without the toolkit version (informational: a package upgrade may resume a run)."""
-    return None if config_dict is None else {k: v for k, v in config_dict.items() if k != "toolkit_version"}
+    """The arm's settings without the toolkit version (informational: a package upgrade may resume a run): a config's
+    own, or, for an arm with a method (``{"kvsmooth": config or None, "method": ...}``), its config's."""
+    if config_dict is None:
+        return None
+    out = {k: v for k, v in config_dict.items() if k != "toolkit_version"}
+    if isinstance(out.get("kvsmooth"), dict) and "method" in out:
+        out["kvsmooth"] = _without_version(out["kvsmooth"])
+    return out
 
 
 def _key(run_settings: dict, cfg: dict | None) -> str:

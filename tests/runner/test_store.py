@@ -131,3 +131,17 @@ def test_cell_key_and_check_leave_out_the_toolkit_version(tmp_path):
     with pytest.raises(RunSettingsError, match="lambda_ref: 0.9 there, 0.5 now"):
         store.check(run, {"lambda_ref": 0.5})
     assert CellStore(tmp_path, "baseline").check(run, None) == cell_key(run, None)
+
+
+def test_an_arm_with_a_method_resumes_across_a_package_upgrade(tmp_path):
+    # smoothed+vcd: the config sits under "kvsmooth" beside the method's settings; its version is left out too
+    run = {"model": "m", "n": 2}
+    method = {"name": "vcd", "alpha": 1.0}
+    arm = {"kvsmooth": {"lambda_ref": 0.9, "toolkit_version": "0.1.0"}, "method": method}
+    store = CellStore(tmp_path, "smoothed+vcd")
+    key = store.check(run, arm)
+    upgraded = {"kvsmooth": {"lambda_ref": 0.9, "toolkit_version": "9.9"}, "method": method}
+    assert store.check(run, upgraded) == key == cell_key(run, upgraded)
+    assert cell_key(run, {"kvsmooth": None, "method": method}) != key  # a method arm without smoothing differs
+    with pytest.raises(RunSettingsError):
+        store.check(run, {"kvsmooth": {"lambda_ref": 0.5}, "method": method})
