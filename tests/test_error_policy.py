@@ -166,3 +166,18 @@ def test_one_traceback_option_everywhere(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner_cli, "run", lambda *a, **k: {}["missing"])
     assert kvsmooth(["--traceback", *_argv(tmp_path)]) == 1  # given before the subcommand
     assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_a_closed_output_pipe_is_not_reported_as_a_bug():
+    # `kvsmooth config schema | head -1`: the reader goes away before the output is written
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from kvsmooth_hooks.cli import main; sys.exit(main())",
+                             "config", "schema"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()  # the reader is gone before anything is written
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert "unexpected" not in err and "Exception ignored" not in err and "Traceback" not in err

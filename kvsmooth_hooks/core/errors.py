@@ -52,12 +52,14 @@ def run_command(func: Callable[[], int | None], show_traceback: bool = False) ->
     """Run a command's body under the error policy and return its exit status.
 
     ``UserError`` and ``SessionError``: ``error: <one line>`` on stderr, status 2. ``OSError`` with a file name
-    (unreadable input, unwritable output): the same, naming the file. ``KeyboardInterrupt``: status 130.
+    (unreadable input, unwritable output): the same, naming the file. ``KeyboardInterrupt``: status 130. A closed
+    output pipe (``BrokenPipeError``): status 141, nothing printed.
     Anything else: ``error: unexpected <type>: <message>; this is a bug, please report it`` and status 1; the
     traceback follows with ``show_traceback`` or ``KVSMOOTH_TRACEBACK=1`` (it never replaces the line)."""
     show_traceback = show_traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
     try:
         status = func()
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then seen below
         return 0 if status is None else int(status)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
@@ -67,6 +69,9 @@ def run_command(func: Callable[[], int | None], show_traceback: bool = False) ->
         if show_traceback:
             _tb.print_exc()
         return 2
+    except BrokenPipeError:  # the reader of our output went away (`kvsmooth plan ... | head`): not an error of ours
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, as a shell reports a command a pipe closed on
     except OSError as exc:
         if exc.filename is None:
             return _unexpected(exc, show_traceback)
@@ -74,6 +79,15 @@ def run_command(func: Callable[[], int | None], show_traceback: bool = False) ->
         return 2
     except Exception as exc:  # a bug of ours
         return _unexpected(exc, show_traceback)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout without a file descriptor (captured): nothing to redirect
+        pass
 
 
 def _unexpected(exc: BaseException, show_traceback: bool) -> int:
