@@ -10,17 +10,13 @@ import pytest
 import torch
 
 from kvsmooth_hooks.cli import main as kvsmooth
+from runner_args import text_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _argv(tmp_path, *extra, layers="1:-1"):
-    cfg = tmp_path / "base.yaml"
-    if not cfg.exists():
-        cfg.write_text(f'layers: "{layers}"\n')
-    return ["run", "--model", "tiny-text", "--loader", "tiny_vlms:load_tiny_text", "--benchmark", "grounded",
-            "--n", "2", "--config", str(cfg), "--max-new-tokens", "3", "--bootstrap", "0", "--no-progress",
-            "--out", str(tmp_path / "run"), *extra]
+    return ["run", *text_argv(tmp_path, tmp_path / "run", *extra, layers=layers)]
 
 
 def _with(argv, flag, value):

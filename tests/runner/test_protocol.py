@@ -6,21 +6,9 @@ import json
 import pytest
 
 from kvsmooth_hooks.runner.cli import main
+from runner_args import records, vlm_argv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-
-def argv(data, out, model="tiny-llava", benchmark="chair", *extra, loader="tiny_vlms:load_tiny_vlm"):
-    d = {"chair": data["coco"], "pope": data["coco"], "opope": data["coco"], "objhal": data["coco"],
-         "amber": data["amber"], "grounded": None, None: data["coco"]}[benchmark]
-    return ["--model", model, "--loader", loader, *(["--benchmark", benchmark] if benchmark else []),
-            *(["--data", str(d)] if d else []), "--config", str(data["cfg"]), "--max-new-tokens", "5",
-            "--bootstrap", "20", "--no-progress", "--out", str(out), *extra]
-
-
-def records(out, arm):
-    return [json.loads(l) for l in (out / "cells" / arm / "records.jsonl").read_text().splitlines()]
 
 
 def test_template_is_applied_and_recorded(data, tmp_path, monkeypatch):
@@ -30,7 +18,7 @@ def test_template_is_applied_and_recorded(data, tmp_path, monkeypatch):
     real = templates.format_prompt
     monkeypatch.setattr(templates, "format_prompt", lambda *a, **k: seen.append(real(*a, **k)) or seen[-1])
     out = tmp_path / "run"
-    assert main(argv(data, out, "tiny-llava", "chair", "--n", "2", "--set", "template=opera-llava-1.5-bare")) == 0
+    assert main(vlm_argv(data, out, "tiny-llava", "chair", "--n", "2", "--set", "template=opera-llava-1.5-bare")) == 0
     run = json.loads((out / "run.json").read_text())
     assert "opera-llava-1.5-bare" in json.dumps(run)  # the template is part of the run's key
     assert seen and all(t.startswith("USER: <image> ") and t.endswith(" ASSISTANT:") for t in seen)
@@ -52,7 +40,7 @@ def test_chair_run_merges_each_arm_once(data, tmp_path, monkeypatch):
     real = CellStore.merge
     monkeypatch.setattr(CellStore, "merge", lambda self, ids: merged.append(self.dir.name) or real(self, ids))
     out = tmp_path / "run"
-    assert main(argv(data, out, "tiny-llava", "chair", "--n", "2", "--bootstrap", "0")) == 0
+    assert main(vlm_argv(data, out, "tiny-llava", "chair", "--n", "2", "--bootstrap", "0")) == 0
     assert sorted(merged) == ["baseline", "smoothed"]
     assert "chair_vs_length.png" in json.loads((out / "results.json").read_text())["plots"]
 
@@ -82,7 +70,7 @@ def test_metric_rule_is_the_benchmarks_own():
 
 def test_protocol_kvsmooth_chair(data, tmp_path):
     out = tmp_path / "run"
-    assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=llava-1.5",
+    assert main(vlm_argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=llava-1.5",
                      "--n", "2", "--arms", "baseline,smoothed")) == 0
     res = json.loads((out / "results.json").read_text())
     s = res["settings"]
@@ -92,35 +80,35 @@ def test_protocol_kvsmooth_chair(data, tmp_path):
 
 
 def test_protocol_and_template_mistakes_exit_2(data, tmp_path, capsys):
-    assert main(argv(data, tmp_path / "a", "tiny-qwen2_vl", None, "--protocol", "kvsmooth-chair")) == 2
+    assert main(vlm_argv(data, tmp_path / "a", "tiny-qwen2_vl", None, "--protocol", "kvsmooth-chair")) == 2
     assert "--set family=" in capsys.readouterr().err
-    assert main(argv(data, tmp_path / "a2", "tiny-llava", None, "--protocol", "kvsmooth-chair")) == 2  # 4 layers
+    assert main(vlm_argv(data, tmp_path / "a2", "tiny-llava", None, "--protocol", "kvsmooth-chair")) == 2  # 4 layers
     assert "layers '3:-1' select none" in capsys.readouterr().err
-    assert main(argv(data, tmp_path / "b", "tiny-llava", "chair", "--template", "llava")) == 2
+    assert main(vlm_argv(data, tmp_path / "b", "tiny-llava", "chair", "--template", "llava")) == 2
     assert "unknown template 'llava'" in capsys.readouterr().err
-    assert main(argv(data, tmp_path / "c", "minigpt4", "chair", "--n", "1", "--template", "opera-minigpt4",
+    assert main(vlm_argv(data, tmp_path / "c", "minigpt4", "chair", "--n", "1", "--template", "opera-minigpt4",
                      loader="tiny_vlms:load_minigpt4_like")) == 2
     assert "accepts_template=True" in capsys.readouterr().err
-    assert main(argv(data, tmp_path / "d", "tiny-llava", None)) == 2
+    assert main(vlm_argv(data, tmp_path / "d", "tiny-llava", None)) == 2
     assert "--benchmark is required" in capsys.readouterr().err
 
 
 def test_protocol_family_without_a_preset_asks_for_arms(data, tmp_path, capsys):
     """Shikra has the protocol's template but no preset: without --arms the run stops at once, naming the family
     and the fix (it used to fail later with "--arms: 'None' is not ..."); with --arms it runs."""
-    assert main(argv(data, tmp_path / "a", "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
+    assert main(vlm_argv(data, tmp_path / "a", "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
                      "--n", "1")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "family 'shikra'" in err[0] and "give --arms" in err[0] and "None" not in err[0]
     out = tmp_path / "b"
-    assert main(argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
+    assert main(vlm_argv(data, out, "tiny-llava", None, "--protocol", "kvsmooth-chair", "--set", "family=shikra",
                      "--n", "1", "--arms", "baseline,smoothed", "--bootstrap", "0")) == 0
     assert json.loads((out / "run.json").read_text())["template"]["name"] == "opera-shikra"
 
 
 def test_trace_writes_per_cell_heatmaps(data, tmp_path):
     out = tmp_path / "run"
-    assert main(argv(data, out, "tiny-llava", "pope", "--n", "2", "--trace")) == 0
+    assert main(vlm_argv(data, out, "tiny-llava", "pope", "--n", "2", "--trace")) == 0
     cell = out / "cells" / "smoothed"
     assert (cell / "trace.safetensors").exists() and (cell / "trace_lambda.png").exists()
     assert (cell / "trace_score.png").exists() and not (out / "cells" / "baseline" / "trace.safetensors").exists()
@@ -137,7 +125,7 @@ def test_records_at_every_batch_size_equal_batch_1(data, tmp_path, model, benchm
     outs = {}
     for bs in ("1", "4", "auto"):
         out = tmp_path / f"b{bs}"
-        assert main(argv(data, out, model, benchmark, *extra, "--batch-size", bs, "--bootstrap", "0",
+        assert main(vlm_argv(data, out, model, benchmark, *extra, "--batch-size", bs, "--bootstrap", "0",
                          loader=loader)) == 0
         outs[bs] = {arm: [(r["id"], r["output"], r["new_tokens"]) for r in records(out, arm)]
                     for arm in ("baseline", "smoothed")}

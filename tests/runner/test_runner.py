@@ -12,6 +12,7 @@ import pytest
 
 import kvsmooth_hooks
 from helpers import ROOT, TESTS
+from runner_args import records as _records, rows as _rows, text_argv as _text_argv, vlm_argv
 from tiny_vlms import record_sessions
 from kvsmooth_hooks.runner.store import RecordsWarning
 from kvsmooth_hooks.runner.cli import main
@@ -19,23 +20,10 @@ from kvsmooth_hooks.runner.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
 @pytest.fixture
 def sessions(monkeypatch):
     """Every session the runner opens, with its trace on."""
     return record_sessions(monkeypatch)
-
-
-def _argv(data, out, model, benchmark, *extra, loader="tiny_vlms:load_tiny_vlm"):
-    d = {"chair": data["coco"], "pope": data["coco"], "opope": data["coco"], "objhal": data["coco"],
-         "amber": data["amber"], "grounded": None}[benchmark]
-    return ["--model", model, "--loader", loader, "--benchmark", benchmark, *(["--data", str(d)] if d else []),
-            "--config", str(data["cfg"]), "--max-new-tokens", "5", "--bootstrap", "30", "--no-progress",
-            "--out", str(out), *extra]
-
-
-def _records(out, arm):
-    return [json.loads(l) for l in (out / "cells" / arm / "records.jsonl").read_text().splitlines()]
 
 
 BENCH = {  # benchmark: (extra args, expected items)
@@ -53,7 +41,7 @@ CASES = [(f"tiny-{fam}", b, *BENCH[b]) for b in BENCH for fam in ("llava", "qwen
 def test_every_benchmark_baseline_and_smoothed(data, tmp_path, sessions, capsys, model, benchmark, extra, n_items):
     loader = "tiny_vlms:load_tiny_text" if benchmark == "grounded" else "tiny_vlms:load_tiny_vlm"
     out = tmp_path / "run"
-    assert main(_argv(data, out, model, benchmark, *extra, loader=loader)) == 0, capsys.readouterr().err
+    assert main(vlm_argv(data, out, model, benchmark, *extra, loader=loader)) == 0, capsys.readouterr().err
     res = json.loads((out / "results.json").read_text())
     bench = kvsmooth_hooks.benchmarks.get_benchmark(benchmark)
     assert [r["arm"] for r in res["arms"]] == ["baseline", "smoothed"]
@@ -79,7 +67,7 @@ def test_every_benchmark_baseline_and_smoothed(data, tmp_path, sessions, capsys,
 
 def test_layer_grid_with_intervals_and_plot(data, tmp_path):
     out = tmp_path / "grid"
-    argv = _argv(data, out, "tiny-llava", "pope", "--n", "4", "--grid", "layers", "--window-size", "2",
+    argv = vlm_argv(data, out, "tiny-llava", "pope", "--n", "4", "--grid", "layers", "--window-size", "2",
                  "--range-step", "2")
     assert main(argv) == 0
     rows = {r["arm"]: r for r in json.loads((out / "results.json").read_text())["arms"]}
@@ -112,19 +100,19 @@ def test_refuses_other_settings_and_resumes_item_by_item(data, tmp_path, capsys,
 
     monkeypatch.setattr(models, "hf_bundle", counting)
     out = tmp_path / "run"
-    argv = _argv(data, out, "tiny-llava", "chair", "--n", "3")
+    argv = vlm_argv(data, out, "tiny-llava", "chair", "--n", "3")
     assert main(argv) == 0
     first = {arm: _records(out, arm) for arm in ("baseline", "smoothed")}
     assert len(asked) == 6
     # other --n into the same folder: refused, naming the setting and both values
     capsys.readouterr()
-    assert main(_argv(data, out, "tiny-llava", "chair", "--n", "4")) == 2
+    assert main(vlm_argv(data, out, "tiny-llava", "chair", "--n", "4")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "n: 3 there, 4 now" in err and "another --out" in err
     # a changed arm config is refused too, naming the field
     other = tmp_path / "other.yaml"
     other.write_text('layers: "1:-1"\nlambda_ref: 0.5\n')
-    bad = _argv(data, out, "tiny-llava", "chair", "--n", "3")
+    bad = vlm_argv(data, out, "tiny-llava", "chair", "--n", "3")
     bad[bad.index("--config") + 1] = str(other)
     assert main(bad) == 2
     assert "config.lambda_ref: 0.9 there, 0.5 now" in capsys.readouterr().err
@@ -170,7 +158,7 @@ def test_torchrun_two_processes_equal_one_process(data, tmp_path):
 
 def test_minigpt4_shaped_loader_smooths_the_inner_llama(data, tmp_path, sessions):
     out = tmp_path / "mg"
-    assert main(_argv(data, out, "minigpt4-like", "chair", "--n", "2", loader="tiny_vlms:load_minigpt4_like")) == 0
+    assert main(vlm_argv(data, out, "minigpt4-like", "chair", "--n", "2", loader="tiny_vlms:load_minigpt4_like")) == 0
     assert len(sessions) == 2
     assert all(type(s.model).__name__ == "LlamaForCausalLM" for s in sessions)
     lam = sessions[0].trace.tensor("lambda")  # [steps, batch, layers, kv heads]
@@ -196,14 +184,14 @@ def test_input_errors_name_the_problem(data, tmp_path, capsys, monkeypatch):
         (["--grid-file", str(tmp_path / "none.yaml")], "--grid-file"),
     ]
     for extra, msg in cases:
-        argv = _argv(data, out, "tiny-llava", "pope", *extra)
+        argv = vlm_argv(data, out, "tiny-llava", "pope", *extra)
         assert main(argv) == 2
         assert msg in capsys.readouterr().err, extra
-    argv = _argv(data, out, "tiny-llava", "chair")
+    argv = vlm_argv(data, out, "tiny-llava", "chair")
     argv[argv.index("--data") + 1] = str(tmp_path / "missing")
     assert main(argv) == 2
     assert "--data" in capsys.readouterr().err
-    assert main(_argv(data, out, "m", "pope", loader="no_such_module:load")) == 2
+    assert main(vlm_argv(data, out, "m", "pope", loader="no_such_module:load")) == 2
     assert "cannot import module 'no_such_module'" in capsys.readouterr().err
 
 
@@ -211,25 +199,13 @@ def test_kvsmooth_run_subcommand(data, tmp_path):
     from kvsmooth_hooks.cli import main as kvsmooth
 
     out = tmp_path / "cli"
-    assert kvsmooth(["run", *_argv(data, out, "tiny-text", "grounded", "--n", "2", "--arms", "baseline,off",
+    assert kvsmooth(["run", *vlm_argv(data, out, "tiny-text", "grounded", "--n", "2", "--arms", "baseline,off",
                                    loader="tiny_vlms:load_tiny_text")]) == 0
     assert _strip(_records(out, "off")) == _strip(_records(out, "baseline"))
     assert (out / "command.txt").read_text().startswith("python -m kvsmooth_hooks.run --model tiny-text")
 
 
 # ---------------------------------------------------------------------- the runner's silent mistakes, refused
-def _text_argv(tmp_path, out, *extra, layers="1:-1"):
-    cfg = tmp_path / "base.yaml"
-    cfg.write_text(f'layers: "{layers}"\n')
-    return ["--model", "tiny-text", "--loader", "tiny_vlms:load_tiny_text", "--benchmark", "grounded", "--n", "2",
-            "--config", str(cfg), "--max-new-tokens", "3", "--bootstrap", "0", "--no-progress", "--out", str(out),
-            *extra]
-
-
-def _rows(out):
-    return {r["arm"]: r for r in json.loads((out / "results.json").read_text())["arms"]}
-
-
 def test_config_arms_with_one_stem_or_a_keyword_stem_are_named_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name, lam in (("a/cfg.yaml", 0.5), ("b/cfg.yaml", 0.7), ("baseline.yaml", 0.9)):
